@@ -1,0 +1,165 @@
+"""The lab home: where one lab keeps everything (default ~/.pvmlab, override PVMLAB_HOME).
+
+    lab.json        the lab network (``provisioner create``)
+    vms/            NAME.json per VM, NAME/ for its firmware vars and disk
+    images/         NAME/ARCH/{vmlinuz,initrd,distro.json}
+    configs/        rendered dnsmasq configuration and DHCP reservations
+    tftp/           the TFTP root (iPXE first stages)
+    logs/           dnsmasq, HTTP, supervisor and per-VM console logs
+    pids/           pid files (supervisor, VMs)
+    monitors/       QMP sockets
+    stack/          the stack's runtime state (state.json, dnsmasq leases)
+
+Every kernel object the lab creates (network namespace, bridge, taps) is named from a short
+hash of the home's real path, so two homes are two labs that never clash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pvmlab.errors import StateError
+
+SUBDIRS = ("images", "vms", "configs", "tftp", "logs", "pids", "monitors", "stack")
+
+
+def default_root() -> Path:
+    env = os.environ.get("PVMLAB_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".pvmlab"
+
+
+@dataclass(frozen=True)
+class LabHome:
+    root: Path
+
+    @classmethod
+    def from_env(cls) -> LabHome:
+        return cls(default_root().absolute())
+
+    # --- identity ---------------------------------------------------------------------------
+    @property
+    def lab_id(self) -> str:
+        real = os.path.realpath(self.root)
+        return hashlib.sha256(real.encode()).hexdigest()[:8]
+
+    @property
+    def netns(self) -> str:
+        return f"pvmlab-{self.lab_id}"
+
+    @property
+    def bridge(self) -> str:
+        return f"pvbr{self.lab_id}"  # 12 characters, under IFNAMSIZ
+
+    def tap(self, vm: str) -> str:
+        digest = hashlib.sha256(f"{self.lab_id}/{vm}".encode()).hexdigest()[:8]
+        return f"pvt{digest}"
+
+    # --- layout -----------------------------------------------------------------------------
+    @property
+    def lab_file(self) -> Path:
+        return self.root / "lab.json"
+
+    @property
+    def images(self) -> Path:
+        return self.root / "images"
+
+    @property
+    def vms(self) -> Path:
+        return self.root / "vms"
+
+    @property
+    def configs(self) -> Path:
+        return self.root / "configs"
+
+    @property
+    def tftp(self) -> Path:
+        return self.root / "tftp"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids"
+
+    @property
+    def monitors(self) -> Path:
+        return self.root / "monitors"
+
+    @property
+    def stack(self) -> Path:
+        return self.root / "stack"
+
+    def vm_file(self, name: str) -> Path:
+        return self.vms / f"{name}.json"
+
+    def vm_dir(self, name: str) -> Path:
+        return self.vms / name
+
+    def vm_log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def vm_pid(self, name: str) -> Path:
+        return self.pids / f"{name}.pid"
+
+    def vm_qmp(self, name: str) -> Path:
+        return self.monitors / f"{name}.qmp"
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
+
+    def ensure(self) -> None:
+        for sub in SUBDIRS:
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def require(self) -> None:
+        if not self.exists():
+            raise StateError(
+                f"no lab home at {self.root}", "run `pvmlab setup` (PVMLAB_HOME selects another home)"
+            )
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive lock over the lab's state (VM definitions, lab record, reservations)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Write a file so readers see the old or the new content, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

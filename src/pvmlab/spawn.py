@@ -1,0 +1,192 @@
+"""The one place pvmlab starts programs.
+
+Argv lists only (never a shell). Every command is logged with ``shlex.join`` at debug level.
+``run`` waits for a program and turns a failure into a ProcessError carrying the command, its
+exit code and the tail of its stderr. ``spawn`` is a context manager around a running child that
+always terminates (then kills) it on the way out. ``start_detached`` starts a program that
+outlives pvmlab (the stack supervisor, QEMU) in its own session.
+
+``netns`` runs the program inside a network namespace through ``ip netns exec``, which execs the
+program, so the PID we get is the program's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import signal
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+from pvmlab.errors import DependencyError, ProcessError
+
+log = logging.getLogger(__name__)
+
+
+def in_netns(argv: Sequence[str], netns: str | None) -> list[str]:
+    """Prefix argv so it runs in ``netns`` (unchanged when netns is None)."""
+    if netns is None:
+        return list(argv)
+    return ["ip", "netns", "exec", netns, *argv]
+
+
+def _tail(text: str, lines: int = 8) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    netns: str | None = None,
+    check: bool = True,
+    ok_codes: Sequence[int] = (0,),
+    timeout: float | None = 60,
+    input: str | bytes | None = None,  # noqa: A002 - mirrors subprocess
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    text: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run a program to completion, capturing its output."""
+    full = in_netns(argv, netns)
+    log.debug("run: %s", shlex.join(full))
+    try:
+        proc = subprocess.run(
+            full,
+            capture_output=True,
+            text=text,
+            input=input,
+            timeout=timeout,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            check=False,
+        )
+    except FileNotFoundError as exc:
+        raise DependencyError(
+            f"program not found: {full[0]}",
+            "run `pvmlab setup` to see what is missing and how to install it",
+        ) from exc
+    except subprocess.TimeoutExpired as exc:  # run() has already killed the child
+        raise ProcessError(
+            f"`{shlex.join(full)}` did not finish within {timeout} s", argv=full
+        ) from exc
+    if check and proc.returncode not in ok_codes:
+        err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
+        raise ProcessError(
+            f"`{shlex.join(full)}` failed with exit code {proc.returncode}: "
+            f"{_tail(err, 3) or '(no error output)'}",
+            argv=full,
+            returncode=proc.returncode,
+            stderr=err,
+        )
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes], grace: float) -> None:
+    if proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def spawn(
+    argv: Sequence[str],
+    *,
+    netns: str | None = None,
+    stdout: int | IO[bytes] | None = subprocess.DEVNULL,
+    stderr: int | IO[bytes] | None = subprocess.DEVNULL,
+    stdin: int | IO[bytes] | None = subprocess.DEVNULL,
+    env: Mapping[str, str] | None = None,
+    pass_fds: Sequence[int] = (),
+    grace: float = 5.0,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a child for the duration of a ``with`` block; it is stopped on the way out."""
+    full = in_netns(argv, netns)
+    log.debug("spawn: %s", shlex.join(full))
+    try:
+        proc = subprocess.Popen(
+            full,
+            stdout=stdout,
+            stderr=stderr,
+            stdin=stdin,
+            env=dict(env) if env is not None else None,
+            pass_fds=tuple(pass_fds),
+        )
+    except FileNotFoundError as exc:
+        raise DependencyError(
+            f"program not found: {full[0]}",
+            "run `pvmlab setup` to see what is missing and how to install it",
+        ) from exc
+    try:
+        yield proc
+    finally:
+        _stop(proc, grace)
+
+
+def start_detached(
+    argv: Sequence[str],
+    *,
+    netns: str | None = None,
+    log_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    stdin_devnull: bool = True,
+) -> subprocess.Popen[bytes]:
+    """Start a long-lived program in its own session (it survives pvmlab's exit).
+
+    Its stdout and stderr go to ``log_file`` (appended) or are discarded.
+    """
+    full = in_netns(argv, netns)
+    log.debug("start: %s", shlex.join(full))
+    out: int | IO[bytes]
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        out = log_file.open("ab")
+    else:
+        out = subprocess.DEVNULL
+    try:
+        return subprocess.Popen(
+            full,
+            stdin=subprocess.DEVNULL if stdin_devnull else None,
+            stdout=out,
+            stderr=subprocess.STDOUT if log_file is not None else subprocess.DEVNULL,
+            start_new_session=True,
+            env=dict(env) if env is not None else None,
+            close_fds=True,
+        )
+    except FileNotFoundError as exc:
+        raise DependencyError(
+            f"program not found: {full[0]}",
+            "run `pvmlab setup` to see what is missing and how to install it",
+        ) from exc
+    finally:
+        if not isinstance(out, int):
+            out.close()
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def pid_cmdline(pid: int) -> list[str]:
+    """The argv of a running process ([] when it is gone or unreadable)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return []
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]

@@ -1,0 +1,144 @@
+"""The lab's records, as stored in the lab home (JSON, written atomically).
+
+    lab.json            LabSpec: the provisioner's address and DHCP range
+    vms/NAME.json       VMSpec: one target VM
+    images/D/A/distro.json  DistroAssets: a kernel + initrd for distro D, arch A
+
+Values are validated when a command receives them (``pvmlab.spec.validate``); the models check
+them again when a file is read back, so a hand-edited file cannot smuggle bad values in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from pvmlab.errors import ValidationError
+from pvmlab.spec import validate
+
+Arch = Literal["aarch64", "x86_64"]
+Firmware = Literal["uefi", "bios"]
+BootOrder = Literal["pxe", "disk"]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _check(fn: object, value: str) -> str:
+    try:
+        return fn(value)  # type: ignore[operator, no-any-return]
+    except ValidationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LabSpec(Record):
+    address: str = "192.168.105.1/24"
+    dhcp_start: str
+    dhcp_end: str
+    created: str = Field(default_factory=_now)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        try:
+            return str(validate.ipv4_interface(v))
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+
+    @property
+    def iface(self) -> ipaddress.IPv4Interface:
+        return ipaddress.IPv4Interface(self.address)
+
+    @property
+    def ip(self) -> ipaddress.IPv4Address:
+        return self.iface.ip
+
+    @property
+    def network(self) -> ipaddress.IPv4Network:
+        return self.iface.network
+
+    @property
+    def dhcp_range(self) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:
+        return ipaddress.IPv4Address(self.dhcp_start), ipaddress.IPv4Address(self.dhcp_end)
+
+    def in_dynamic_range(self, addr: ipaddress.IPv4Address) -> bool:
+        start, end = self.dhcp_range
+        return start <= addr <= end
+
+
+class VMSpec(Record):
+    name: str
+    arch: Arch
+    firmware: Firmware = "uefi"
+    mac: str
+    ip: str
+    distro: str | None = None
+    cmdline: str | None = None
+    memory_mib: int = 1024
+    cpus: int = 1
+    disk_bytes: int | None = None
+    created: str = Field(default_factory=_now)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check(validate.vm_name, v)
+
+    @field_validator("mac")
+    @classmethod
+    def _mac(cls, v: str) -> str:
+        return _check(validate.mac, v)
+
+    @field_validator("distro")
+    @classmethod
+    def _distro(cls, v: str | None) -> str | None:
+        return None if v is None else _check(validate.distro_name, v)
+
+    @field_validator("cmdline")
+    @classmethod
+    def _cmdline(cls, v: str | None) -> str | None:
+        return None if v is None else _check(validate.cmdline, v)
+
+    @field_validator("ip")
+    @classmethod
+    def _ip(cls, v: str) -> str:
+        try:
+            return str(ipaddress.IPv4Address(v))
+        except ValueError:
+            raise ValueError(f"invalid IPv4 address {v!r}") from None
+
+
+class DistroAssets(Record):
+    """A kernel and initrd ready to serve, under images/NAME/ARCH/."""
+
+    name: str
+    arch: Arch
+    kernel: str = "vmlinuz"
+    initrd: str = "initrd"
+    kernel_sha256: str
+    initrd_sha256: str
+    kernel_size: int
+    initrd_size: int
+    cmdline: str = ""
+    source: str = "import"  # import | cloud-image | netboot
+    version: str | None = None
+    origin: str | None = None  # where the files came from (path or URL)
+    added: str = Field(default_factory=_now)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check(validate.distro_name, v)
+
+    @field_validator("cmdline")
+    @classmethod
+    def _cmdline(cls, v: str) -> str:
+        return _check(validate.cmdline, v)

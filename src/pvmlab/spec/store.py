@@ -1,0 +1,94 @@
+"""Reading and writing the lab's records in a lab home.
+
+Writers hold ``LabHome.locked()`` around read-modify-write sequences; files are replaced
+atomically, so readers never need the lock.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import ValidationError as PydanticError
+
+from pvmlab.errors import StateError
+from pvmlab.home import LabHome, write_json
+from pvmlab.spec.models import DistroAssets, LabSpec, VMSpec
+
+
+def _load(path: Path, model: type[LabSpec] | type[VMSpec] | type[DistroAssets]) -> object:
+    try:
+        raw = json.loads(path.read_text())
+        return model.model_validate(raw)
+    except (OSError, json.JSONDecodeError, PydanticError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StateError(
+            f"{path} is unreadable or invalid: {first}",
+            "fix or remove the file (it is plain JSON)",
+        ) from None
+
+
+def load_lab(home: LabHome) -> LabSpec:
+    if not home.lab_file.exists():
+        raise StateError(
+            f"no lab is defined in {home.root}",
+            "create one with `pvmlab provisioner create`",
+        )
+    lab = _load(home.lab_file, LabSpec)
+    assert isinstance(lab, LabSpec)
+    return lab
+
+
+def save_lab(home: LabHome, lab: LabSpec) -> None:
+    write_json(home.lab_file, lab.model_dump(mode="json"))
+
+
+def vm_names(home: LabHome) -> list[str]:
+    if not home.vms.is_dir():
+        return []
+    return sorted(p.stem for p in home.vms.glob("*.json") if not p.name.startswith("."))
+
+
+def load_vm(home: LabHome, name: str) -> VMSpec:
+    path = home.vm_file(name)
+    if not path.exists():
+        raise StateError(f"no VM named {name!r}", "see `pvmlab vm list` for the defined VMs")
+    vm = _load(path, VMSpec)
+    assert isinstance(vm, VMSpec)
+    return vm
+
+
+def load_vms(home: LabHome) -> list[VMSpec]:
+    return [load_vm(home, n) for n in vm_names(home)]
+
+
+def save_vm(home: LabHome, vm: VMSpec) -> None:
+    write_json(home.vm_file(vm.name), vm.model_dump(mode="json"))
+
+
+def distro_dir(home: LabHome, name: str, arch: str) -> Path:
+    return home.images / name / arch
+
+
+def load_distro(home: LabHome, name: str, arch: str) -> DistroAssets | None:
+    path = distro_dir(home, name, arch) / "distro.json"
+    if not path.exists():
+        return None
+    d = _load(path, DistroAssets)
+    assert isinstance(d, DistroAssets)
+    return d
+
+
+def load_distros(home: LabHome) -> list[DistroAssets]:
+    out: list[DistroAssets] = []
+    if not home.images.is_dir():
+        return out
+    for meta in sorted(home.images.glob("*/*/distro.json")):
+        d = _load(meta, DistroAssets)
+        assert isinstance(d, DistroAssets)
+        out.append(d)
+    return out
+
+
+def save_distro(home: LabHome, d: DistroAssets) -> None:
+    write_json(distro_dir(home, d.name, d.arch) / "distro.json", d.model_dump(mode="json"))

@@ -1,0 +1,58 @@
+"""Shared test fixtures.
+
+Unit tests run anywhere. Tests marked ``integration`` start real programs (dnsmasq, QEMU,
+firmware) inside network namespaces they create, so they need root; they are skipped with a
+reason when not root (CI runs as root and runs them all).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.geteuid() == 0:
+        return
+    skip = pytest.mark.skip(reason="integration test: needs root for network namespaces")
+    for item in items:
+        if "integration" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def lab_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A fresh, empty lab home selected through PVMLAB_HOME."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("PVMLAB_HOME", str(home))
+    yield home
+
+
+def run_pvmlab(
+    *args: str, home: Path | None = None, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI as a user would, in a subprocess."""
+    env = dict(os.environ)
+    if home is not None:
+        env["PVMLAB_HOME"] = str(home)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pvmlab.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"pvmlab {' '.join(args)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        )
+    return proc
