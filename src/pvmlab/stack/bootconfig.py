@@ -1,0 +1,155 @@
+"""What a MAC boots: the VM that owns it, its distro's kernel and initrd, and the command line.
+
+``boot_config(home, lab, mac)`` reads the records fresh on every call (VM and distro records
+change while the stack runs; they are small JSON files), so a VM defined a second ago is served.
+It returns None for a MAC no VM owns. A VM that cannot boot from the network (no distro, distro
+missing for its arch, a file gone) still gets a config: ``problem`` says why, and the iPXE script
+built from it prints that and exits to the next boot device.
+
+The kernel command line is the VM's own when set, else the distro's, plus:
+  - ``initrd=<name>`` naming the initrd as iPXE loads it (``initrd --name``); old iPXE builds
+    under EFI do not hand the initrd to the kernel without it (lab-facts, "NIC ROM trap");
+  - a serial console when none is given (``ttyAMA0`` on aarch64, ``ttyS0`` on x86_64).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict
+
+from pvmlab.errors import PvmlabError
+from pvmlab.home import LabHome
+from pvmlab.spec import store, validate
+from pvmlab.spec.models import Arch, DistroAssets, Firmware, LabSpec, VMSpec
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONSOLE: dict[str, str] = {"aarch64": "console=ttyAMA0", "x86_64": "console=ttyS0"}
+
+# A file name we are willing to put into a URL and serve: no separators, no dot-dot.
+_SAFE_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+class BootConfig(BaseModel):
+    """One machine's network boot, as the per-MAC iPXE script and ``/config/<mac>`` show it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    vm: str
+    mac: str
+    ip: str
+    arch: Arch
+    firmware: Firmware
+    distro: str | None = None
+    kernel_url: str | None = None
+    initrd_url: str | None = None
+    initrd_name: str | None = None
+    cmdline: str | None = None
+    kernel_sha256: str | None = None
+    initrd_sha256: str | None = None
+    problem: str | None = None  # why this machine cannot boot from the network (None: it can)
+
+    @property
+    def bootable(self) -> bool:
+        return self.problem is None
+
+
+def base_url_for(lab: LabSpec, port: int = 80) -> str:
+    """The URL prefix targets use to reach the lab's HTTP server."""
+    return f"http://{lab.ip}" if port == 80 else f"http://{lab.ip}:{port}"
+
+
+def find_vm(home: LabHome, mac: str) -> VMSpec | None:
+    """The VM whose NIC has this (normalised) MAC; unreadable VM files are skipped and logged."""
+    for name in store.vm_names(home):
+        try:
+            vm = store.load_vm(home, name)
+        except PvmlabError as exc:  # one broken file must not stop every other machine booting
+            log.warning("skipping VM %s: %s", name, exc)
+            continue
+        if vm.mac == mac:
+            return vm
+    return None
+
+
+def compose_cmdline(base: str, arch: str, initrd_name: str) -> str:
+    """The final kernel command line: ``base`` plus initrd= and a console when missing."""
+    tokens = base.split()
+    if not any(t.startswith("initrd=") for t in tokens):
+        tokens.append(f"initrd={initrd_name}")
+    if not any(t.startswith("console=") for t in tokens):
+        tokens.append(DEFAULT_CONSOLE[arch])
+    return " ".join(tokens)
+
+
+def _file_url(base_url: str, distro: DistroAssets, filename: str) -> str:
+    parts = (distro.name, distro.arch, filename)
+    return base_url.rstrip("/") + "/images/" + "/".join(quote(p, safe="") for p in parts)
+
+
+def _distro_problem(home: LabHome, vm: VMSpec) -> tuple[DistroAssets | None, str | None]:
+    if vm.distro is None:
+        return None, (
+            f"VM {vm.name} has no distro to boot "
+            f"(define it with --distro; see `pvmlab distro ls`)"
+        )
+    try:
+        distro = store.load_distro(home, vm.distro, vm.arch)
+    except PvmlabError as exc:
+        return None, f"distro {vm.distro} ({vm.arch}) has an unreadable record: {exc.problem}"
+    if distro is None:
+        return None, (
+            f"distro {vm.distro} is not present for {vm.arch} "
+            f"(import or pull it: `pvmlab distro ls` shows what is there)"
+        )
+    folder = store.distro_dir(home, distro.name, distro.arch)
+    for role, filename in (("kernel", distro.kernel), ("initrd", distro.initrd)):
+        if not _SAFE_FILE.fullmatch(filename) or ".." in filename:
+            return None, f"distro {distro.name} ({distro.arch}) names an unsafe {role} file"
+        if not (folder / filename).is_file():
+            return None, f"the {role} of distro {distro.name} ({distro.arch}) is missing"
+    return distro, None
+
+
+def build(home: LabHome, vm: VMSpec, base_url: str) -> BootConfig:
+    """The boot configuration of one VM (``problem`` set when it cannot boot)."""
+    head = BootConfig(
+        vm=vm.name, mac=vm.mac, ip=vm.ip, arch=vm.arch, firmware=vm.firmware, distro=vm.distro
+    )
+    distro, problem = _distro_problem(home, vm)
+    if distro is None:
+        return head.model_copy(update={"problem": problem})
+    base = vm.cmdline if vm.cmdline is not None else distro.cmdline
+    cmdline = compose_cmdline(base, vm.arch, distro.initrd)
+    try:
+        validate.cmdline(cmdline)
+    except PvmlabError as exc:
+        return head.model_copy(update={"problem": f"kernel command line refused: {exc.problem}"})
+    return head.model_copy(
+        update={
+            "kernel_url": _file_url(base_url, distro, distro.kernel),
+            "initrd_url": _file_url(base_url, distro, distro.initrd),
+            "initrd_name": distro.initrd,
+            "cmdline": cmdline,
+            "kernel_sha256": distro.kernel_sha256,
+            "initrd_sha256": distro.initrd_sha256,
+        }
+    )
+
+
+def boot_config(
+    home: LabHome, lab: LabSpec, mac: str, *, base_url: str | None = None
+) -> BootConfig | None:
+    """What ``mac`` boots, or None when no VM has that MAC.
+
+    ``mac`` is validated (any of the usual spellings; ValidationError when it is not a MAC).
+    ``base_url`` is where targets reach the HTTP server (default: the provisioner, port 80).
+    """
+    normalised = validate.mac(mac)
+    vm = find_vm(home, normalised)
+    if vm is None:
+        return None
+    return build(home, vm, base_url or base_url_for(lab))

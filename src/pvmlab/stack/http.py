@@ -1,0 +1,392 @@
+"""The lab's HTTP server: iPXE scripts, kernels and initrds, boot configuration as JSON.
+
+    GET /boot.ipxe              first script for every iPXE client: chains to /ipxe?mac=…
+    GET /ipxe?mac=&arch=&platform=
+                                the machine's script (kernel, initrd, command line, boot), or a
+                                short script that prints why it cannot boot and exits, so the
+                                firmware moves on to the next boot device
+    GET|HEAD /images/D/A/FILE   kernels and initrds from the lab home's images/ (Range, sendfile)
+    GET|HEAD /tftp/FILE         the first stages (iPXE binaries), same files as TFTP serves
+    GET /config/<mac>           the machine's boot configuration as JSON
+
+Records are read on every request (they change while the stack runs). Static paths are
+confined to their root: every segment must be a plain name (no dot-dot, no separators, no
+percent-decoded tricks), and the resolved file (after symlinks) must still be inside the root
+and be a regular file.
+
+Every request is logged as one JSON object per line to ``logs/http.log`` with its start and
+end time, so boot timelines can be built from it.
+
+Manual run: ``python -m pvmlab.stack.http --home H --host 127.0.0.1 --port 8080``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+from pvmlab.errors import PvmlabError, StateError, ValidationError
+from pvmlab.home import LabHome
+from pvmlab.spec import validate
+from pvmlab.spec.models import LabSpec
+from pvmlab.stack.bootconfig import BootConfig, boot_config
+
+log = logging.getLogger(__name__)
+
+TEXT = "text/plain"
+HOME_KEY = web.AppKey("home", LabHome)
+LAB_KEY = web.AppKey("lab", LabSpec)
+URL_KEY = web.AppKey("url", dict[str, str])  # {"base": URL targets use}, set once bound
+EXTRA = "pvmlab_log"  # request key: fields a handler adds to its log line
+
+# One path segment we serve: a plain name, not hidden, no separators or percent signs.
+_SEGMENT = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
+_PARAM = re.compile(r"[A-Za-z0-9_-]{1,16}")
+_ECHO_UNSAFE = re.compile(r"[^\x20-\x7e]|[$#;|&]")
+
+
+# --- templates ------------------------------------------------------------------------------
+
+
+def _one_line(value: Any) -> Any:
+    """Jinja2 finalize hook: no value may carry a newline or control character into a script."""
+    text = "" if value is None else str(value)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"refusing to write a control character into an iPXE script: {text!r}")
+    return value
+
+
+_ENV = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=False,  # noqa: S701 - iPXE scripts, not HTML
+    undefined=jinja2.StrictUndefined,
+    keep_trailing_newline=True,
+    finalize=_one_line,
+)
+
+
+def echo_text(text: str) -> str:
+    """Text that iPXE's ``echo`` prints as is (no settings expansion, separators or comments)."""
+    return " ".join(_ECHO_UNSAFE.sub("", text).split())
+
+
+def render_boot_script(base_url: str) -> str:
+    return _ENV.get_template("boot.ipxe.j2").render(base_url=base_url)
+
+
+def render_machine_script(cfg: BootConfig) -> str:
+    if not cfg.bootable:
+        return render_refusal(cfg.problem or "this machine cannot boot from the network")
+    return _ENV.get_template("machine.ipxe.j2").render(cfg=cfg)
+
+
+def render_refusal(reason: str) -> str:
+    return _ENV.get_template("refuse.ipxe.j2").render(reason=echo_text(reason))
+
+
+# --- request log ----------------------------------------------------------------------------
+
+
+class JsonAccessLogger(AbstractAccessLogger):
+    """Writes one JSON object per finished request (aiohttp calls ``log`` after the body)."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        end = _epoch()
+        start = end - time
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(start, UTC).isoformat(timespec="milliseconds"),
+            "start": round(start, 6),
+            "end": round(end, 6),
+            "duration": round(time, 6),
+            "client": request.remote,
+            "method": request.method,
+            "path": request.rel_url.raw_path,  # as sent (still percent-encoded)
+            "query": request.query_string or None,
+            "status": response.status,
+            "bytes": _body_bytes(request, response),
+        }
+        if isinstance(response, CountedFileResponse):
+            entry["complete"] = response.complete
+        if "Range" in request.headers:
+            entry["range"] = request.headers["Range"][:100]
+        entry.update(request.get(EXTRA, {}))
+        if "mac" not in entry and "mac" in request.query:
+            entry["mac"] = request.query["mac"][:64]
+        self.logger.info(json.dumps(entry, sort_keys=False))
+
+
+def _epoch() -> float:
+    return time.time()
+
+
+def _body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
+    """Bytes of body sent (aiohttp's own counter includes headers and misses sendfile)."""
+    if request.method == "HEAD" or response.status in (204, 304):
+        return 0
+    if isinstance(response, CountedFileResponse):
+        return response.bytes_sent
+    if isinstance(response, web.Response):
+        return response.content_length or 0
+    return response.body_length
+
+
+class CountedFileResponse(web.FileResponse):
+    """A FileResponse that remembers how many body bytes it sent (for the request log).
+
+    ``web.FileResponse`` does Range, HEAD, conditional requests and sendfile; the body goes
+    out in ``_sendfile``, so that is where the count is taken.
+    """
+
+    bytes_sent: int = 0
+    complete: bool = False
+
+    async def _sendfile(
+        self, request: web.BaseRequest, fobj: Any, offset: int, count: int
+    ) -> Any:
+        writer = await super()._sendfile(request, fobj, offset, count)
+        self.bytes_sent = count
+        self.complete = True
+        return writer
+
+
+def _open_request_log(path: Path) -> logging.Logger:
+    """A private logger (not registered globally) writing bare lines to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.Logger(f"pvmlab.http.requests:{path}", level=logging.INFO)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.propagate = False
+    return logger
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+def _script(text: str, outcome: str) -> web.Response:
+    return web.Response(
+        text=text, content_type=TEXT, charset="utf-8", headers={"X-Pvmlab-Boot": outcome}
+    )
+
+
+def _note(request: web.Request, **fields: Any) -> None:
+    request.setdefault(EXTRA, {}).update(fields)
+
+
+async def boot_ipxe(request: web.Request) -> web.Response:
+    return _script(render_boot_script(request.app[URL_KEY]["base"]), "chain")
+
+
+async def machine_ipxe(request: web.Request) -> web.Response:
+    raw = request.query.get("mac")
+    for key in ("arch", "platform"):  # what iPXE reported; recorded when it looks sane
+        value = request.query.get(key)
+        if value is not None and _PARAM.fullmatch(value):
+            _note(request, **{key: value})
+    if raw is None:
+        _note(request, outcome="refused")
+        return _script(render_refusal("the request named no MAC address"), "refused")
+    try:
+        mac = validate.mac(raw)
+    except ValidationError:
+        _note(request, outcome="refused")
+        return _script(render_refusal("the MAC parameter is not a unicast MAC address"), "refused")
+    _note(request, mac=mac)
+    cfg = await asyncio.to_thread(
+        boot_config, request.app[HOME_KEY], request.app[LAB_KEY], mac,
+        base_url=request.app[URL_KEY]["base"],
+    )
+    if cfg is None:
+        _note(request, outcome="unknown")
+        return _script(
+            render_refusal(f"no VM in this lab has MAC {mac} (define one with pvmlab vm create)"),
+            "unknown",
+        )
+    _note(request, vm=cfg.vm, outcome="boot" if cfg.bootable else "refused")
+    return _script(render_machine_script(cfg), "boot" if cfg.bootable else "refused")
+
+
+async def config_json(request: web.Request) -> web.Response:
+    raw = request.match_info["mac"]
+    try:
+        mac = validate.mac(raw)
+    except ValidationError as exc:
+        return web.json_response({"error": exc.problem}, status=400)
+    _note(request, mac=mac)
+    cfg = await asyncio.to_thread(
+        boot_config, request.app[HOME_KEY], request.app[LAB_KEY], mac,
+        base_url=request.app[URL_KEY]["base"],
+    )
+    if cfg is None:
+        return web.json_response({"error": f"no VM has MAC {mac}", "mac": mac}, status=404)
+    _note(request, vm=cfg.vm)
+    return web.json_response({**cfg.model_dump(mode="json"), "bootable": cfg.bootable})
+
+
+def confine(root: Path, relative: str) -> Path:
+    """The real path of ``relative`` under ``root``, or an HTTP error.
+
+    403 for anything that tries to leave the root (dot-dot, empty or hidden segments, encoded
+    separators, symlinks resolving outside); 404 for what is not there or not a regular file.
+    """
+    segments = relative.split("/")
+    if not all(_SEGMENT.fullmatch(s) for s in segments):
+        raise web.HTTPForbidden(text="forbidden: not a plain path\n")
+    try:
+        real_root = root.resolve(strict=True)
+        real = real_root.joinpath(*segments).resolve(strict=True)
+    except (OSError, RuntimeError):  # missing, or a symlink loop
+        raise web.HTTPNotFound(text="not found\n") from None
+    if not real.is_relative_to(real_root):
+        raise web.HTTPForbidden(text="forbidden: outside the served root\n")
+    if not real.is_file():
+        raise web.HTTPNotFound(text="not found: not a regular file\n")
+    return real
+
+
+async def images(request: web.Request) -> web.StreamResponse:
+    return _serve_file(request, request.app[HOME_KEY].images)
+
+
+async def tftp(request: web.Request) -> web.StreamResponse:
+    return _serve_file(request, request.app[HOME_KEY].tftp)
+
+
+def _serve_file(request: web.Request, root: Path) -> web.StreamResponse:
+    # Served names never need percent-encoding: an encoded byte ("%2e%2e", "%2F", "%5c") in the
+    # path as sent is a trick, refused before aiohttp's decoding can hide it.
+    if "%" in request.raw_path.split("?", 1)[0]:
+        raise web.HTTPForbidden(text="forbidden: encoded characters in the path\n")
+    path = confine(root, request.match_info["path"])
+    return CountedFileResponse(path)
+
+
+# --- application ----------------------------------------------------------------------------
+
+
+def base_url(lab: LabSpec, host: str, port: int) -> str:
+    """How targets reach this server: the bound address, or the provisioner when bound to all."""
+    addr = str(lab.ip) if host in ("", "0.0.0.0", "::") else host  # noqa: S104
+    if ":" in addr:
+        addr = f"[{addr}]"
+    return f"http://{addr}" if port == 80 else f"http://{addr}:{port}"
+
+
+def make_app(home: LabHome, lab: LabSpec, url: str) -> web.Application:
+    app = web.Application()
+    app[HOME_KEY] = home
+    app[LAB_KEY] = lab
+    app[URL_KEY] = {"base": url}
+    app.router.add_get("/boot.ipxe", boot_ipxe)
+    app.router.add_get("/ipxe", machine_ipxe)
+    app.router.add_get("/config/{mac}", config_json)
+    app.router.add_get("/images/{path:.+}", images)
+    app.router.add_get("/tftp/{path:.+}", tftp)
+    return app
+
+
+async def start_http(
+    home: LabHome, lab: LabSpec, host: str, port: int = 80, *, url: str | None = None
+) -> web.AppRunner:
+    """Serve the lab on host:port; the caller owns the runner (``await runner.cleanup()``).
+
+    ``url`` is the base URL written into scripts (default: derived from host and port).
+    """
+    request_log = _open_request_log(home.logs / "http.log")
+
+    async def close_log(_: web.Application) -> None:
+        for handler in list(request_log.handlers):
+            handler.close()
+            request_log.removeHandler(handler)
+
+    app = make_app(home, lab, url or base_url(lab, host, port))
+    app.on_cleanup.append(close_log)
+    runner = web.AppRunner(
+        app,
+        access_log_class=JsonAccessLogger,
+        access_log=request_log,
+        handle_signals=False,
+    )
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise StateError(
+            f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}",
+            "is another server using that port, or is the address not on this host?",
+        ) from None
+    except BaseException:
+        await runner.cleanup()
+        raise
+    if url is None and port == 0:  # the port is known only now
+        app[URL_KEY]["base"] = base_url(lab, host, bound_port(runner))
+    log.info("HTTP server on %s:%d, scripts point at %s", host, port, app[URL_KEY]["base"])
+    return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The TCP port the runner's first site listens on (useful with port 0)."""
+    for site in runner.sites:
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            return int(server.sockets[0].getsockname()[1])
+    raise StateError("the HTTP server is not listening")
+
+
+# --- manual entry point -----------------------------------------------------------------------
+
+
+def _lab_for(home: LabHome) -> LabSpec:
+    from pvmlab.spec import store
+
+    if home.lab_file.exists():
+        return store.load_lab(home)
+    iface = validate.ipv4_interface(LabSpec.model_fields["address"].default)
+    start, end = validate.default_dhcp_range(iface)
+    return LabSpec(dhcp_start=str(start), dhcp_end=str(end))
+
+
+async def _serve_forever(home: LabHome, host: str, port: int) -> None:
+    runner = await start_http(home, _lab_for(home), host, port)
+    try:
+        print(f"serving {home.root} on http://{host}:{bound_port(runner)}/ (Ctrl-C stops)")
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import click
+
+    @click.command(help="Run the lab's HTTP server in the foreground (for manual testing).")
+    @click.option("--home", "home_dir", type=click.Path(file_okay=False, path_type=Path),
+                  help="Lab home (default: $PVMLAB_HOME or ~/.pvmlab).")
+    @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+    @click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535),
+                  help="TCP port (0 picks a free one).")
+    def serve(home_dir: Path | None, host: str, port: int) -> None:
+        home = LabHome(home_dir.absolute()) if home_dir else LabHome.from_env()
+        try:
+            asyncio.run(_serve_forever(home, host, port))
+        except PvmlabError as exc:
+            raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt:
+            pass
+
+    serve.main(args=argv, prog_name="python -m pvmlab.stack.http")
+
+
+if __name__ == "__main__":
+    main()
