@@ -204,6 +204,15 @@ def cmdline(value: str) -> str:
         )
     if len(value) > 4096:
         raise ValidationError("kernel command line is longer than 4096 characters", "shorten it")
+    # iPXE splits a script line on whitespace: a word "||", "&&" or ";" starts another command
+    # and a word starting with "#" ends the line, so such words would change the boot script.
+    for word in value.split():
+        if word in ("||", "&&", ";") or word.startswith("#"):
+            raise ValidationError(
+                f"kernel command line word {word!r} would be read by iPXE as a command "
+                "separator or comment",
+                "remove it or join it to the word before it",
+            )
     return value
 
 
