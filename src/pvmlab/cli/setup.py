@@ -1,0 +1,60 @@
+"""`pvmlab setup`: create the lab home and check every dependency."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from pvmlab.cli import common
+from pvmlab.errors import StateError
+
+
+@click.command(
+    "setup",
+    help=(
+        "Create the lab home (images/, vms/, configs/, logs/, ...) and check every dependency: "
+        "QEMU per architecture, qemu-img, dnsmasq, iproute2, UEFI firmware, SeaBIOS, iPXE "
+        "binaries, privileges, /dev/kvm and /dev/net/tun. Each missing one is printed with the "
+        "command that installs it. Exits 0 when everything needed is there, 1 otherwise."
+    ),
+)
+@common.json_option
+def setup(as_json: bool) -> None:
+    from pvmlab import doctor
+
+    home = common.home()
+    try:
+        home.ensure()
+    except OSError as exc:
+        raise StateError(
+            f"cannot create the lab home {home.root}: {exc.strerror or exc}",
+            "choose a writable place with --home or PVMLAB_HOME",
+        ) from None
+    checks = doctor.run_checks(home)
+    ok = doctor.all_required_ok(checks)
+    if as_json:
+        common.emit_json(
+            {"home": str(home.root), "ok": ok, "checks": [c.as_dict() for c in checks]}
+        )
+    else:
+        rows = []
+        for c in checks:
+            status = "ok" if c.ok else ("MISSING" if c.required else "missing (optional)")
+            rows.append([c.name, status, c.detail])
+        click.echo(f"lab home: {home.root}")
+        common.table(None, ["check", "status", "found"], rows)
+        broken = [c for c in checks if not c.ok]
+        if broken:
+            click.echo("to install or fix:")
+            for c in broken:
+                click.echo(f"  {c.name}: {c.fix or c.detail}")
+            if doctor.package_family() == "apt":
+                click.echo(f"  (or everything at once: {doctor.DEPS_SCRIPT})")
+        missing = [c.name for c in checks if c.required and not c.ok]
+        if missing:
+            click.echo(f"missing: {', '.join(missing)}")
+        else:
+            click.echo("everything needed is there")
+    if not ok:
+        sys.exit(1)  # SystemExit passes through click and the entry point unchanged

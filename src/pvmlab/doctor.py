@@ -1,0 +1,300 @@
+"""Dependency checks for ``pvmlab setup``: is everything the lab drives present and usable?
+
+Each check yields a ``Check``: what was looked for, whether it is there (with version, path or
+source), and when it is not, the command that installs it on this platform (apt package names on
+Debian/Ubuntu, Homebrew on macOS). Checks marked ``required=False`` (KVM, busybox for the tests)
+are reported but do not fail setup: without KVM the lab runs under TCG, only slower.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import platform
+import re
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pvmlab import spawn
+from pvmlab.errors import PvmlabError
+from pvmlab.home import LabHome
+
+KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00)
+UEFI_PACKAGES = {"x86_64": "ovmf", "aarch64": "qemu-efi-aarch64"}
+SEABIOS_FILES = ("bios-256k.bin", "bios.bin")
+SEABIOS_DIRS = (Path("/usr/share/seabios"), Path("/usr/share/qemu"), Path("/usr/local/share/qemu"))
+DEPS_SCRIPT = "scripts/install-system-deps.sh"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str  # what was found (version, path, source), or what is wrong
+    fix: str | None = None  # how to install or repair it, when not ok
+    required: bool = True
+    data: dict[str, Any] = field(default_factory=dict)  # extra facts for --json
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- install hints ----------------------------------------------------------------------------
+
+
+def _os_release() -> dict[str, str]:
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return {}
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def package_family() -> str:
+    """'apt' (Debian/Ubuntu), 'brew' (macOS) or 'other'."""
+    if sys.platform == "darwin":
+        return "brew"
+    release = _os_release()
+    ids = {release.get("ID", ""), *release.get("ID_LIKE", "").split()}
+    return "apt" if ids & {"debian", "ubuntu"} else "other"
+
+
+def install_hint(apt: str | None, brew: str | None = None, note: str | None = None) -> str:
+    family = package_family()
+    if family == "apt" and apt:
+        hint = f"sudo apt-get install {apt}"
+    elif family == "brew" and brew:
+        hint = f"brew install {brew}"
+    elif family == "brew":
+        hint = "not available on macOS"
+    else:
+        hint = f"install your distribution's equivalent of the Debian package {apt}"
+    return f"{hint}; {note}" if note else hint
+
+
+# --- programs ---------------------------------------------------------------------------------
+
+# program, version argv, Debian package, Homebrew formula, required
+PROGRAMS: tuple[tuple[str, tuple[str, ...], str, str | None, bool], ...] = (
+    ("qemu-system-x86_64", ("--version",), "qemu-system-x86", "qemu", True),
+    ("qemu-system-aarch64", ("--version",), "qemu-system-arm", "qemu", True),
+    ("qemu-img", ("--version",), "qemu-utils", "qemu", True),
+    ("dnsmasq", ("--version",), "dnsmasq-base", "dnsmasq", True),
+    ("ip", ("-V",), "iproute2", None, True),
+    ("busybox", ("--help",), "busybox-static", None, False),
+)
+
+
+_VERSION = re.compile(r"(\d+\.\d+(?:\.\d+)*)")
+
+
+def program_version(argv: list[str]) -> str:
+    """The first dotted version number a program prints about itself ("?" when none)."""
+    try:
+        proc = spawn.run(argv, check=False, timeout=20)
+    except PvmlabError:
+        return "?"
+    text = (proc.stdout or "") + (proc.stderr or "")
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    match = _VERSION.search(first)
+    return match.group(1) if match else "?"
+
+
+def check_program(name: str, version_args: tuple[str, ...], apt: str, brew: str | None,
+                  required: bool) -> Check:
+    path = shutil.which(name)
+    what = name if required else f"{name} (tests)"
+    if path is None:
+        return Check(what, False, f"{name} not found on PATH", install_hint(apt, brew),
+                     required=required)
+    version = program_version([path, *version_args])
+    return Check(what, True, f"{version} {path}", required=required,
+                 data={"path": path, "version": version})
+
+
+# --- firmware -----------------------------------------------------------------------------------
+
+
+def check_uefi(arch: str) -> Check:
+    name = f"UEFI firmware {arch}"
+    hint = install_hint(UEFI_PACKAGES[arch], "qemu")
+    try:
+        from pvmlab.qemu.argv import machine_type
+        from pvmlab.qemu.firmware import find_uefi
+    except ImportError:
+        return Check(name, False, "cannot check: pvmlab.qemu.firmware is not available", hint)
+    try:
+        fw = find_uefi(arch, machine_type(arch, "uefi"))
+    except PvmlabError as exc:
+        return Check(name, False, exc.problem, hint if exc.hint is None else f"{hint}; {exc.hint}")
+    code, vars_template = Path(fw.code), Path(fw.vars_template)
+    return Check(
+        name, True, f"{code} (vars {vars_template.name})",
+        data={"code": str(code), "vars_template": str(vars_template),
+              "descriptor": str(fw.descriptor)},
+    )
+
+
+def qemu_data_dirs() -> list[Path]:
+    """Where QEMU looks for its ROMs (``-L help``), then the usual places."""
+    dirs: list[Path] = []
+    qemu = shutil.which("qemu-system-x86_64")
+    if qemu is not None:
+        try:
+            proc = spawn.run([qemu, "-L", "help"], check=False, timeout=20)
+            dirs = [Path(line.strip()) for line in proc.stdout.splitlines() if line.strip()]
+        except PvmlabError:
+            dirs = []
+    return [*dirs, *SEABIOS_DIRS]
+
+
+def check_seabios() -> Check:
+    for folder in qemu_data_dirs():
+        for filename in SEABIOS_FILES:
+            candidate = folder / filename
+            if candidate.is_file():
+                real = candidate.resolve()
+                return Check("SeaBIOS (legacy BIOS)", True, str(real), data={"path": str(real)})
+    return Check(
+        "SeaBIOS (legacy BIOS)", False,
+        f"none of {', '.join(SEABIOS_FILES)} in QEMU's data directories",
+        install_hint("seabios", "qemu"),
+    )
+
+
+def _find_ipxe(home: LabHome) -> dict[str, Any]:
+    from pvmlab.assets import ipxe
+
+    found: dict[str, Any] = ipxe.find_binaries(home)
+    return found
+
+
+def check_ipxe(home: LabHome) -> list[Check]:
+    other = "or name a directory / download the official builds: pvmlab distro ipxe --help"
+    hint_any = install_hint("ipxe", None, note=other)
+    hint_arm = install_hint("ipxe", None, note=f"Debian 12 lacks the arm64 build: {DEPS_SCRIPT} "
+                            f"fetches Debian 13's ipxe into /usr/local/lib/ipxe; {other}")
+    try:
+        found = _find_ipxe(home)
+    except ImportError:
+        return [Check("iPXE binaries", False, "cannot check: pvmlab.assets.ipxe is not available",
+                      hint_any)]
+    except PvmlabError as exc:
+        return [Check("iPXE binaries", False, exc.problem, exc.hint or hint_any)]
+    checks: list[Check] = []
+    for role, binary in found.items():
+        if binary is None:
+            name = f"iPXE {role}"
+            hint = hint_arm if "arm" in str(role) else hint_any
+            checks.append(Check(name, False, "no binary found", hint))
+            continue
+        checks.append(Check(
+            f"iPXE {binary.tftp_name}", True,
+            f"{binary.path} ({binary.source}) sha256 {binary.sha256[:12]}…",
+            data={"role": str(role), "tftp_name": binary.tftp_name, "path": str(binary.path),
+                  "source": str(binary.source), "sha256": binary.sha256},
+        ))
+    return checks
+
+
+# --- privileges and devices ---------------------------------------------------------------------
+
+
+def check_privileges() -> Check:
+    name = "root or CAP_NET_ADMIN"
+    try:
+        from pvmlab.network.privilege import effective_caps, missing_caps
+    except ImportError:
+        return Check(name, False, "cannot check: pvmlab.network.privilege is not available",
+                     "run pvmlab with sudo")
+    missing = missing_caps(effective_caps())
+    if not missing:
+        who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()} with capabilities"
+        return Check(name, True, f"{who}: may build the lab network")
+    return Check(name, False, f"missing {', '.join(missing)}: the lab network cannot be built",
+                 "run pvmlab with sudo (the lab network needs root)")
+
+
+def _open_device(path: str) -> int:
+    return os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+
+def check_kvm(opener: Callable[[str], int] = _open_device) -> Check:
+    name = "/dev/kvm (acceleration)"
+    try:
+        fd = opener("/dev/kvm")
+    except OSError as exc:
+        reasons = {
+            errno.ENOENT: ("missing: the kvm module is not loaded or the CPU has no "
+                           "virtualization (nested virtualization off?)",
+                           "load kvm_intel or kvm_amd, or enable virtualization in the firmware"),
+            errno.EACCES: ("permission denied",
+                           "add your user to the kvm group: sudo usermod -aG kvm $USER"),
+            errno.EPERM: ("operation not permitted", "run as root or join the kvm group"),
+            errno.ENXIO: ("no KVM device behind /dev/kvm",
+                          "load kvm_intel or kvm_amd (modprobe)"),
+            errno.ENODEV: ("no KVM device behind /dev/kvm",
+                           "load kvm_intel or kvm_amd (modprobe)"),
+        }
+        detail, hint = reasons.get(exc.errno or 0, (f"cannot open: {exc.strerror}", None))
+        return Check(name, False, f"{detail}; VMs run under TCG (slower)", hint, required=False)
+    try:
+        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
+    except OSError as exc:
+        return Check(name, False, f"opens but KVM_GET_API_VERSION fails: {exc.strerror}",
+                     None, required=False)
+    finally:
+        os.close(fd)
+    return Check(name, True, f"opens, KVM API {version} (host {platform.machine()})",
+                 required=False, data={"api_version": version})
+
+
+def check_tun(opener: Callable[[str], int] = _open_device) -> Check:
+    name = "/dev/net/tun (VM NICs)"
+    try:
+        fd = opener("/dev/net/tun")
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return Check(name, False, "missing: the tun module is not loaded",
+                         "sudo modprobe tun")
+        if exc.errno in (errno.EACCES, errno.EPERM):
+            return Check(name, False, "permission denied", "run pvmlab with sudo")
+        return Check(name, False, f"cannot open: {exc.strerror}", "sudo modprobe tun")
+    os.close(fd)
+    return Check(name, True, "usable")
+
+
+# --- all together -------------------------------------------------------------------------------
+
+
+def _iter_checks(home: LabHome) -> Iterator[Check]:
+    for name, version_args, apt, brew, required in PROGRAMS:
+        if name == "ip" and sys.platform == "darwin":
+            continue
+        yield check_program(name, version_args, apt, brew, required)
+    yield check_uefi("x86_64")
+    yield check_uefi("aarch64")
+    yield check_seabios()
+    yield from check_ipxe(home)
+    if sys.platform.startswith("linux"):
+        yield check_privileges()
+        yield check_kvm()
+        yield check_tun()
+
+
+def run_checks(home: LabHome) -> list[Check]:
+    return list(_iter_checks(home))
+
+
+def all_required_ok(checks: list[Check]) -> bool:
+    return all(c.ok for c in checks if c.required)
