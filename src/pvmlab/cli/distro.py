@@ -1,0 +1,283 @@
+"""`pvmlab distro`: the kernels and initrds the lab serves, and the iPXE first stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pvmlab.cli.common import emit_json, home, json_option
+from pvmlab.errors import ValidationError
+from pvmlab.spec import validate
+
+
+def _arch(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else validate.arch(value)
+
+
+def _name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
+    return validate.distro_name(value)
+
+
+arch_option = click.option(
+    "--arch",
+    required=True,
+    callback=_arch,
+    help="Architecture: aarch64 or x86_64 (arm64 and amd64 are accepted).",
+)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+@click.group()
+def distro() -> None:
+    """Import, pull and list the kernels and initrds the lab boots.
+
+    Files live in the lab home under images/NAME/ARCH/ (vmlinuz, initrd, distro.json) and are
+    served by the stack at /images/NAME/ARCH/.
+    """
+
+
+@distro.command("import")
+@click.argument("name", callback=_name)
+@arch_option
+@click.option(
+    "--kernel",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Kernel file to copy (with --initrd).",
+)
+@click.option(
+    "--initrd",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Initial ramdisk to copy (with --kernel).",
+)
+@click.option(
+    "--from-image",
+    "image",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Extract the newest kernel and its initrd from a disk image (qcow2 or raw; GPT or "
+    "MBR; ext2/3/4), without root.",
+)
+@click.option("--cmdline", help="Kernel command line to boot it with (one line).")
+@json_option
+def import_(
+    name: str,
+    arch: str,
+    kernel: Path | None,
+    initrd: Path | None,
+    image: Path | None,
+    cmdline: str | None,
+    as_json: bool,
+) -> None:
+    """Copy a kernel and initrd into the lab as distro NAME.
+
+    Either give --kernel and --initrd, or --from-image IMAGE to take them out of a cloud image.
+    Importing over an existing NAME/ARCH replaces it.
+    """
+    from pvmlab.assets import distro as assets
+
+    h = home()
+    note = ""
+    if image is not None:
+        if kernel is not None or initrd is not None:
+            raise ValidationError(
+                "--from-image cannot be combined with --kernel/--initrd", "give one or the other"
+            )
+        from pvmlab.assets import extract
+
+        image_p = validate.existing_file(image, "image")
+        if cmdline is not None:
+            validate.cmdline(cmdline)
+        result = extract.import_from_image(h, name, arch, image_p, cmdline)
+        note = result.note
+        res = result.imported
+    else:
+        if kernel is None or initrd is None:
+            raise ValidationError(
+                "distro import needs --kernel and --initrd (or --from-image)",
+                "e.g. pvmlab distro import demo --arch x86_64 --kernel vmlinuz --initrd initrd.img",
+            )
+        res = assets.import_result(h, name, arch, kernel, initrd, cmdline)
+    a = res.assets
+    if as_json:
+        emit_json({**a.model_dump(mode="json"), "replaced": res.replaced is not None})
+        return
+    if note:
+        click.echo(note)
+    verb = "replaced" if res.replaced is not None else "imported"
+    click.echo(
+        f"{verb} {a.name} ({a.arch}): vmlinuz {_size(a.kernel_size)} sha256 {a.kernel_sha256}, "
+        f"initrd {_size(a.initrd_size)} sha256 {a.initrd_sha256}"
+    )
+
+
+def _rows(h: Any, show_available: bool) -> list[dict[str, Any]]:
+    from pvmlab.assets import catalog
+    from pvmlab.assets import distro as assets
+
+    present = {(a.name, a.arch): a for a in assets.list_assets(h)}
+    rows: list[dict[str, Any]] = []
+    for a in present.values():
+        status = "imported" if a.source == "import" else "pulled"
+        rows.append({"status": status, **a.model_dump(mode="json")})
+    if show_available:
+        for entry in catalog.load(h).values():
+            for arch in entry.arches:
+                if (entry.name, arch) in present:
+                    continue
+                rows.append(
+                    {
+                        "status": "available",
+                        "name": entry.name,
+                        "arch": arch,
+                        "source": None,
+                        "methods": entry.methods_for(arch),
+                        "version": entry.version,
+                    }
+                )
+    rows.sort(key=lambda r: (r["name"], r["arch"]))
+    return rows
+
+
+@distro.command("ls")
+@click.option(
+    "--installed", is_flag=True, help="Only what is in the lab (hide catalog entries not pulled)."
+)
+@json_option
+def ls(installed: bool, as_json: bool) -> None:
+    """List distros: those in the lab (imported or pulled) and the catalog's others."""
+    h = home()
+    rows = _rows(h, not installed)
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no distros (see `pvmlab distro import` and `pvmlab distro pull`)")
+        return
+    _print_table(
+        ["NAME", "ARCH", "STATUS", "METHOD", "VERSION", "KERNEL", "INITRD", "SHA-256 (kernel)"],
+        [
+            [
+                r["name"],
+                r["arch"],
+                r["status"],
+                r.get("source") or ",".join(r.get("methods", [])),
+                r.get("version") or "-",
+                _size(r.get("kernel_size")),
+                _size(r.get("initrd_size")),
+                r.get("kernel_sha256") or "-",
+            ]
+            for r in rows
+        ],
+    )
+
+
+def _print_table(columns: list[str], rows: list[list[str]]) -> None:
+    """A borderless table that never folds cells (wide when not on a terminal, for grep)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=400)
+    t = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for c in columns:
+        t.add_column(c, no_wrap=True)
+    for r in rows:
+        t.add_row(*r)
+    console.print(t)
+
+
+@distro.command("rm")
+@click.argument("name", callback=_name)
+@arch_option
+@click.option("--force", is_flag=True, help="Remove it even when a VM is defined to boot it.")
+def rm(name: str, arch: str, force: bool) -> None:
+    """Remove distro NAME for ARCH from the lab (the download cache is kept)."""
+    from pvmlab.assets import distro as assets
+    from pvmlab.errors import StateError
+    from pvmlab.spec import store
+
+    h = home()
+    if not force:
+        users = [vm.name for vm in store.load_vms(h) if vm.distro == name and vm.arch == arch]
+        if users:
+            raise StateError(
+                f"distro {name!r} ({arch}) is used by VM(s) {', '.join(users)}",
+                "remove or redefine those VMs first, or pass --force",
+            )
+    a = assets.remove(h, name, arch)
+    click.echo(f"removed {a.name} ({a.arch})")
+
+
+@distro.command("ipxe")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Remember DIR as the first place to take iPXE binaries from.",
+)
+@click.option("--forget-dir", is_flag=True, help="Forget the directory set with --dir.")
+@click.option(
+    "--download",
+    is_flag=True,
+    help="Fetch the official builds (boot.ipxe.org, or PVMLAB_IPXE_URL) into the lab's cache.",
+)
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(["bios", "efi-x86_64", "efi-arm64"]),
+    help="Limit --download to this role (repeatable).",
+)
+@json_option
+def ipxe(
+    directory: Path | None,
+    forget_dir: bool,
+    download: bool,
+    roles: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Show which iPXE first stage each client type gets, and where it comes from."""
+    from pvmlab.assets import ipxe as ip
+
+    h = home()
+    if directory is not None and forget_dir:
+        raise ValidationError("--dir and --forget-dir exclude each other", "give one of them")
+    if directory is not None or forget_dir:
+        h.ensure()
+        ip.set_user_dir(h, None if forget_dir else directory)
+    if download:
+        h.ensure()
+        ip.download_official(h, roles or None, progress=not as_json)
+    found = ip.find_binaries(h)
+    if as_json:
+        emit_json({r: (b.as_json() if b else None) for r, b in found.items()})
+        return
+    _print_table(
+        ["ROLE", "TFTP NAME", "SOURCE", "PATH", "SHA-256"],
+        [
+            [
+                r,
+                ip.FIRST_STAGES[r],
+                b.source if b else "MISSING",
+                str(b.path) if b else "-",
+                b.sha256 if b else "-",
+            ]
+            for r, b in found.items()
+        ],
+    )
+    missing = [r for r, b in found.items() if b is None]
+    if missing:
+        click.echo(f"hint: {ip.INSTALL_HINT}", err=True)
