@@ -1,0 +1,267 @@
+"""`pvmlab provisioner`: define the lab network and run its DHCP/TFTP/HTTP stack."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pvmlab.cli.common import emit_json, home, json_option
+from pvmlab.errors import StateError
+from pvmlab.spec import validate
+
+SERVICES = ("dnsmasq", "http", "supervisor")
+
+
+@click.group()
+def provisioner() -> None:
+    """Define, start and stop the lab network and its DHCP/TFTP/HTTP stack.
+
+    The provisioner is a network namespace on this host holding a bridge with the lab's
+    address; dnsmasq (DHCP + TFTP) and the HTTP/iPXE server run inside it. Changing it needs
+    root (or CAP_NET_ADMIN).
+    """
+
+
+@provisioner.command()
+@click.option(
+    "--ip",
+    "address",
+    default="192.168.105.1/24",
+    show_default=True,
+    metavar="CIDR",
+    help="The provisioner's address and the lab subnet.",
+)
+@click.option(
+    "--dhcp-range",
+    "dhcp_range",
+    metavar="START,END",
+    help="Dynamic range for unknown MACs (default: .100-.199 of a /24, the upper half otherwise).",
+)
+@json_option
+def create(address: str, dhcp_range: str | None, as_json: bool) -> None:
+    """Record the lab network (address, subnet, dynamic DHCP range) in the lab home."""
+    from pvmlab.spec import store
+    from pvmlab.spec.models import LabSpec
+
+    iface = validate.ipv4_interface(address)
+    if dhcp_range is None:
+        start, end = validate.default_dhcp_range(iface)
+    else:
+        start, end = validate.dhcp_range(dhcp_range, iface)
+    h = home()
+    if h.lab_file.exists():
+        raise StateError(
+            f"a lab is already defined in {h.root}",
+            "use it as it is, `pvmlab provisioner destroy` it first, or pick another home "
+            "with PVMLAB_HOME",
+        )
+    h.ensure()
+    with h.locked():
+        if h.lab_file.exists():
+            raise StateError(f"a lab is already defined in {h.root}", "use it as it is")
+        lab = LabSpec(address=str(iface), dhcp_start=str(start), dhcp_end=str(end))
+        store.save_lab(h, lab)
+    if as_json:
+        emit_json({"home": str(h.root), **lab.model_dump(mode="json")})
+    else:
+        click.echo(
+            f"lab defined in {h.root}: provisioner {lab.address}, "
+            f"dynamic range {lab.dhcp_start}-{lab.dhcp_end}"
+        )
+        click.echo("next: `pvmlab provisioner start`")
+
+
+@provisioner.command()
+@json_option
+def start(as_json: bool) -> None:
+    """Create the lab network and start dnsmasq and the HTTP server (returns once serving)."""
+    from pvmlab.network.privilege import require_net_admin
+    from pvmlab.stack import control
+
+    require_net_admin("`pvmlab provisioner start`")
+    h = home()
+    was_running = control.is_running(h)
+    st = control.start(h)
+    if as_json:
+        emit_json(st)
+        return
+    if was_running:
+        click.echo(f"already running (supervisor pid {st['services'][0]['pid']})")
+    else:
+        click.echo(f"lab started: {st['address']} on bridge {st['bridge']} in netns {st['netns']}")
+    _print_services(st)
+
+
+@provisioner.command()
+@json_option
+def stop(as_json: bool) -> None:
+    """Stop the stack and remove the lab network (namespace, bridge, taps)."""
+    from pvmlab.network.privilege import require_net_admin
+    from pvmlab.stack import control
+
+    require_net_admin("`pvmlab provisioner stop`")
+    h = home()
+    h.require()
+    result = control.stop(h)
+    if as_json:
+        emit_json(result)
+        return
+    for item in result["stopped"]:
+        click.echo(f"stopped {item['name']} (pid {item['pid']})")
+    if result["stragglers"]:
+        click.echo(f"also stopped processes left in the namespace: {result['stragglers']}")
+    click.echo(f"lab network {h.netns} removed")
+
+
+@provisioner.command()
+@json_option
+def status(as_json: bool) -> None:
+    """Show each service, its PID, the addresses, the namespace and bridge, and the leases."""
+    from pvmlab.stack import control
+
+    h = home()
+    h.require()
+    st = control.status(h)
+    if as_json:
+        emit_json(st)
+        return
+    state = "running" if st["running"] else "stopped"
+    click.echo(f"lab {h.root}: {state}")
+    if st["address"] is None:
+        click.echo("no lab defined (`pvmlab provisioner create`)")
+        return
+    click.echo(
+        f"address {st['address']}  dynamic range {st['dhcp_range'][0]}-{st['dhcp_range'][1]}"
+    )
+    click.echo(f"netns {st['netns']}  bridge {st['bridge']}  network up: {st['network_up']}")
+    _print_services(st)
+    _print_leases(st)
+
+
+@provisioner.command()
+@click.option(
+    "--service",
+    type=click.Choice([*SERVICES, "all"]),
+    default="all",
+    show_default=True,
+    help="Which log to show.",
+)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines as they come.")
+@click.option(
+    "-n", "--lines", type=click.IntRange(min=0), default=40, show_default=True,
+    help="How many lines from the end to show first.",
+)
+def logs(service: str, follow: bool, lines: int) -> None:
+    """Show the stack's logs (dnsmasq with log-dhcp, HTTP requests as JSON lines, supervisor)."""
+    h = home()
+    h.require()
+    names = list(SERVICES) if service == "all" else [service]
+    paths = {name: h.logs / f"{name}.log" for name in names}
+    prefix = len(names) > 1
+    offsets: dict[str, int] = {}
+    for name, path in paths.items():
+        if not path.exists():
+            if not prefix:
+                click.echo(f"(no {name} log yet: {path})", err=True)
+            offsets[name] = 0
+            continue
+        data = path.read_bytes()
+        offsets[name] = len(data)
+        for line in data.decode(errors="replace").splitlines()[-lines:] if lines else []:
+            click.echo(f"{name}: {line}" if prefix else line)
+    while follow:
+        time.sleep(0.25)
+        for name, path in paths.items():
+            offsets[name] = _follow(path, offsets[name], f"{name}: " if prefix else "")
+
+
+def _follow(path: Path, offset: int, prefix: str) -> int:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return 0
+    if size < offset:  # truncated or replaced
+        offset = 0
+    if size == offset:
+        return offset
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        chunk = fh.read()
+    text = chunk.decode(errors="replace")
+    complete = text.rsplit("\n", 1)[0] if "\n" in text else ""
+    if not complete:
+        return offset
+    for line in complete.split("\n"):
+        click.echo(prefix + line)
+    return offset + len(complete.encode(errors="replace")) + 1
+
+
+@provisioner.command()
+def reload() -> None:
+    """Re-render the DHCP reservations from the VM definitions and have dnsmasq re-read them."""
+    from pvmlab.stack import control
+
+    h = home()
+    h.require()
+    if control.reload(h):
+        click.echo("reservations reloaded")
+    else:
+        click.echo("the stack is not running: nothing to reload")
+
+
+@provisioner.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+def destroy(yes: bool) -> None:
+    """Stop the lab and forget its definition (lab.json). VMs and images are kept."""
+    from pvmlab.network.privilege import require_net_admin
+    from pvmlab.stack import control
+
+    require_net_admin("`pvmlab provisioner destroy`")
+    h = home()
+    h.require()
+    if not h.lab_file.exists():
+        raise StateError(f"no lab is defined in {h.root}", "nothing to destroy")
+    if not yes:
+        click.confirm(f"stop the lab in {h.root} and remove its definition?", abort=True)
+    control.stop(h)
+    with h.locked():
+        h.lab_file.unlink(missing_ok=True)
+    click.echo(f"lab in {h.root} stopped and its definition removed")
+
+
+# --- printing ---------------------------------------------------------------------------------
+
+
+def _print_services(st: dict[str, Any]) -> None:
+    from pvmlab.cli.common import table
+
+    rows = []
+    for svc in st["services"]:
+        detail = svc.get("url") or ", ".join(svc.get("serves", ["dnsmasq", "http"]))
+        if svc.get("restarts"):
+            detail += f" (restarted {svc['restarts']}x)"
+        state = "running" if svc["running"] else "stopped"
+        rows.append([svc["name"], state, str(svc["pid"] or "-"), detail])
+    table(None, ["service", "state", "pid", "serves"], rows)
+
+
+def _print_leases(st: dict[str, Any]) -> None:
+    from pvmlab.cli.common import table
+
+    names = {r["mac"]: r["name"] for r in st["reservations"]}
+    if not st["leases"]:
+        click.echo("no leases")
+        return
+    rows = []
+    for lease in st["leases"]:
+        expires = "never" if lease["expires"] == 0 else time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.localtime(lease["expires"])
+        )
+        rows.append(
+            [lease["ip"], lease["mac"], names.get(lease["mac"], lease["hostname"] or "-"), expires]
+        )
+    table("leases", ["ip", "mac", "vm / host", "expires"], rows)
+

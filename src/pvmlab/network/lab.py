@@ -1,0 +1,261 @@
+"""The Linux lab network: a namespace, a bridge holding the provisioner address, taps for VMs.
+
+    up(home, lab)            namespace (loopback up) + bridge with the address, up; idempotent
+    ensure_tap(home, vm)     a tap for that VM in the namespace, enslaved to the bridge, up
+    remove_tap(home, vm)
+    down(home)               everything above removed again, also after a crash
+    is_up(home)
+
+Everything lives inside the namespace ``home.netns``; nothing is created in the host's own
+network namespace, so the lab can never answer DHCP on the user's LAN. Each object made is
+recorded in ``stack/network.json`` as it is made; ``down`` removes what the record names and,
+because the record may be lost (crash, reboot), also whatever carries this home's names:
+the namespace ``home.netns``, the bridge ``home.bridge`` and taps named ``home.tap(...)``
+inside it. It never touches an object that is not named from this home.
+
+All changes go through iproute2's ``ip`` (run by ``pvmlab.spawn``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pvmlab import spawn
+from pvmlab.errors import StateError
+from pvmlab.home import LabHome, write_json
+from pvmlab.network.privilege import require_net_admin
+from pvmlab.spec import validate
+from pvmlab.spec.models import LabSpec
+
+__all__ = [
+    "down",
+    "ensure_tap",
+    "is_up",
+    "link_names",
+    "netns_exists",
+    "netns_pids",
+    "remove_tap",
+    "require_net_admin",
+    "up",
+]
+
+log = logging.getLogger(__name__)
+
+NETNS_DIR = Path("/run/netns")
+TAP_PREFIX = "pvt"
+
+
+# --- the record of what was made ------------------------------------------------------------
+
+
+def _record_path(home: LabHome) -> Path:
+    return home.stack / "network.json"
+
+
+@contextlib.contextmanager
+def _locked(home: LabHome) -> Iterator[None]:
+    """Serialise network changes of one home (its own lock: callers may hold ``home.locked``)."""
+    home.stack.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home.stack / ".network.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _load_record(home: LabHome) -> dict[str, Any]:
+    try:
+        raw = json.loads(_record_path(home).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return raw if isinstance(raw, dict) else {}
+
+
+def _save_record(home: LabHome, record: dict[str, Any]) -> None:
+    write_json(_record_path(home), record)
+
+
+def _note(home: LabHome, record: dict[str, Any], key: str, value: str) -> None:
+    items = record.setdefault(key, [])
+    if value not in items:
+        items.append(value)
+        _save_record(home, record)
+
+
+# --- queries --------------------------------------------------------------------------------
+
+
+def netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def link_names(netns: str) -> list[str]:
+    """Names of the network interfaces inside ``netns`` ([] when it does not exist)."""
+    if not netns_exists(netns):
+        return []
+    proc = spawn.run(["ip", "-n", netns, "-j", "link", "show"], check=False)
+    if proc.returncode != 0:
+        return []
+    try:
+        links = json.loads(proc.stdout or "[]")
+    except json.JSONDecodeError:
+        return []
+    return [str(link["ifname"]) for link in links if "ifname" in link]
+
+
+def _link(netns: str, name: str) -> dict[str, Any] | None:
+    proc = spawn.run(["ip", "-n", netns, "-j", "addr", "show", "dev", name], check=False)
+    if proc.returncode != 0:
+        return None
+    try:
+        data = json.loads(proc.stdout or "[]")
+    except json.JSONDecodeError:
+        return None
+    return data[0] if data and isinstance(data[0], dict) else None
+
+
+def _addresses(link: dict[str, Any]) -> list[str]:
+    return [
+        f"{a['local']}/{a['prefixlen']}"
+        for a in link.get("addr_info", [])
+        if a.get("family") == "inet"
+    ]
+
+
+def is_up(home: LabHome) -> bool:
+    """The namespace exists and its bridge is administratively up."""
+    if not netns_exists(home.netns):
+        return False
+    link = _link(home.netns, home.bridge)
+    return link is not None and "UP" in link.get("flags", [])
+
+
+def netns_pids(netns: str) -> list[int]:
+    """PIDs of the processes whose network namespace is ``netns``."""
+    if not netns_exists(netns):
+        return []
+    proc = spawn.run(["ip", "netns", "pids", netns], check=False)
+    return [int(p) for p in proc.stdout.split() if p.isdigit()]
+
+
+# --- changes --------------------------------------------------------------------------------
+
+
+def up(home: LabHome, lab: LabSpec) -> None:
+    """Create the namespace and the bridge with the provisioner address (idempotent)."""
+    require_net_admin("building the lab network")
+    ns, br = home.netns, home.bridge
+    with _locked(home):
+        record = _load_record(home)
+        record.setdefault("netns", ns)
+        record.setdefault("bridge", br)
+        if not netns_exists(ns):
+            spawn.run(["ip", "netns", "add", ns])
+            _note(home, record, "created", "netns")
+            log.info("created network namespace %s", ns)
+        spawn.run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        link = _link(ns, br)
+        if link is None:
+            spawn.run(["ip", "-n", ns, "link", "add", br, "type", "bridge", "stp_state", "0",
+                       "forward_delay", "0"])
+            _note(home, record, "created", "bridge")
+            log.info("created bridge %s in %s", br, ns)
+            link = _link(ns, br)
+        if link is not None and _addresses(link) != [lab.address]:
+            spawn.run(["ip", "-n", ns, "addr", "flush", "dev", br])
+            spawn.run(["ip", "-n", ns, "addr", "add", lab.address, "dev", br])
+        spawn.run(["ip", "-n", ns, "link", "set", br, "up"])
+        _save_record(home, record)
+
+
+def ensure_tap(home: LabHome, vm_name: str) -> str:
+    """A tap for ``vm_name`` in the lab namespace, enslaved to the bridge and up (idempotent)."""
+    validate.vm_name(vm_name)
+    require_net_admin("attaching a VM to the lab network")
+    if not is_up(home):
+        raise StateError(
+            "the lab network is not up", "start it with `pvmlab provisioner start`"
+        )
+    ns, tap = home.netns, home.tap(vm_name)
+    with _locked(home):
+        record = _load_record(home)
+        if _link(ns, tap) is None:
+            spawn.run(["ip", "-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"])
+            log.info("created tap %s for VM %s", tap, vm_name)
+        _note(home, record, "taps", tap)
+        spawn.run(["ip", "-n", ns, "link", "set", tap, "master", home.bridge])
+        spawn.run(["ip", "-n", ns, "link", "set", tap, "up"])
+    return tap
+
+
+def remove_tap(home: LabHome, vm_name: str) -> None:
+    """Remove the VM's tap (nothing happens when it is not there)."""
+    validate.vm_name(vm_name)
+    ns, tap = home.netns, home.tap(vm_name)
+    with _locked(home):
+        if netns_exists(ns) and _link(ns, tap) is not None:
+            require_net_admin("detaching a VM from the lab network")
+            spawn.run(["ip", "-n", ns, "link", "del", tap])
+        record = _load_record(home)
+        if tap in record.get("taps", []):
+            record["taps"].remove(tap)
+            _save_record(home, record)
+
+
+def _stop_stragglers(netns: str, grace: float = 5.0) -> list[int]:
+    """Stop processes still living in the lab namespace (a crashed stack, a leftover VM).
+
+    A namespace with processes in it outlives ``ip netns del``; they belong to this lab
+    (nothing else is ever started inside it), so they are stopped: SIGTERM, then SIGKILL.
+    """
+    pids = [p for p in netns_pids(netns) if p != os.getpid()]
+    if not pids:
+        return []
+    log.warning("stopping processes left in %s: %s", netns, pids)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(spawn.pid_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if spawn.pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def down(home: LabHome) -> list[int]:
+    """Remove the taps, the bridge and the namespace of this home; return PIDs it had to stop.
+
+    Works from the names alone when the record is gone, and does nothing when nothing is there.
+    """
+    ns = home.netns
+    with _locked(home):
+        record = _load_record(home)
+        if netns_exists(ns):
+            require_net_admin("removing the lab network")
+            stopped = _stop_stragglers(ns)
+            taps = set(record.get("taps", []))
+            taps.update(n for n in link_names(ns) if n.startswith(TAP_PREFIX))
+            for name in sorted(taps):
+                spawn.run(["ip", "-n", ns, "link", "del", name], check=False)
+            spawn.run(["ip", "-n", ns, "link", "del", home.bridge], check=False)
+            spawn.run(["ip", "netns", "del", ns])
+            log.info("removed network namespace %s", ns)
+        else:
+            stopped = []
+        with contextlib.suppress(FileNotFoundError):
+            _record_path(home).unlink()
+    return stopped

@@ -1,0 +1,262 @@
+"""dnsmasq for the lab: its configuration, its command line and its lease file.
+
+    configs/dnsmasq.conf    rendered from lab.json (templates/dnsmasq.conf.j2)
+    configs/dhcp-hosts      one reservation per VM (MAC,IP,name), read through
+                            ``dhcp-hostsfile=`` so SIGHUP re-reads it without a restart
+    stack/dnsmasq.leases    dnsmasq's lease file (kept across restarts)
+    stack/dnsmasq.pid       its pid file
+    logs/dnsmasq.log        ``log-dhcp`` output
+
+Every value is validated again right before it is written, whatever produced it: a comma or a
+newline in a name, a MAC or a path must never become configuration. Decisions:
+
+- ``tftp-secure`` is not set: dnsmasq runs as root in the lab namespace, where that option only
+  demands world-readable files; ``tftp-root`` already confines requests to the TFTP root.
+- ``tftp-no-fail`` is not set: a missing TFTP root must stop dnsmasq loudly, not serve nothing.
+- ``user=root``: the lease, pid and log files live in the lab home, which stays root's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import jinja2
+
+from pvmlab.errors import ValidationError
+from pvmlab.home import LabHome, write_atomic
+from pvmlab.spec import store, validate
+from pvmlab.spec.models import LabSpec, VMSpec
+
+TEMPLATES = Path(__file__).parent / "templates"
+LEASE_TIME = "12h"
+
+# client-arch tag -> first stage in the TFTP root (names fixed in docs/architecture.md)
+FIRST_STAGES: tuple[tuple[str, str], ...] = (
+    ("bios", "undionly.kpxe"),
+    ("efi-x86_64", "ipxe-x86_64.efi"),
+    ("efi-arm64", "ipxe-arm64.efi"),
+)
+# option 93 value -> tag, as matched in the template
+CLIENT_ARCH_TAGS = {0: "bios", 7: "efi-x86_64", 9: "efi-x86_64", 11: "efi-arm64"}
+
+_IFNAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
+_UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f,#\"'\\]")
+
+
+def conf_path(home: LabHome) -> Path:
+    return home.configs / "dnsmasq.conf"
+
+
+def hosts_path(home: LabHome) -> Path:
+    return home.configs / "dhcp-hosts"
+
+
+def lease_path(home: LabHome) -> Path:
+    return home.stack / "dnsmasq.leases"
+
+
+def pid_path(home: LabHome) -> Path:
+    return home.stack / "dnsmasq.pid"
+
+
+def log_path(home: LabHome) -> Path:
+    return home.logs / "dnsmasq.log"
+
+
+def boot_url(lab: LabSpec) -> str:
+    return f"http://{lab.ip}/boot.ipxe"
+
+
+# --- validation of what goes into the files -------------------------------------------------
+
+
+def _safe_path(path: Path) -> str:
+    text = str(path)
+    if not path.is_absolute() or _UNSAFE_PATH.search(text) or text != text.strip():
+        raise ValidationError(
+            f"path {text!r} cannot be written into dnsmasq's configuration",
+            "use a lab home whose path has no commas, quotes, '#', backslashes or control "
+            "characters (PVMLAB_HOME selects another home)",
+        )
+    return text
+
+
+def _ifname(name: str) -> str:
+    if not _IFNAME.fullmatch(name):
+        raise ValidationError(f"invalid interface name {name!r}", "this is a bug in pvmlab")
+    return name
+
+
+def _lab_values(lab: LabSpec) -> tuple[ipaddress.IPv4Interface, str, str]:
+    iface = validate.ipv4_interface(str(lab.address))
+    start, end = validate.dhcp_range(f"{lab.dhcp_start},{lab.dhcp_end}", iface)
+    return iface, str(start), str(end)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    mac: str
+    ip: str
+    name: str
+
+
+def reservations(lab: LabSpec, vms: Sequence[VMSpec]) -> list[Reservation]:
+    """Each VM's reservation, validated again; clashes are refused, not left to dnsmasq."""
+    iface = validate.ipv4_interface(str(lab.address))
+    out: list[Reservation] = []
+    seen_mac: dict[str, str] = {}
+    seen_ip: dict[str, str] = {}
+    for vm in vms:
+        name = validate.vm_name(str(vm.name))
+        mac = validate.mac(str(vm.mac))
+        ip = validate.ipv4_in(str(vm.ip), iface.network, f"IP of VM {name}")
+        if ip == iface.ip:
+            raise ValidationError(
+                f"VM {name} has the provisioner's address {ip}", f"edit {name}'s IP"
+            )
+        if mac in seen_mac:
+            raise ValidationError(
+                f"VMs {seen_mac[mac]} and {name} have the same MAC {mac}",
+                "give each VM its own MAC",
+            )
+        if str(ip) in seen_ip:
+            raise ValidationError(
+                f"VMs {seen_ip[str(ip)]} and {name} have the same IP {ip}",
+                "give each VM its own IP",
+            )
+        seen_mac[mac], seen_ip[str(ip)] = name, name
+        out.append(Reservation(mac=mac, ip=str(ip), name=name))
+    return out
+
+
+# --- rendering --------------------------------------------------------------------------------
+
+
+def _env() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=False,  # noqa: S701 - dnsmasq configuration, not HTML; values validated above
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+
+
+def render_conf(home: LabHome, lab: LabSpec, bridge: str | None = None) -> str:
+    iface, start, end = _lab_values(lab)
+    return _env().get_template("dnsmasq.conf.j2").render(
+        home_root=_safe_path(home.root.absolute()),
+        bridge=_ifname(bridge or home.bridge),
+        address=str(iface.ip),
+        netmask=str(iface.netmask),
+        range_start=start,
+        range_end=end,
+        lease_time=LEASE_TIME,
+        lease_file=_safe_path(lease_path(home).absolute()),
+        hosts_file=_safe_path(hosts_path(home).absolute()),
+        first_stages=FIRST_STAGES,
+        boot_url=f"http://{iface.ip}/boot.ipxe",
+        tftp_root=_safe_path(home.tftp.absolute()),
+        pid_file=_safe_path(pid_path(home).absolute()),
+        log_file=_safe_path(log_path(home).absolute()),
+    )
+
+
+def render_hosts(lab: LabSpec, vms: Sequence[VMSpec]) -> str:
+    return _env().get_template("dhcp-hosts.j2").render(hosts=reservations(lab, vms))
+
+
+@contextlib.contextmanager
+def _render_lock(home: LabHome) -> Iterator[None]:
+    """Serialise renders, so the last file written always reflects the newest VM records."""
+    home.configs.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home.configs / ".render.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def write_configs(home: LabHome, lab: LabSpec | None = None) -> tuple[Path, Path]:
+    """Render both files from the lab home's records; nothing is written if any value is bad."""
+    with _render_lock(home):
+        lab = lab if lab is not None else store.load_lab(home)
+        conf = render_conf(home, lab)
+        hosts = render_hosts(lab, store.load_vms(home))
+        write_atomic(hosts_path(home), hosts)
+        write_atomic(conf_path(home), conf)
+    return conf_path(home), hosts_path(home)
+
+
+def argv(home: LabHome) -> list[str]:
+    """dnsmasq's command line: in the foreground (the supervisor owns it), our file only."""
+    return ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf_path(home).absolute()}"]
+
+
+def is_our_dnsmasq(cmdline: Sequence[str], home: LabHome) -> bool:
+    """Whether a process's argv is the dnsmasq of this home (a stale pid is not taken for it)."""
+    return (
+        bool(cmdline)
+        and Path(cmdline[0]).name == "dnsmasq"
+        and f"--conf-file={conf_path(home).absolute()}" in cmdline
+    )
+
+
+# --- leases ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Lease:
+    expires: int  # seconds since the epoch; 0 = never
+    mac: str
+    ip: str
+    hostname: str | None
+    client_id: str | None
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "expires": self.expires,
+            "mac": self.mac,
+            "ip": self.ip,
+            "hostname": self.hostname,
+            "client_id": self.client_id,
+        }
+
+
+def parse_leases(text: str) -> list[Lease]:
+    """Parse dnsmasq's lease file (``EXPIRY MAC IP HOSTNAME CLIENT-ID``; ``*`` = none).
+
+    IPv6 entries (after a ``duid`` line) and malformed lines are skipped.
+    """
+    out: list[Lease] = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) < 4 or parts[0] == "duid":
+            continue
+        try:
+            expires = int(parts[0])
+            ip = str(ipaddress.IPv4Address(parts[2]))
+            mac = validate.mac(parts[1])
+        except (ValueError, ValidationError):
+            continue
+        host = None if parts[3] == "*" else parts[3]
+        cid = None if len(parts) < 5 or parts[4] == "*" else parts[4]
+        out.append(Lease(expires=expires, mac=mac, ip=ip, hostname=host, client_id=cid))
+    return out
+
+
+def read_leases(home: LabHome) -> list[Lease]:
+    try:
+        return parse_leases(lease_path(home).read_text())
+    except OSError:
+        return []
