@@ -1,0 +1,343 @@
+"""`pvmlab vm …` (create, start, stop, list, logs, console, clean) and `pvmlab clean`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from pvmlab.cli.common import emit_json, home, json_option, table
+from pvmlab.errors import StateError
+from pvmlab.spec import store, validate
+
+DEFAULT_WAIT_FOR = r"login:"
+
+
+def _say(msg: str) -> None:
+    click.echo(msg)
+
+
+def _err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _name(value: str) -> str:
+    return validate.vm_name(value)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def vm() -> None:
+    """Create, boot, watch and remove target VMs.
+
+    \b
+    A target VM network-boots from the lab's provisioner by default:
+      pvmlab vm create t1 --arch aarch64 --distro demo
+      pvmlab vm start t1 --wait
+    """
+
+
+@vm.command("create")
+@click.argument("name")
+@click.option(
+    "--arch",
+    type=click.Choice(["aarch64", "x86_64", "arm64", "amd64"]),
+    help="Guest architecture (default: the host's, so KVM/HVF can serve).",
+)
+@click.option(
+    "--firmware",
+    type=click.Choice(["uefi", "bios"]),
+    default="uefi",
+    show_default=True,
+    help="UEFI (OVMF/AAVMF) or legacy BIOS (SeaBIOS, x86_64 only).",
+)
+@click.option("--mac", help="NIC MAC address (default: a random locally administered one).")
+@click.option(
+    "--ip",
+    help="Reserved IPv4 address (default: the lowest free one below the DHCP dynamic range).",
+)
+@click.option("--distro", help="Distro to network-boot (see `pvmlab distro ls`).")
+@click.option("--cmdline", help="Extra kernel command line for this VM.")
+@click.option("--memory", type=int, default=1024, show_default=True, help="Memory in MiB.")
+@click.option("--cpus", type=int, default=1, show_default=True, help="Number of virtual CPUs.")
+@click.option("--disk-size", help="Create a qcow2 disk of this size (e.g. 10G).")
+@json_option
+def create_cmd(
+    name: str,
+    arch: str | None,
+    firmware: str,
+    mac: str | None,
+    ip: str | None,
+    distro: str | None,
+    cmdline: str | None,
+    memory: int,
+    cpus: int,
+    disk_size: str | None,
+    as_json: bool,
+) -> None:
+    """Define VM NAME (written to vms/NAME.json; the stack reserves its MAC and IP)."""
+    from pvmlab.qemu.accel import host_arch
+    from pvmlab.vm.define import CreateRequest, create
+
+    req = CreateRequest(
+        name=name,
+        arch=validate.arch(arch or host_arch()),
+        firmware=firmware,
+        mac=mac,
+        ip=ip,
+        distro=distro,
+        cmdline=cmdline,
+        memory_mib=memory,
+        cpus=cpus,
+        disk_size=disk_size,
+    )
+    spec = create(home(), req)
+    if as_json:
+        emit_json(spec.model_dump(mode="json"))
+    else:
+        _say(
+            f"created VM {spec.name}: {spec.arch} {spec.firmware}, MAC {spec.mac}, IP {spec.ip}"
+            + (f", distro {spec.distro}" if spec.distro else "")
+        )
+
+
+@vm.command("start")
+@click.argument("name")
+@click.option(
+    "--boot",
+    type=click.Choice(["pxe", "disk"]),
+    default="pxe",
+    show_default=True,
+    help="pxe: network first (disk second); disk: disk first, network as fallback.",
+)
+@click.option("--wait", is_flag=True, help="Return only when the console shows --wait-for.")
+@click.option(
+    "--wait-for",
+    default=DEFAULT_WAIT_FOR,
+    show_default=True,
+    help="Regular expression to wait for on the serial console (implies --wait).",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=300.0,
+    show_default=True,
+    help="Seconds to wait with --wait before giving up.",
+)
+@click.option(
+    "--accel",
+    type=click.Choice(["kvm", "hvf", "tcg"]),
+    help="Accelerator (default: $PVMLAB_ACCEL, else KVM/HVF when usable, else TCG).",
+)
+@click.option(
+    "-i",
+    "--interactive",
+    is_flag=True,
+    help="Run in the foreground with the serial console on this terminal (Ctrl-A X quits).",
+)
+def start_cmd(
+    name: str,
+    boot: str,
+    wait: bool,
+    wait_for: str,
+    timeout: float,
+    accel: str | None,
+    interactive: bool,
+) -> None:
+    """Start VM NAME's QEMU in the lab network (logs/NAME.log gets its console)."""
+    from pvmlab.observe import console
+    from pvmlab.vm import runtime
+
+    name = _name(name)
+    wait_explicit = click.get_current_context().get_parameter_source("wait_for")
+    if wait_explicit is not None and wait_explicit.name == "COMMANDLINE":
+        wait = True
+    pattern = console.compile_pattern(wait_for) if wait else None
+    if interactive and wait:
+        raise StateError("--interactive and --wait cannot be combined", "choose one")
+    h = home()
+    t0 = time.monotonic()
+    started = runtime.start(
+        h, name, boot=boot, requested_accel=accel, interactive=interactive, say=_say
+    )
+    if interactive:
+        return
+    _say(f"started VM {name} (pid {started.pid}); console: {h.vm_log(name)}")
+    if pattern is None:
+        return
+    result = console.wait_for(h.vm_log(name), pattern, timeout=timeout, alive=started.alive)
+    elapsed = time.monotonic() - t0
+    if result.outcome == "matched":
+        _say(f"{name}: saw {wait_for!r} after {elapsed:.1f} s: {result.line}")
+        return
+    _explain_failure(name, started.vm.mac, started.vm.ip)
+    if result.outcome == "exited":
+        raise StateError(
+            f"VM {name} stopped after {elapsed:.1f} s without showing {wait_for!r} on its console",
+            f"the console and the stack's view are above; full console: {h.vm_log(name)}",
+        )
+    raise StateError(
+        f"VM {name} did not show {wait_for!r} on its console within {timeout:.0f} s",
+        f"it is still running (`pvmlab vm stop {name}`); the console and stack's view are above",
+    )
+
+
+def _explain_failure(name: str, mac: str, ip: str) -> None:
+    from pvmlab.observe import console, stacklog
+
+    h = home()
+    lines = console.tail(h.vm_log(name), 20)
+    _err(f"--- last {len(lines)} console lines of {name} ---")
+    for line in lines:
+        _err(f"  {line}")
+    for line in stacklog.view(h, mac, ip).summary():
+        _err(line)
+
+
+@vm.command("stop")
+@click.argument("name")
+@click.option("--force", is_flag=True, help="Skip the ACPI power button: quit QEMU at once.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=30.0,
+    show_default=True,
+    help="Seconds to wait for the guest to power off before quitting QEMU.",
+)
+def stop_cmd(name: str, force: bool, timeout: float) -> None:
+    """Stop VM NAME (power button, then QMP quit, then SIGKILL) and remove its tap."""
+    from pvmlab.vm import runtime
+
+    name = _name(name)
+    how = runtime.stop(home(), name, force=force, timeout=timeout, say=_say)
+    if how == "not-running":
+        _say(f"VM {name} is not running")
+    else:
+        _say(f"stopped VM {name} ({how})")
+
+
+def _rows() -> list[dict[str, Any]]:
+    from pvmlab.vm import state
+
+    h = home()
+    h.require()
+    out = []
+    for spec in store.load_vms(h):
+        pid = state.running_pid(h, spec.name)
+        rt = state.load_runtime(h, spec.name)
+        out.append(
+            {
+                "name": spec.name,
+                "arch": spec.arch,
+                "firmware": spec.firmware,
+                "boot": rt.boot if rt else "pxe",
+                "mac": spec.mac,
+                "ip": spec.ip,
+                "distro": spec.distro,
+                "state": "running" if pid is not None else "stopped",
+                "accel": rt.accel if rt else None,
+                "pid": pid,
+            }
+        )
+    return out
+
+
+@vm.command("list")
+@json_option
+def list_cmd(as_json: bool) -> None:
+    """List VMs with their addresses and true runtime state."""
+    rows = _rows()
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        _say("no VMs (create one with `pvmlab vm create NAME`)")
+        return
+    cols = ["name", "arch", "firmware", "boot", "mac", "ip", "distro", "state", "accel", "pid"]
+    table(None, [c.upper() for c in cols], [[str(r[c] or "-") for c in cols] for r in rows])
+
+
+@vm.command("logs")
+@click.argument("name")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing as the console log grows.")
+@click.option("-n", "--lines", type=int, help="Print only the last N lines.")
+def logs_cmd(name: str, follow: bool, lines: int | None) -> None:
+    """Print VM NAME's serial console log."""
+    from pvmlab.observe import console
+
+    name = _name(name)
+    h = home()
+    store.load_vm(h, name)
+    path = h.vm_log(name)
+    if not follow:
+        if lines is not None:
+            for line in console.tail(path, lines):
+                click.echo(line)
+            return
+        if path.exists():
+            sys.stdout.write(console.clean(path.read_text(errors="replace")))
+        return
+    try:
+        for chunk in console.follow(path):
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+
+
+@vm.command("console")
+@click.argument("name")
+def console_cmd(name: str) -> None:
+    """Attach this terminal to VM NAME's serial console (Ctrl-] detaches)."""
+    from pvmlab.vm import attach, state
+
+    name = _name(name)
+    h = home()
+    store.load_vm(h, name)
+    if state.running_pid(h, name) is None:
+        raise StateError(
+            f"VM {name} is not running",
+            f"start it with `pvmlab vm start {name}`; "
+            f"`pvmlab vm logs {name}` shows its last console",
+        )
+    attach.attach(state.console_socket(h, name), name=name)
+
+
+@vm.command("clean")
+@click.argument("name", required=False)
+@click.option("--all", "all_", is_flag=True, help="Remove every VM of the lab.")
+def clean_vm_cmd(name: str | None, all_: bool) -> None:
+    """Stop VM NAME (or all) and delete its definition, disk, vars and logs."""
+    from pvmlab.vm import clean
+
+    if (name is None) == (not all_):
+        raise StateError("give a VM name or --all (not both)", "e.g. `pvmlab vm clean t1`")
+    h = home()
+    h.require()
+    if all_:
+        names = clean.clean_all(h, say=_say)
+        if not names:
+            _say("no VMs to remove")
+        return
+    clean.clean_vm(h, _name(name or ""), say=_say)
+
+
+@click.command("clean", context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--purge",
+    is_flag=True,
+    help="Also stop the provisioner, remove the lab network and delete the lab home.",
+)
+def clean(purge: bool) -> None:
+    """Stop and remove every VM (with --purge: the whole lab)."""
+    from pvmlab.vm import clean as clean_mod
+
+    h = home()
+    if purge:
+        clean_mod.purge(h, say=_say)
+        return
+    h.require()
+    names = clean_mod.clean_all(h, say=_say)
+    if not names:
+        _say("no VMs to remove")

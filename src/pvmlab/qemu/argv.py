@@ -1,0 +1,181 @@
+"""QEMU's command line for a target VM: a pure function of a ``QemuConfig``.
+
+No I/O here: the caller finds the firmware, chooses the accelerator, creates the tap and the
+per-VM vars file, and passes the paths in. One flag and its value per line, so the result reads
+like the command it is.
+
+Machines:
+    x86_64 + uefi   q35 + OVMF in two pflash units (code read-only, per-VM vars)
+    x86_64 + bios   pc + SeaBIOS (QEMU's default firmware)
+    aarch64 + uefi  virt + AAVMF in two pflash units; ``-cpu max`` under TCG, ``host`` otherwise
+
+The NIC option ROM (see the "NIC ROM trap" in the lab notes): under UEFI ``romfile=`` is empty so
+the firmware's own network stack does PXE (QEMU's bundled efi-virtio.rom is an old iPXE that
+pre-empts it); under SeaBIOS the NIC ROM *is* the PXE stack, so QEMU's default stays.
+
+Boot order is set with ``bootindex``: ``pxe`` puts the NIC first (the seed's ``-boot n``) and a
+disk, if any, second; ``disk`` puts the disk first with the network as fallback. A direct kernel
+(``kernel``/``initrd``/``append``, for test fixtures and benchmarks) bypasses both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Arch = Literal["aarch64", "x86_64"]
+FirmwareKind = Literal["uefi", "bios"]
+AccelName = Literal["kvm", "hvf", "tcg"]
+Boot = Literal["pxe", "disk"]
+
+MACHINES: dict[tuple[str, str], str] = {
+    ("x86_64", "uefi"): "q35",
+    ("x86_64", "bios"): "pc",
+    ("aarch64", "uefi"): "virt",
+}
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    name: str
+    arch: Arch
+    firmware: FirmwareKind
+    accel: AccelName
+    mac: str
+    tap: str
+    serial_log: Path
+    qmp_socket: Path
+    pid_file: Path
+    console_socket: Path | None = None  # serial on a unix socket (logged) for `vm console`
+    memory_mib: int = 1024
+    cpus: int = 1
+    uefi_code: Path | None = None
+    uefi_vars: Path | None = None
+    boot: Boot = "pxe"
+    disk: Path | None = None
+    interactive: bool = False
+    kernel: Path | None = None
+    initrd: Path | None = None
+    append: str | None = None
+
+
+def machine_type(arch: str, firmware: str) -> str:
+    try:
+        return MACHINES[(arch, firmware)]
+    except KeyError:
+        raise ValueError(f"no machine for {arch} with {firmware} firmware") from None
+
+
+def binary(arch: str) -> str:
+    return f"qemu-system-{arch}"
+
+
+def _cpu(cfg: QemuConfig) -> list[str]:
+    if cfg.accel in ("kvm", "hvf"):
+        return ["-cpu", "host"]
+    if cfg.arch == "aarch64":
+        return ["-cpu", "max"]
+    return []  # x86_64 under TCG: QEMU's default model boots everything we need, fastest
+
+
+def _firmware(cfg: QemuConfig) -> list[str]:
+    if cfg.firmware == "bios":
+        return []  # SeaBIOS is the pc machine's default
+    if cfg.uefi_code is None or cfg.uefi_vars is None:
+        raise ValueError("UEFI needs uefi_code and uefi_vars")
+    return [
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(cfg.uefi_code)}",
+        "-drive", f"if=pflash,format=raw,unit=1,file={_opt(cfg.uefi_vars)}",
+    ]  # fmt: skip
+
+
+def _serial(cfg: QemuConfig) -> list[str]:
+    log = _opt(cfg.serial_log)
+    if cfg.interactive:
+        # The terminal is the console (Ctrl-A X quits, Ctrl-A C toggles the monitor); it is
+        # still logged, so `vm logs` and --wait work the same.
+        return [
+            "-chardev", f"stdio,id=serial0,mux=on,signal=off,logfile={log},logappend=off",
+            "-serial", "chardev:serial0",
+            "-mon", "chardev=serial0,mode=readline",
+        ]  # fmt: skip
+    if cfg.console_socket is not None:
+        sock = _opt(cfg.console_socket)
+        chardev = f"socket,id=serial0,path={sock},server=on,wait=off,logfile={log},logappend=off"
+    else:
+        chardev = f"file,id=serial0,path={log}"
+    return ["-chardev", chardev, "-serial", "chardev:serial0"]
+
+
+def _boot_indexes(cfg: QemuConfig) -> tuple[int | None, int | None]:
+    """(nic, disk) bootindex values."""
+    if cfg.kernel is not None:
+        return None, None
+    if cfg.boot == "disk" and cfg.disk is not None:
+        return 1, 0
+    return 0, (1 if cfg.disk is not None else None)
+
+
+def _nic(cfg: QemuConfig, bootindex: int | None) -> list[str]:
+    device = f"virtio-net-pci,netdev=net0,mac={cfg.mac}"
+    if cfg.firmware == "uefi":
+        device += ",romfile="
+    if bootindex is not None:
+        device += f",bootindex={bootindex}"
+    return [
+        "-netdev", f"tap,id=net0,ifname={cfg.tap},script=no,downscript=no",
+        "-device", device,
+    ]  # fmt: skip
+
+
+def _disk(cfg: QemuConfig, bootindex: int | None) -> list[str]:
+    if cfg.disk is None:
+        return []
+    device = "virtio-blk-pci,drive=disk0"
+    if bootindex is not None:
+        device += f",bootindex={bootindex}"
+    return [
+        "-drive", f"if=none,id=disk0,format=qcow2,file={_opt(cfg.disk)}",
+        "-device", device,
+    ]  # fmt: skip
+
+
+def _direct_kernel(cfg: QemuConfig) -> list[str]:
+    if cfg.kernel is None:
+        return []
+    out = ["-kernel", str(cfg.kernel)]
+    if cfg.initrd is not None:
+        out += ["-initrd", str(cfg.initrd)]
+    if cfg.append:
+        out += ["-append", cfg.append]
+    return out
+
+
+def _opt(path: Path) -> str:
+    """A path inside a QEMU option string: commas must be doubled."""
+    return str(path).replace(",", ",,")
+
+
+def build_argv(cfg: QemuConfig) -> list[str]:
+    """The full argv (program first) for ``cfg``."""
+    machine = machine_type(cfg.arch, cfg.firmware)
+    nic_index, disk_index = _boot_indexes(cfg)
+    return [
+        binary(cfg.arch),
+        "-name", cfg.name,
+        "-machine", machine,
+        "-accel", cfg.accel,
+        *_cpu(cfg),
+        "-m", str(cfg.memory_mib),
+        "-smp", str(cfg.cpus),
+        "-nodefaults",
+        "-display", "none",
+        *_firmware(cfg),
+        *_serial(cfg),
+        "-qmp", f"unix:{_opt(cfg.qmp_socket)},server=on,wait=off",
+        "-pidfile", str(cfg.pid_file),
+        *_nic(cfg, nic_index),
+        *_disk(cfg, disk_index),
+        *_direct_kernel(cfg),
+    ]  # fmt: skip

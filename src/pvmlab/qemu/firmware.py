@@ -1,0 +1,158 @@
+"""UEFI firmware found through QEMU's firmware descriptors, never through hard-coded paths.
+
+QEMU's interop spec (docs/interop/firmware.json) lists descriptor directories from lowest to
+highest priority:
+
+    /usr/share/qemu/firmware       shipped by the distribution's firmware packages
+    /etc/qemu/firmware             the administrator's
+    $XDG_CONFIG_HOME/qemu/firmware the user's (default ~/.config/qemu/firmware)
+
+A file in a higher-priority directory replaces the file of the same name in a lower one (an
+empty file hides it). The surviving descriptors are sorted by file name and the first one that
+fits wins. Here "fits" means: interface ``uefi``; a target with our architecture whose machine
+globs match the machine type; split flash mode (code read-only + a per-VM vars copy); both
+files exist; and no Secure Boot, enrolled keys or SMM requirement unless Secure Boot is asked
+for. Each skipped candidate is logged with the reason (``--debug``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pvmlab.errors import DependencyError
+
+log = logging.getLogger(__name__)
+
+SYSTEM_DIRS = (Path("/usr/share/qemu/firmware"), Path("/etc/qemu/firmware"))
+SECURE_FEATURES = ("secure-boot", "enrolled-keys", "requires-smm")
+PACKAGES = {"x86_64": "ovmf", "aarch64": "qemu-efi-aarch64"}
+
+# Machine aliases as we pass them to -machine, and a concrete name of that family for matching
+# the descriptors' globs ("pc-q35-*", "virt-*").
+_CONCRETE = {"q35": "pc-q35-0.0", "pc": "pc-i440fx-0.0", "virt": "virt-0.0"}
+
+
+@dataclass(frozen=True)
+class Firmware:
+    code: Path
+    vars_template: Path
+    descriptor: Path
+    code_format: str = "raw"
+    vars_format: str = "raw"
+
+
+def search_dirs(env: dict[str, str] | None = None) -> list[Path]:
+    """Descriptor directories from lowest to highest priority."""
+    env = dict(os.environ) if env is None else env
+    xdg = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "~")).expanduser() / ".config")
+    return [*SYSTEM_DIRS, Path(xdg) / "qemu" / "firmware"]
+
+
+def descriptor_files(dirs: Sequence[Path]) -> list[Path]:
+    """The effective descriptor files: later dirs override same-named files; sorted by name."""
+    chosen: dict[str, Path] = {}
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        for f in d.iterdir():
+            if f.name.endswith(".json"):
+                chosen[f.name] = f
+    return [chosen[name] for name in sorted(chosen)]
+
+
+def _machine_matches(machine: str, globs: Sequence[str]) -> bool:
+    concrete = _CONCRETE.get(machine, machine)
+    return any(fnmatch.fnmatchcase(concrete, g) or fnmatch.fnmatchcase(machine, g) for g in globs)
+
+
+def _file(mapping: dict[str, Any], key: str) -> tuple[Path, str] | None:
+    entry = mapping.get(key)
+    if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
+        return None
+    return Path(entry["filename"]), str(entry.get("format", "raw"))
+
+
+def check(
+    path: Path, doc: Any, arch: str, machine: str, *, secure_boot: bool = False
+) -> Firmware | str:
+    """A Firmware if the descriptor fits, else the reason it does not (for the debug log)."""
+    if not isinstance(doc, dict):
+        return "not a JSON object"
+    if "uefi" not in doc.get("interface-types", []):
+        return f"interface {doc.get('interface-types')} is not uefi"
+    targets = doc.get("targets", [])
+    if not any(
+        isinstance(t, dict)
+        and t.get("architecture") == arch
+        and _machine_matches(machine, t.get("machines", []))
+        for t in targets
+    ):
+        return f"no target for {arch} machine {machine}"
+    mapping = doc.get("mapping", {})
+    if mapping.get("device") != "flash":
+        return f"device {mapping.get('device')!r} is not flash"
+    if mapping.get("mode", "split") != "split":
+        return f"flash mode {mapping.get('mode')!r} is not split"
+    features = set(doc.get("features", []))
+    if not secure_boot and (bad := sorted(features & set(SECURE_FEATURES))):
+        return f"has {', '.join(bad)} (Secure Boot not asked for)"
+    if secure_boot and "secure-boot" not in features:
+        return "no secure-boot feature"
+    code = _file(mapping, "executable")
+    nvram = _file(mapping, "nvram-template")
+    if code is None or nvram is None:
+        return "no executable or nvram-template"
+    for f, _ in (code, nvram):
+        if not f.is_file():
+            return f"file {f} is missing"
+    return Firmware(
+        code=code[0],
+        vars_template=nvram[0],
+        descriptor=path,
+        code_format=code[1],
+        vars_format=nvram[1],
+    )
+
+
+def find_uefi(
+    arch: str,
+    machine: str,
+    *,
+    dirs: Sequence[Path] | None = None,
+    secure_boot: bool = False,
+) -> Firmware:
+    """The first descriptor (by file name) that fits ``arch`` and ``machine``."""
+    for path in descriptor_files(search_dirs() if dirs is None else dirs):
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            log.debug("firmware %s: skipped: unreadable (%s)", path, exc.strerror)
+            continue
+        if not text.strip():
+            log.debug("firmware %s: skipped: empty file (hides a lower-priority one)", path)
+            continue
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            log.debug("firmware %s: skipped: invalid JSON (%s)", path, exc)
+            continue
+        result = check(path, doc, arch, machine, secure_boot=secure_boot)
+        if isinstance(result, Firmware):
+            log.debug(
+                "firmware %s: chosen (code %s, vars %s)", path, result.code, result.vars_template
+            )
+            return result
+        log.debug("firmware %s: skipped: %s", path, result)
+    package = PACKAGES.get(arch, "the UEFI firmware package")
+    raise DependencyError(
+        f"no UEFI firmware for {arch} ({machine}) found in QEMU's firmware descriptors",
+        f"install it: apt-get install {package} (Homebrew's qemu ships its own); "
+        "`pvmlab --debug vm start` shows why each descriptor was skipped",
+    )

@@ -1,0 +1,97 @@
+"""Removing VMs (``vm clean``) and the whole lab (``pvmlab clean --purge``).
+
+A VM is stopped first, then its definition, its directory (vars, disk, runtime state), logs,
+pid file and sockets are deleted and a running stack drops its reservation. ``--purge`` also
+stops the stack, takes the lab network down and deletes the lab home's own entries: only names
+pvmlab creates are removed, so a home pointed at a directory with other files keeps them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from pvmlab.errors import StateError
+from pvmlab.home import SUBDIRS, LabHome
+from pvmlab.spec import store
+from pvmlab.vm import runtime, state
+from pvmlab.vm.define import reload_stack
+
+log = logging.getLogger(__name__)
+
+HOME_FILES = ("lab.json", ".lock")
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def remove_files(home: LabHome, name: str) -> None:
+    shutil.rmtree(home.vm_dir(name), ignore_errors=True)
+    for path in (
+        home.vm_log(name),
+        home.vm_log(name).with_name(f"{name}.log.1"),
+        state.qemu_log(home, name),
+        state.qemu_log(home, name).with_name(f"{name}.qemu.log.1"),
+    ):
+        _unlink(path)
+    state.remove_runtime_files(home, name)
+    _unlink(home.vm_file(name))
+
+
+def clean_vm(
+    home: LabHome, name: str, *, reload: bool = True, say: Callable[[str], None] = lambda _m: None
+) -> None:
+    store.load_vm(home, name)  # an unknown name is an error
+    how = runtime.stop(home, name, force=True, say=say)
+    if how != "not-running":
+        say(f"{name}: stopped ({how})")
+    with home.locked():
+        remove_files(home, name)
+    say(f"{name}: removed")
+    if reload:
+        reload_stack(home)
+
+
+def clean_all(home: LabHome, *, say: Callable[[str], None] = lambda _m: None) -> list[str]:
+    names = store.vm_names(home)
+    for name in names:
+        clean_vm(home, name, reload=False, say=say)
+    if names:
+        reload_stack(home)
+    return names
+
+
+def purge(home: LabHome, *, say: Callable[[str], None] = lambda _m: None) -> None:
+    """Everything: VMs, the stack, the lab network, and the home's own entries."""
+    if not home.exists():
+        say(f"no lab home at {home.root}")
+        return
+    root = home.root.resolve()
+    if root == Path("/") or root == Path.home().resolve():
+        raise StateError(f"refusing to purge {root}", "set PVMLAB_HOME to the lab's own directory")
+    if store.vm_names(home):
+        clean_all(home, say=say)
+    from pvmlab.network import lab as network
+    from pvmlab.stack import control
+
+    if control.is_running(home):
+        control.stop(home)
+        say("provisioner stack stopped")
+    if network.is_up(home):
+        network.down(home)
+        say("lab network removed")
+    for sub in SUBDIRS:
+        shutil.rmtree(home.root / sub, ignore_errors=True)
+    for f in HOME_FILES:
+        _unlink(home.root / f)
+    left = sorted(p.name for p in home.root.iterdir())
+    if left:
+        say(f"kept {home.root}: it holds files pvmlab did not create ({', '.join(left)})")
+    else:
+        home.root.rmdir()
+        say(f"removed {home.root}")

@@ -1,0 +1,276 @@
+"""Starting and stopping a VM's QEMU inside the lab namespace.
+
+Start: the stack must run (the VM would find no DHCP otherwise) and the VM must not; the
+accelerator is chosen and said; UEFI firmware comes from QEMU's descriptors and the VM keeps its
+own vars file (``vms/NAME/efivars.fd``, copied once from the template and kept across starts,
+like NVRAM on real hardware); the tap is created in the lab namespace on the bridge; QEMU runs
+detached in the namespace. The previous console log is kept as ``logs/NAME.log.1`` and the new
+one starts empty, so ``--wait`` never matches text of an earlier boot.
+
+Stop: ACPI power button over QMP, wait; then QMP ``quit``; then SIGKILL. Whatever happened, the
+pid file, sockets and tap are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pvmlab import spawn
+from pvmlab.errors import ProcessError, StateError
+from pvmlab.home import LabHome
+from pvmlab.qemu import accel as accel_mod
+from pvmlab.qemu import firmware as firmware_mod
+from pvmlab.qemu import qmp
+from pvmlab.qemu.argv import QemuConfig, build_argv, machine_type
+from pvmlab.spec import store
+from pvmlab.spec.models import VMSpec
+from pvmlab.vm import state
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT = 15.0
+
+
+@dataclass
+class Started:
+    vm: VMSpec
+    accel: accel_mod.Accel
+    pid: int
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None  # set when started by this process
+
+    def alive(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            return False
+        return spawn.pid_alive(self.pid) and bool(spawn.pid_cmdline(self.pid))
+
+
+def vars_file(home: LabHome, name: str) -> Path:
+    return home.vm_dir(name) / "efivars.fd"
+
+
+def disk_file(home: LabHome, name: str) -> Path:
+    return home.vm_dir(name) / "disk.qcow2"
+
+
+def ensure_vars(home: LabHome, name: str, template: Path) -> Path:
+    """The VM's own UEFI variable store, created from the template once."""
+    dest = vars_file(home, name)
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(".efivars.fd.tmp")
+        shutil.copyfile(template, tmp)
+        tmp.chmod(0o644)
+        tmp.replace(dest)
+    return dest
+
+
+def rotate_log(log_path: Path) -> None:
+    if log_path.exists():
+        log_path.replace(log_path.with_name(log_path.name + ".1"))
+
+
+def require_stack(home: LabHome) -> None:
+    from pvmlab.stack import control
+
+    if not control.is_running(home):
+        raise StateError(
+            "the provisioner stack is not running, so the VM would get no DHCP answer",
+            "start it with `pvmlab provisioner start`",
+        )
+
+
+def config_for(
+    home: LabHome,
+    vm: VMSpec,
+    chosen: str,
+    *,
+    boot: str,
+    tap: str,
+    interactive: bool,
+) -> QemuConfig:
+    code = vars_path = None
+    if vm.firmware == "uefi":
+        fw = firmware_mod.find_uefi(vm.arch, machine_type(vm.arch, vm.firmware))
+        code = fw.code
+        vars_path = ensure_vars(home, vm.name, fw.vars_template)
+    disk = disk_file(home, vm.name)
+    return QemuConfig(
+        name=vm.name,
+        arch=vm.arch,
+        firmware=vm.firmware,
+        accel=chosen,  # type: ignore[arg-type]
+        mac=vm.mac,
+        tap=tap,
+        serial_log=home.vm_log(vm.name),
+        qmp_socket=home.vm_qmp(vm.name),
+        pid_file=home.vm_pid(vm.name),
+        console_socket=state.console_socket(home, vm.name),
+        memory_mib=vm.memory_mib,
+        cpus=vm.cpus,
+        uefi_code=code,
+        uefi_vars=vars_path,
+        boot=boot,  # type: ignore[arg-type]
+        disk=disk if disk.exists() else None,
+        interactive=interactive,
+    )
+
+
+def _qemu_log_tail(home: LabHome, name: str) -> str:
+    try:
+        text = state.qemu_log(home, name).read_text(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join(text.strip().splitlines()[-3:])
+
+
+def start(
+    home: LabHome,
+    name: str,
+    *,
+    boot: str = "pxe",
+    requested_accel: str | None = None,
+    interactive: bool = False,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> Started:
+    """Start VM ``name``. Interactive starts return after QEMU exits."""
+    home.require()
+    vm = store.load_vm(home, name)
+    store.load_lab(home)
+    if boot not in ("pxe", "disk"):
+        raise StateError(f"unknown boot order {boot!r}", "choose pxe or disk")
+    if boot == "disk" and not disk_file(home, name).exists():
+        raise StateError(
+            f"VM {name!r} has no disk to boot from",
+            "create it with --disk-size, or boot with --boot pxe",
+        )
+    chosen = accel_mod.choose(vm.arch, requested_accel)
+    with home.locked():
+        if state.running_pid(home, name) is not None:
+            raise StateError(
+                f"VM {name!r} is already running", f"stop it with `pvmlab vm stop {name}`"
+            )
+        require_stack(home)
+        say(str(chosen))
+        from pvmlab.network import lab as network
+
+        tap = network.ensure_tap(home, name)
+        cfg = config_for(home, vm, chosen.name, boot=boot, tap=tap, interactive=interactive)
+        argv = build_argv(cfg)
+        for d in (home.logs, home.pids, home.monitors):
+            d.mkdir(parents=True, exist_ok=True)
+        state.remove_runtime_files(home, name)
+        rotate_log(home.vm_log(name))
+        home.vm_log(name).touch()
+        record = state.RuntimeRecord(accel=chosen.name, boot=boot, started=state.now(), argv=argv)
+        if interactive:
+            state.save_runtime(home, name, record)
+    if interactive:
+        return _run_interactive(home, vm, chosen, argv)
+    rotate_log(state.qemu_log(home, name))
+    proc = spawn.start_detached(argv, netns=home.netns, log_file=state.qemu_log(home, name))
+    try:
+        _await_startup(home, name, proc)
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait()
+        raise
+    state.save_runtime(home, name, record.model_copy(update={"pid": proc.pid}))
+    return Started(vm=vm, accel=chosen, pid=proc.pid, argv=argv, proc=proc)
+
+
+def _await_startup(home: LabHome, name: str, proc: subprocess.Popen[bytes]) -> None:
+    """Until QEMU has written its pid file and opened QMP, or died trying."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ProcessError(
+                f"QEMU for VM {name!r} exited at once with code {proc.returncode}: "
+                f"{_qemu_log_tail(home, name) or '(no output)'}",
+                f"see {state.qemu_log(home, name)}",
+                returncode=proc.returncode,
+            )
+        if home.vm_qmp(name).exists() and state.read_pid_file(home.vm_pid(name)) == proc.pid:
+            return
+        time.sleep(0.05)
+    raise ProcessError(
+        f"QEMU for VM {name!r} did not open its monitor within {STARTUP_TIMEOUT:.0f} s",
+        f"see {state.qemu_log(home, name)}",
+    )
+
+
+def _run_interactive(
+    home: LabHome, vm: VMSpec, chosen: accel_mod.Accel, argv: list[str]
+) -> Started:
+    """QEMU in the foreground with the console on this terminal; cleans up when it exits."""
+    try:
+        with spawn.spawn(argv, netns=home.netns, stdin=None, stdout=None, stderr=None) as proc:
+            proc.wait()
+        return Started(vm=vm, accel=chosen, pid=proc.pid, argv=argv, proc=proc)
+    finally:
+        cleanup(home, vm.name)
+
+
+def cleanup(home: LabHome, name: str) -> None:
+    """Remove what a run leaves behind: pid file, sockets and the tap."""
+    state.remove_runtime_files(home, name)
+    from pvmlab.network import lab as network
+
+    with contextlib.suppress(Exception):  # the lab network may already be gone
+        network.remove_tap(home, name)
+
+
+def _wait_gone(home: LabHome, name: str, pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not state.is_vm_process(home, name, pid):
+            return True
+        time.sleep(0.1)
+    return not state.is_vm_process(home, name, pid)
+
+
+def stop(
+    home: LabHome,
+    name: str,
+    *,
+    force: bool = False,
+    timeout: float = 30.0,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> str:
+    """Stop VM ``name``; returns how: powerdown, quit, kill or not-running."""
+    home.require()
+    store.load_vm(home, name)
+    pid = state.running_pid(home, name)
+    how = "not-running"
+    try:
+        if pid is None:
+            return how
+        sock = home.vm_qmp(name)
+        if not force:
+            if qmp.powerdown(sock):
+                say(f"{name}: ACPI power button pressed, waiting up to {timeout:.0f} s")
+                if _wait_gone(home, name, pid, timeout):
+                    return (how := "powerdown")
+            say(f"{name}: did not power off; asking QEMU to quit")
+        if qmp.quit_(sock) and _wait_gone(home, name, pid, 10):
+            return (how := "quit")
+        say(f"{name}: QEMU did not quit; killing pid {pid}")
+        if state.is_vm_process(home, name, pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if not _wait_gone(home, name, pid, 10):
+            raise StateError(f"QEMU (pid {pid}) of VM {name!r} survived SIGKILL", "check `ps`")
+        return (how := "kill")
+    finally:
+        if how != "not-running" or state.running_pid(home, name) is None:
+            cleanup(home, name)

@@ -1,0 +1,94 @@
+"""A VM's runtime state, taken from the truth: the pid file checked against /proc.
+
+A pid file counts only when the process it names is alive and its command line is a QEMU
+started with this VM's own pid file path (unique per lab home), so a stale pid file whose number
+was reused by another process is never taken for the VM. The accelerator and boot order of the
+last start are kept in ``vms/NAME/runtime.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+from pvmlab import spawn
+from pvmlab.home import LabHome, write_json
+
+
+class RuntimeRecord(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    accel: str
+    boot: str = "pxe"
+    pid: int | None = None
+    started: str = ""
+    argv: list[str] = []
+
+
+def runtime_file(home: LabHome, name: str) -> Path:
+    return home.vm_dir(name) / "runtime.json"
+
+
+def console_socket(home: LabHome, name: str) -> Path:
+    return home.monitors / f"{name}.console"
+
+
+def qemu_log(home: LabHome, name: str) -> Path:
+    """QEMU's own stdout/stderr (not the guest's console)."""
+    return home.logs / f"{name}.qemu.log"
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def save_runtime(home: LabHome, name: str, rec: RuntimeRecord) -> None:
+    write_json(runtime_file(home, name), rec.model_dump(mode="json"))
+
+
+def load_runtime(home: LabHome, name: str) -> RuntimeRecord | None:
+    try:
+        raw: Any = json.loads(runtime_file(home, name).read_text())
+        return RuntimeRecord.model_validate(raw)
+    except (OSError, ValueError):
+        return None
+
+
+def read_pid_file(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def is_vm_process(home: LabHome, name: str, pid: int) -> bool:
+    """Whether ``pid`` is the QEMU of VM ``name`` in this lab home."""
+    argv = spawn.pid_cmdline(pid)  # empty for a process that is gone (or a zombie)
+    if not argv or "qemu-system" not in Path(argv[0]).name:
+        return False
+    want = str(home.vm_pid(name))
+    return any(a == want for a in argv)
+
+
+def running_pid(home: LabHome, name: str) -> int | None:
+    pid = read_pid_file(home.vm_pid(name))
+    if pid is None or not is_vm_process(home, name, pid):
+        return None
+    return pid
+
+
+def state(home: LabHome, name: str) -> str:
+    return "running" if running_pid(home, name) is not None else "stopped"
+
+
+def remove_runtime_files(home: LabHome, name: str) -> None:
+    """Pid file and sockets of a VM that is not running."""
+    for path in (home.vm_pid(name), home.vm_qmp(name), console_socket(home, name)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
