@@ -29,6 +29,7 @@ from pathlib import Path
 
 import jinja2
 
+from pvmlab.assets import ipxe
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome, write_atomic
 from pvmlab.spec import store, validate
@@ -38,11 +39,7 @@ TEMPLATES = Path(__file__).parent / "templates"
 LEASE_TIME = "12h"
 
 # client-arch tag -> first stage in the TFTP root (names fixed in docs/architecture.md)
-FIRST_STAGES: tuple[tuple[str, str], ...] = (
-    ("bios", "undionly.kpxe"),
-    ("efi-x86_64", "ipxe-x86_64.efi"),
-    ("efi-arm64", "ipxe-arm64.efi"),
-)
+FIRST_STAGES: tuple[tuple[str, str], ...] = tuple(ipxe.FIRST_STAGES.items())
 # option 93 value -> tag, as matched in the template
 CLIENT_ARCH_TAGS = {0: "bios", 7: "efi-x86_64", 9: "efi-x86_64", 11: "efi-arm64"}
 
