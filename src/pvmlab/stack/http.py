@@ -47,7 +47,7 @@ TEXT = "text/plain"
 HOME_KEY = web.AppKey("home", LabHome)
 LAB_KEY = web.AppKey("lab", LabSpec)
 URL_KEY = web.AppKey("url", dict[str, str])  # {"base": URL targets use}, set once bound
-EXTRA = "pvmlab_log"  # request key: fields a handler adds to its log line
+EXTRA = web.RequestKey("pvmlab_log", dict[str, Any])  # fields a handler adds to its log line
 
 # One path segment we serve: a plain name, not hidden, no separators or percent signs.
 _SEGMENT = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
@@ -119,7 +119,9 @@ class JsonAccessLogger(AbstractAccessLogger):
             entry["complete"] = response.complete
         if "Range" in request.headers:
             entry["range"] = request.headers["Range"][:100]
-        entry.update(request.get(EXTRA, {}))
+        if isinstance(request, web.Request) and EXTRA in request:
+            extra: dict[str, Any] = request[EXTRA]
+            entry.update(extra)
         if "mac" not in entry and "mac" in request.query:
             entry["mac"] = request.query["mac"][:64]
         self.logger.info(json.dumps(entry, sort_keys=False))
@@ -180,7 +182,9 @@ def _script(text: str, outcome: str) -> web.Response:
 
 
 def _note(request: web.Request, **fields: Any) -> None:
-    request.setdefault(EXTRA, {}).update(fields)
+    if EXTRA not in request:
+        request[EXTRA] = {}
+    request[EXTRA].update(fields)
 
 
 async def boot_ipxe(request: web.Request) -> web.Response:

@@ -1,0 +1,450 @@
+"""The lab's HTTP server, run for real on 127.0.0.1 (a free port) and asked with real clients.
+
+http.client sends paths exactly as written (no normalising of ``..`` or percent escapes), so
+the traversal tricks reach the server as an attacker would send them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import http.client
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from pvmlab.errors import StateError
+from pvmlab.home import LabHome
+from pvmlab.spec import store
+from pvmlab.spec.models import DistroAssets, LabSpec, VMSpec
+from pvmlab.stack import http as pvhttp
+
+KERNEL = bytes(range(256)) * 4096 + b"kernel-tail"  # ~1 MiB, every byte value
+INITRD = b"initrd-" * 3000
+SECRET = b"top secret outside the served root\n"
+MAC = "0e:00:00:00:00:01"
+
+
+@dataclass
+class Server:
+    home: LabHome
+    lab: LabSpec
+    port: int
+    base: str
+    loop: asyncio.AbstractEventLoop
+
+    def request(
+        self, path: str, method: str = "GET", headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, headers=headers or {})
+            resp = conn.getresponse()
+            body = resp.read()
+            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
+        finally:
+            conn.close()
+
+    def log_lines(self, count: int) -> list[dict[str, object]]:
+        """The request log once it holds ``count`` lines (the server writes a line just after
+        the response has gone out, so the client can be a moment ahead)."""
+        path = self.home.logs / "http.log"
+        deadline = time.monotonic() + 30
+        while True:
+            lines = path.read_text().splitlines()
+            if len(lines) >= count or time.monotonic() > deadline:
+                return [json.loads(line) for line in lines]
+            time.sleep(0.05)
+
+
+def _lab() -> LabSpec:
+    return LabSpec(dhcp_start="192.168.105.100", dhcp_end="192.168.105.199")
+
+
+def add_distro(home: LabHome, name: str = "demo", arch: str = "x86_64", cmdline: str = "quiet"
+               ) -> Path:
+    folder = store.distro_dir(home, name, arch)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vmlinuz").write_bytes(KERNEL)
+    (folder / "initrd").write_bytes(INITRD)
+    store.save_distro(home, DistroAssets(
+        name=name, arch=arch,  # type: ignore[arg-type]
+        kernel_sha256=hashlib.sha256(KERNEL).hexdigest(),
+        initrd_sha256=hashlib.sha256(INITRD).hexdigest(),
+        kernel_size=len(KERNEL), initrd_size=len(INITRD), cmdline=cmdline,
+    ))
+    return folder
+
+
+def add_vm(home: LabHome, name: str, mac: str, distro: str | None = "demo",
+           arch: str = "x86_64", cmdline: str | None = None, ip: str = "192.168.105.10") -> None:
+    store.save_vm(home, VMSpec(
+        name=name, arch=arch, mac=mac, ip=ip, distro=distro, cmdline=cmdline,  # type: ignore[arg-type]
+    ))
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    home = LabHome(tmp_path / "home")
+    home.ensure()
+    (tmp_path / "secret.txt").write_bytes(SECRET)
+    add_distro(home)
+    add_vm(home, "t1", MAC)
+    lab = _lab()
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runner = asyncio.run_coroutine_threadsafe(
+        pvhttp.start_http(home, lab, "127.0.0.1", 0), loop
+    ).result(30)
+    try:
+        port = pvhttp.bound_port(runner)
+        yield Server(home, lab, port, f"http://127.0.0.1:{port}", loop)
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+
+
+def script_lines(body: bytes) -> list[str]:
+    return body.decode().splitlines()
+
+
+# --- scripts ------------------------------------------------------------------------------------
+
+
+def test_boot_ipxe_chains_to_the_per_machine_script(server: Server) -> None:
+    status, headers, body = server.request("/boot.ipxe")
+    assert status == 200
+    assert headers["content-type"].startswith("text/plain")
+    lines = script_lines(body)
+    assert lines[0] == "#!ipxe"
+    chain = [line for line in lines if line.startswith("chain ")]
+    assert chain == [
+        f"chain {server.base}/ipxe?mac=${{net0/mac:hexhyp}}&arch=${{buildarch}}"
+        "&platform=${platform} || goto no_boot"
+    ]
+    assert lines[-1] == "exit 1"
+
+
+def test_machine_script_names_kernel_initrd_and_cmdline(server: Server) -> None:
+    status, headers, body = server.request(
+        "/ipxe?mac=0e-00-00-00-00-01&arch=x86_64&platform=efi"
+    )
+    assert status == 200
+    assert headers["x-pvmlab-boot"] == "boot"
+    lines = script_lines(body)
+    assert lines[0] == "#!ipxe"
+    kernel_url = f"{server.base}/images/demo/x86_64/vmlinuz"
+    initrd_url = f"{server.base}/images/demo/x86_64/initrd"
+    assert f"kernel {kernel_url} quiet initrd=initrd console=ttyS0 || goto failed" in lines
+    assert f"initrd --name initrd {initrd_url} || goto failed" in lines
+    assert "boot || goto failed" in lines
+    assert lines.index(next(x for x in lines if x.startswith("kernel "))) < lines.index(
+        next(x for x in lines if x.startswith("initrd "))
+    )
+    # the URLs in the script really serve the distro's files
+    for url, content in ((kernel_url, KERNEL), (initrd_url, INITRD)):
+        st, _, got = server.request(url.removeprefix(server.base))
+        assert st == 200
+        assert got == content
+
+
+def test_machine_script_uses_the_vms_own_cmdline(server: Server) -> None:
+    add_vm(server.home, "t2", "0e:00:00:00:00:02", cmdline="console=ttyS1 ip=dhcp",
+           ip="192.168.105.11")
+    _, _, body = server.request("/ipxe?mac=0E:00:00:00:00:02")  # any MAC spelling
+    kernel = [x for x in script_lines(body) if x.startswith("kernel ")]
+    assert kernel == [
+        f"kernel {server.base}/images/demo/x86_64/vmlinuz console=ttyS1 ip=dhcp initrd=initrd"
+        " || goto failed"
+    ]
+
+
+def test_vm_defined_while_running_is_served_at_once(server: Server) -> None:
+    _, headers, _ = server.request("/ipxe?mac=0e-00-00-00-00-03")
+    assert headers["x-pvmlab-boot"] == "unknown"
+    add_vm(server.home, "late", "0e:00:00:00:00:03", ip="192.168.105.12")
+    _, headers, body = server.request("/ipxe?mac=0e-00-00-00-00-03")
+    assert headers["x-pvmlab-boot"] == "boot"
+    assert "booting late " in body.decode()
+
+
+def _assert_refusal(body: bytes, *needles: str) -> None:
+    lines = script_lines(body)
+    assert lines[0] == "#!ipxe"
+    assert lines[-1] == "exit 1"
+    assert not any(x.split()[0] in ("kernel", "initrd", "boot", "chain") for x in lines[1:])
+    text = "\n".join(x for x in lines if x.startswith("echo "))
+    for needle in needles:
+        assert needle in text
+
+
+def test_unknown_mac_gets_echo_and_exit(server: Server) -> None:
+    status, headers, body = server.request("/ipxe?mac=0e-aa-bb-cc-dd-ee&arch=arm64&platform=efi")
+    assert status == 200  # iPXE must run it, so it can say why
+    assert headers["x-pvmlab-boot"] == "unknown"
+    _assert_refusal(body, "0e:aa:bb:cc:dd:ee")
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "",
+        "?mac=",
+        "?mac=zz-zz-zz-zz-zz-zz",
+        "?mac=ff-ff-ff-ff-ff-ff",
+        "?mac=01-00-5e-00-00-01",
+        "?mac=0e-00-00-00-00-01%0Akernel%20http://evil/x",
+        "?mac=%24%7Bnet0/mac%7D",
+    ],
+)
+def test_bad_mac_parameter_gets_echo_and_exit(server: Server, query: str) -> None:
+    status, headers, body = server.request(f"/ipxe{query}")
+    assert status == 200
+    assert headers["x-pvmlab-boot"] == "refused"
+    _assert_refusal(body)
+    assert b"evil" not in body
+    assert b"${" not in body
+
+
+def test_vm_without_distro_explains(server: Server) -> None:
+    add_vm(server.home, "bare", "0e:00:00:00:00:04", distro=None, ip="192.168.105.13")
+    _, headers, body = server.request("/ipxe?mac=0e-00-00-00-00-04")
+    assert headers["x-pvmlab-boot"] == "refused"
+    _assert_refusal(body, "VM bare has no distro")
+
+
+def test_vm_whose_distro_is_missing_for_its_arch_explains(server: Server) -> None:
+    add_vm(server.home, "armvm", "0e:00:00:00:00:05", arch="aarch64", ip="192.168.105.14")
+    _, headers, body = server.request("/ipxe?mac=0e-00-00-00-00-05")
+    assert headers["x-pvmlab-boot"] == "refused"
+    _assert_refusal(body, "distro demo is not present for aarch64")
+
+
+# --- static files ---------------------------------------------------------------------------------
+
+
+def test_range_request_returns_the_right_bytes(server: Server) -> None:
+    status, headers, body = server.request(
+        "/images/demo/x86_64/vmlinuz", headers={"Range": "bytes=1000-1999"}
+    )
+    assert status == 206
+    assert headers["content-range"] == f"bytes 1000-1999/{len(KERNEL)}"
+    assert body == KERNEL[1000:2000]
+    status, headers, body = server.request(
+        "/images/demo/x86_64/vmlinuz", headers={"Range": "bytes=-11"}
+    )
+    assert status == 206
+    assert body == b"kernel-tail"
+
+
+def test_head_has_length_and_no_body(server: Server) -> None:
+    status, headers, body = server.request("/images/demo/x86_64/vmlinuz", method="HEAD")
+    assert status == 200
+    assert int(headers["content-length"]) == len(KERNEL)
+    assert headers.get("accept-ranges") == "bytes"
+    assert body == b""
+
+
+def test_full_file(server: Server) -> None:
+    status, _, body = server.request("/images/demo/x86_64/initrd")
+    assert status == 200
+    assert body == INITRD
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/images/../secret.txt",
+        "/images/../../secret.txt",
+        "/images/demo/../../../secret.txt",
+        "/images/demo/x86_64/../../../../secret.txt",
+        "/images/%2e%2e/%2e%2e/secret.txt",
+        "/images/%2E%2E/%2E%2E/secret.txt",
+        "/images/demo/x86_64/%2e%2e%2f%2e%2e%2f%2e%2e%2f%2e%2e%2fsecret.txt",
+        "/images/..%2f..%2fsecret.txt",
+        "/images/demo%2Fx86_64%2Fvmlinuz",
+        "/images/%2Fetc%2Fpasswd",
+        "/images//etc/passwd",
+        "/images///etc/passwd",
+        "/images/demo/x86_64/..%5c..%5c..%5csecret.txt",
+        "/images/.%2e/.%2e/secret.txt",
+        "/images/demo/./x86_64/vmlinuz",
+        "/tftp/../secret.txt",
+        "/tftp/%2e%2e/secret.txt",
+    ],
+)
+def test_traversal_is_refused(server: Server, path: str) -> None:
+    status, _, body = server.request(path)
+    assert status == 403, (path, status, body)
+    assert SECRET not in body
+    assert b"root:" not in body
+
+
+def test_absolute_path_in_request_line_is_refused(server: Server) -> None:
+    # An absolute-form request target naming a file path, not the served tree.
+    status, _, body = server.request("/images/etc/passwd")
+    assert status == 404
+    assert b"root:" not in body
+
+
+def test_symlink_out_of_root_refused_and_inside_allowed(server: Server, tmp_path: Path) -> None:
+    folder = store.distro_dir(server.home, "demo", "x86_64")
+    (folder / "escape").symlink_to(tmp_path / "secret.txt")
+    (folder / "escape-rel").symlink_to(Path("../../../../secret.txt"))
+    (folder / "etc").symlink_to("/etc")
+    (folder / "inside").symlink_to("vmlinuz")
+    (server.home.images / "alias").symlink_to("demo")
+    for path in ("/images/demo/x86_64/escape", "/images/demo/x86_64/escape-rel",
+                 "/images/demo/x86_64/etc/passwd"):
+        status, _, body = server.request(path)
+        assert status == 403, path
+        assert SECRET not in body and b"root:" not in body
+    status, _, body = server.request("/images/demo/x86_64/inside")
+    assert (status, body) == (200, KERNEL)
+    status, _, body = server.request("/images/alias/x86_64/initrd")
+    assert (status, body) == (200, INITRD)
+
+
+def test_directories_and_missing_files_are_404(server: Server) -> None:
+    assert server.request("/images/demo/x86_64")[0] == 404
+    assert server.request("/images/demo/x86_64/nothing")[0] == 404
+    assert server.request("/nothing")[0] == 404
+
+
+def test_tftp_files_over_http(server: Server) -> None:
+    (server.home.tftp / "undionly.kpxe").write_bytes(b"first stage")
+    assert server.request("/tftp/undionly.kpxe")[2] == b"first stage"
+
+
+@pytest.mark.skipif(shutil.which("busybox") is None, reason="busybox is not installed")
+def test_busybox_wget_fetches_kernel_byte_identical(server: Server, tmp_path: Path) -> None:
+    out = tmp_path / "k"
+    subprocess.run(
+        ["busybox", "wget", "-q", "-O", str(out), f"{server.base}/images/demo/x86_64/vmlinuz"],
+        check=True, timeout=60,
+    )
+    assert out.read_bytes() == KERNEL
+
+
+# --- /config -------------------------------------------------------------------------------------
+
+
+def test_config_json(server: Server) -> None:
+    status, headers, body = server.request("/config/0e-00-00-00-00-01")
+    assert status == 200
+    assert headers["content-type"].startswith("application/json")
+    cfg = json.loads(body)
+    assert cfg["vm"] == "t1"
+    assert cfg["mac"] == MAC
+    assert cfg["ip"] == "192.168.105.10"
+    assert cfg["bootable"] is True
+    assert cfg["problem"] is None
+    assert cfg["kernel_url"] == f"{server.base}/images/demo/x86_64/vmlinuz"
+    assert cfg["kernel_sha256"] == hashlib.sha256(KERNEL).hexdigest()
+    assert cfg["cmdline"] == "quiet initrd=initrd console=ttyS0"
+
+
+def test_config_json_unknown_and_bad(server: Server) -> None:
+    status, _, body = server.request("/config/0e-00-00-00-00-99")
+    assert status == 404
+    assert json.loads(body)["mac"] == "0e:00:00:00:00:99"
+    status, _, body = server.request("/config/not-a-mac")
+    assert status == 400
+    assert "error" in json.loads(body)
+
+
+# --- request log ---------------------------------------------------------------------------
+
+
+def test_request_log_has_one_json_line_per_request(server: Server) -> None:
+    server.request("/boot.ipxe")
+    server.request("/ipxe?mac=0e-00-00-00-00-01&arch=x86_64&platform=efi")
+    server.request("/images/demo/x86_64/vmlinuz")
+    server.request("/images/demo/x86_64/vmlinuz", headers={"Range": "bytes=0-99"})
+    server.request("/images/demo/x86_64/initrd", method="HEAD")
+    server.request("/images/../secret.txt")
+    entries = server.log_lines(6)
+    assert len(entries) == 6
+    for e in entries:
+        assert {"time", "start", "end", "duration", "client", "method", "path", "status",
+                "bytes"} <= set(e)
+        assert e["client"] == "127.0.0.1"
+        assert isinstance(e["start"], float) and isinstance(e["end"], float)
+        assert e["start"] <= e["end"]
+    boot, machine, full, part, head, bad = entries
+    assert (boot["path"], boot["status"]) == ("/boot.ipxe", 200)
+    assert machine["mac"] == MAC and machine["vm"] == "t1" and machine["outcome"] == "boot"
+    assert machine["arch"] == "x86_64" and machine["platform"] == "efi"
+    assert (full["status"], full["bytes"], full["complete"]) == (200, len(KERNEL), True)
+    assert (part["status"], part["bytes"], part["range"]) == (206, 100, "bytes=0-99")
+    assert (head["method"], head["bytes"]) == ("HEAD", 0)
+    assert (bad["path"], bad["status"]) == ("/images/../secret.txt", 403)
+    starts = [float(e["start"]) for e in entries]  # type: ignore[arg-type]
+    assert starts == sorted(starts)
+
+
+# --- start-up -------------------------------------------------------------------------------------
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    home = LabHome(tmp_path / "home")
+    home.ensure()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        async def attempt() -> None:
+            runner = await pvhttp.start_http(home, _lab(), "127.0.0.1", port)
+            await runner.cleanup()
+
+        with pytest.raises(StateError, match="cannot serve HTTP"):
+            asyncio.run(attempt())
+
+
+def test_scripts_point_at_the_provisioner_when_bound_to_all() -> None:
+    assert pvhttp.base_url(_lab(), "0.0.0.0", 80) == "http://192.168.105.1"  # noqa: S104
+    assert pvhttp.base_url(_lab(), "192.168.105.1", 8080) == "http://192.168.105.1:8080"
+
+
+# --- rendering -----------------------------------------------------------------------------------
+
+
+def test_no_newline_can_reach_a_script() -> None:
+    with pytest.raises(ValueError, match="control character"):
+        pvhttp.render_boot_script("http://x\nkernel http://evil")
+
+
+def test_echo_text_drops_what_ipxe_would_interpret() -> None:
+    assert pvhttp.echo_text("a ${x} || b ; # c && d\n e") == "a {x} b c d e"
+    script = pvhttp.render_refusal("no VM ${net0/mac} # here")
+    assert "${" not in script and " # " not in script
+
+
+def test_manual_entry_point_help() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "pvmlab.stack.http", "--help"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 0
+    assert "--port" in proc.stdout
+
+
+def test_app_routes() -> None:
+    app = pvhttp.make_app(LabHome(Path("/nonexistent")), _lab(), "http://x")
+    paths = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
+    assert {"/boot.ipxe", "/ipxe", "/config/{mac}", "/images/{path}", "/tftp/{path}"} <= paths
+    assert isinstance(app, web.Application)
