@@ -15,7 +15,7 @@ import platform
 import re
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -229,21 +229,21 @@ def _open_device(path: str) -> int:
     return os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
 
-def check_kvm(opener: Callable[[str], int] = _open_device) -> Check:
-    name = "/dev/kvm (acceleration)"
+def check_kvm(device: str = "/dev/kvm") -> Check:
+    name = f"{device} (acceleration)"
     try:
-        fd = opener("/dev/kvm")
+        fd = _open_device(device)
     except OSError as exc:
         reasons = {
-            errno.ENOENT: ("missing: the kvm module is not loaded or the CPU has no "
+            errno.ENOENT: (f"no {device}: the kvm module is not loaded or the CPU has no "
                            "virtualization (nested virtualization off?)",
                            "load kvm_intel or kvm_amd, or enable virtualization in the firmware"),
             errno.EACCES: ("permission denied",
                            "add your user to the kvm group: sudo usermod -aG kvm $USER"),
             errno.EPERM: ("operation not permitted", "run as root or join the kvm group"),
-            errno.ENXIO: ("no KVM device behind /dev/kvm",
+            errno.ENXIO: (f"no KVM device behind {device}",
                           "load kvm_intel or kvm_amd (modprobe)"),
-            errno.ENODEV: ("no KVM device behind /dev/kvm",
+            errno.ENODEV: (f"no KVM device behind {device}",
                            "load kvm_intel or kvm_amd (modprobe)"),
         }
         detail, hint = reasons.get(exc.errno or 0, (f"cannot open: {exc.strerror}", None))
@@ -259,10 +259,10 @@ def check_kvm(opener: Callable[[str], int] = _open_device) -> Check:
                  required=False, data={"api_version": version})
 
 
-def check_tun(opener: Callable[[str], int] = _open_device) -> Check:
-    name = "/dev/net/tun (VM NICs)"
+def check_tun(device: str = "/dev/net/tun") -> Check:
+    name = f"{device} (VM NICs)"
     try:
-        fd = opener("/dev/net/tun")
+        fd = _open_device(device)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return Check(name, False, "missing: the tun module is not loaded",

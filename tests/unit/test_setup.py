@@ -1,0 +1,136 @@
+"""`pvmlab setup` and its dependency checks, against this machine's real programs and files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import run_pvmlab
+from pvmlab import doctor
+from pvmlab.home import SUBDIRS
+
+QEMU_PROGRAMS = {
+    "qemu-system-x86_64": "qemu-system-x86",
+    "qemu-system-aarch64": "qemu-system-arm",
+    "qemu-img": "qemu-utils",
+}
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the full check needs root (lab network)")
+def test_setup_on_this_machine_finds_everything(lab_home: Path) -> None:
+    proc = run_pvmlab("setup", home=lab_home)
+    assert proc.returncode == 0
+    assert "everything needed is there" in proc.stdout
+    for sub in SUBDIRS:
+        assert (lab_home / sub).is_dir()
+
+    report = json.loads(run_pvmlab("setup", "--json", home=lab_home).stdout)
+    assert report["ok"] is True
+    assert report["home"] == str(lab_home)
+    names = {c["name"] for c in report["checks"]}
+    assert {*QEMU_PROGRAMS, "dnsmasq", "ip", "UEFI firmware x86_64", "UEFI firmware aarch64",
+            "SeaBIOS (legacy BIOS)"} <= names
+    assert all(c["ok"] for c in report["checks"] if c["required"])
+    ipxe = [c for c in report["checks"] if c["name"].startswith("iPXE ")]
+    assert {c["data"]["tftp_name"] for c in ipxe} == {
+        "undionly.kpxe", "ipxe-x86_64.efi", "ipxe-arm64.efi"
+    }
+    for c in ipxe:  # the recorded hash is the file's
+        path = Path(c["data"]["path"])
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == c["data"]["sha256"]
+        assert c["data"]["source"]
+    for c in report["checks"]:
+        if c["name"] in QEMU_PROGRAMS:
+            assert c["data"]["version"][0].isdigit()
+            assert Path(c["data"]["path"]).is_file()
+
+
+def _path_without_qemu(tmp_path: Path) -> Path:
+    """A PATH directory holding dnsmasq and ip but no QEMU."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for prog in ("dnsmasq", "ip"):
+        found = shutil.which(prog, path="/usr/sbin:/usr/bin:/sbin:/bin")
+        if found is None:
+            pytest.skip(f"{prog} is not installed")
+        (bin_dir / prog).symlink_to(found)
+    return bin_dir
+
+
+def test_setup_without_qemu_names_each_missing_one(
+    lab_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(_path_without_qemu(tmp_path)))
+    proc = run_pvmlab("setup", home=lab_home, check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    for prog, package in QEMU_PROGRAMS.items():
+        assert f"{prog}: sudo apt-get install {package}" in proc.stdout
+    assert "missing: qemu-system-x86_64, qemu-system-aarch64, qemu-img" in proc.stdout
+
+    proc = run_pvmlab("setup", "--json", home=lab_home, check=False)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert report["ok"] is False
+    by_name = {c["name"]: c for c in report["checks"]}
+    for prog, package in QEMU_PROGRAMS.items():
+        assert by_name[prog]["ok"] is False
+        assert by_name[prog]["required"] is True
+        assert package in by_name[prog]["fix"]
+    assert by_name["dnsmasq"]["ok"] is True
+    assert by_name["busybox (tests)"]["required"] is False  # missing here, but optional
+
+
+def test_setup_with_unusable_home_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = run_pvmlab("setup", home=blocker / "home", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("pvmlab: error: cannot create the lab home")
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_missing_device_is_explained(tmp_path: Path) -> None:
+    check = doctor.check_kvm(str(tmp_path / "kvm"))
+    assert not check.ok and not check.required
+    assert "the kvm module is not loaded" in check.detail
+    assert "TCG" in check.detail
+    tun = doctor.check_tun(str(tmp_path / "tun"))
+    assert not tun.ok and tun.required
+    assert tun.fix == "sudo modprobe tun"
+
+
+def test_a_file_that_is_not_kvm_is_not_taken_for_it(tmp_path: Path) -> None:
+    fake = tmp_path / "kvm"
+    fake.write_bytes(b"")
+    check = doctor.check_kvm(str(fake))
+    assert not check.ok
+    assert "KVM_GET_API_VERSION fails" in check.detail
+
+
+@pytest.mark.skipif(not Path("/dev/kvm").exists(), reason="no /dev/kvm on this host")
+@pytest.mark.skipif(os.geteuid() != 0, reason="/dev/kvm is root-only here")
+def test_real_kvm_reports_api_version() -> None:
+    check = doctor.check_kvm()
+    assert check.ok
+    assert check.data["api_version"] == 12  # the only stable KVM API version
+
+
+@pytest.mark.skipif(doctor.package_family() != "apt", reason="Debian/Ubuntu hint")
+def test_install_hint_names_the_debian_package() -> None:
+    assert doctor.install_hint("qemu-utils", "qemu") == "sudo apt-get install qemu-utils"
+
+
+def test_program_check_reports_version_and_path() -> None:
+    python = shutil.which("python3")
+    assert python is not None
+    check = doctor.check_program("python3", ("--version",), "python3", None, True)
+    assert check.ok
+    assert check.data["version"].startswith("3.")
+    missing = doctor.check_program("no-such-program-pvmlab", ("--version",), "pkg", None, True)
+    assert not missing.ok and missing.fix is not None and "pkg" in missing.fix
