@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvmlab.assets.files import copy_hashed, sha256_file, temp_beside
+from pvmlab.assets.kernelinfo import kernel_arch
 from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.spec import store, validate
@@ -67,6 +68,12 @@ def import_result(
     line = validate.cmdline(cmdline.strip()) if cmdline else ""
     kernel_p = _source_file(kernel, "kernel")
     initrd_p = _source_file(initrd, "initrd")
+    built_for = kernel_arch(kernel_p)
+    if built_for is not None and built_for != arch_v:
+        raise ValidationError(
+            f"kernel {str(kernel)!r} is built for {built_for}, not {arch_v}",
+            f"import it with --arch {built_for}, or give the {arch_v} kernel",
+        )
     target = store.distro_dir(home, name, arch_v)
     with home.locked():
         previous = store.load_distro(home, name, arch_v) if target.exists() else None
