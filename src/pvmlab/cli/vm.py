@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pvmlab.cli.common import emit_json, home, json_option, table
+from pvmlab.cli.common import emit_json, home, json_option
 from pvmlab.errors import StateError
 from pvmlab.spec import store, validate
 
@@ -255,7 +255,10 @@ def list_cmd(as_json: bool) -> None:
         _say("no VMs (create one with `pvmlab vm create NAME`)")
         return
     cols = ["name", "arch", "firmware", "boot", "mac", "ip", "distro", "state", "accel", "pid"]
-    table(None, [c.upper() for c in cols], [[str(r[c] or "-") for c in cols] for r in rows])
+    cells = [[c.upper() for c in cols]] + [[str(r[c] or "-") for c in cols] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    for row in cells:  # plain aligned columns: readable, and never wrapped in a pipe
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
 
 
 @vm.command("logs")

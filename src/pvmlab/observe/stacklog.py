@@ -119,8 +119,8 @@ def dhcp_exchanges(log_lines: list[str], mac: str) -> list[DhcpExchange]:
 
 
 def tftp_sent(log_lines: list[str], ips: list[str]) -> list[str]:
-    """``sent FILE`` per file served to one of ``ips`` (failures as ``FAILED: message``)."""
-    out = []
+    """``sent FILE`` / ``not found FILE`` per request of one of ``ips`` (else dnsmasq's words)."""
+    out: list[str] = []
     for line in log_lines:
         m = _TFTP.search(line)
         if not m or m.group("ip") not in ips:
@@ -128,8 +128,10 @@ def tftp_sent(log_lines: list[str], ips: list[str]) -> list[str]:
         msg = m.group("msg")
         if msg.startswith("sent ") and msg.endswith(" to"):
             out.append(f"sent {Path(msg[5:-3]).name}")
-        else:
-            out.append(f"FAILED: {msg} {m.group('ip')}")
+        elif msg.startswith("file ") and msg.endswith(" not found for"):
+            out.append(f"not found {Path(msg[5:-14]).name}")
+        else:  # e.g. "error 8 User aborted the transfer received from" (a size probe)
+            out.append(msg)
     return out
 
 
@@ -159,6 +161,8 @@ def http_requests(log_lines: list[str], mac: str, ips: list[str]) -> list[str]:
             continue
         method = rec.get("method", "GET")
         path = rec.get("path") or rec.get("url") or rec.get("target") or "?"
+        if rec.get("query"):
+            path = f"{path}?{rec['query']}"
         status = rec.get("status", "")
         out.append(f"{method} {path} {status}".strip())
     return out
