@@ -14,7 +14,7 @@ import ipaddress
 from datetime import UTC, datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pvmlab.errors import ValidationError
 from pvmlab.spec import validate
@@ -52,6 +52,22 @@ class LabSpec(Record):
             return str(validate.ipv4_interface(v))
         except ValidationError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("dhcp_start", "dhcp_end")
+    @classmethod
+    def _range_ends(cls, v: str) -> str:
+        try:
+            return str(ipaddress.IPv4Address(v))
+        except ValueError:
+            raise ValueError(f"invalid IPv4 address {v!r}") from None
+
+    @model_validator(mode="after")
+    def _range_in_subnet(self) -> LabSpec:
+        try:
+            validate.dhcp_range(f"{self.dhcp_start},{self.dhcp_end}", self.iface)
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+        return self
 
     @property
     def iface(self) -> ipaddress.IPv4Interface:
@@ -107,6 +123,22 @@ class VMSpec(Record):
     def _cmdline(cls, v: str | None) -> str | None:
         return None if v is None else _check(validate.cmdline, v)
 
+    @field_validator("memory_mib")
+    @classmethod
+    def _memory(cls, v: int) -> int:
+        try:
+            return validate.memory_mib(v)
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v: int) -> int:
+        try:
+            return validate.cpus(v)
+        except ValidationError as exc:
+            raise ValueError(str(exc)) from None
+
     @field_validator("ip")
     @classmethod
     def _ip(cls, v: str) -> str:
@@ -142,3 +174,13 @@ class DistroAssets(Record):
     @classmethod
     def _cmdline(cls, v: str) -> str:
         return _check(validate.cmdline, v)
+
+    @field_validator("kernel", "initrd")
+    @classmethod
+    def _file(cls, v: str) -> str:
+        return _check(validate.file_name, v)
+
+    @field_validator("kernel_sha256", "initrd_sha256")
+    @classmethod
+    def _sha(cls, v: str) -> str:
+        return _check(validate.sha256, v)

@@ -67,7 +67,8 @@ def mac(value: str) -> str:
         octets = re.split(r"[:-]", text)
     else:
         raise ValidationError(
-            f"invalid MAC address {_show(value)}", "write it as six hex pairs, e.g. 52:54:00:12:34:56"
+            f"invalid MAC address {_show(value)}",
+            "write it as six hex pairs, e.g. 52:54:00:12:34:56",
         )
     first = int(octets[0], 16)
     if first & 1:
@@ -102,11 +103,13 @@ def ipv4_interface(value: str) -> ipaddress.IPv4Interface:
         iface = ipaddress.IPv4Interface(value.strip())
     except (ValueError, ipaddress.AddressValueError, ipaddress.NetmaskValueError) as exc:
         raise ValidationError(
-            f"invalid address {_show(value)}: {exc}", "write it as ADDRESS/PREFIX, e.g. 192.168.105.1/24"
+            f"invalid address {_show(value)}: {exc}",
+            "write it as ADDRESS/PREFIX, e.g. 192.168.105.1/24",
         ) from None
     if "/" not in value:
         raise ValidationError(
-            f"address {_show(value)} has no prefix length", "write it as ADDRESS/PREFIX, e.g. 192.168.105.1/24"
+            f"address {_show(value)} has no prefix length",
+            "write it as ADDRESS/PREFIX, e.g. 192.168.105.1/24",
         )
     net = iface.network
     if not 8 <= net.prefixlen <= 29:
@@ -127,7 +130,9 @@ def ipv4_interface(value: str) -> ipaddress.IPv4Interface:
     return iface
 
 
-def ipv4_in(value: str, network: ipaddress.IPv4Network, what: str = "address") -> ipaddress.IPv4Address:
+def ipv4_in(
+    value: str, network: ipaddress.IPv4Network, what: str = "address"
+) -> ipaddress.IPv4Address:
     try:
         addr = ipaddress.IPv4Address(value.strip())
     except ValueError:
@@ -153,7 +158,8 @@ def dhcp_range(
     parts = value.split(",")
     if len(parts) != 2:
         raise ValidationError(
-            f"invalid DHCP range {_show(value)}", "write it as START,END, e.g. 192.168.105.100,192.168.105.199"
+            f"invalid DHCP range {_show(value)}",
+            "write it as START,END, e.g. 192.168.105.100,192.168.105.199",
         )
     start = ipv4_in(parts[0], iface.network, "DHCP range start")
     end = ipv4_in(parts[1], iface.network, "DHCP range end")
@@ -216,23 +222,52 @@ def cmdline(value: str) -> str:
     return value
 
 
+_FILE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
+
+
+def file_name(value: str, what: str = "file name") -> str:
+    """A plain file name inside a lab directory: no separators, not hidden, no dot-dot."""
+    if not _FILE_NAME.fullmatch(value) or ".." in value:
+        raise ValidationError(
+            f"invalid {what} {_show(value)}",
+            "use letters, digits, '.', '_', '+' and '-' (no '/', no '..', not starting with '.')",
+        )
+    return value
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def sha256(value: str) -> str:
+    text = value.strip().lower()
+    if not _SHA256.fullmatch(text):
+        raise ValidationError(f"invalid SHA-256 {_show(value)}", "give 64 hex digits")
+    return text
+
+
 def existing_file(value: str | Path, what: str = "file") -> Path:
     path = Path(value).expanduser()
     if not path.exists():
         raise ValidationError(f"{what} {str(path)!r} does not exist", "check the path")
     if not path.is_file():
-        raise ValidationError(f"{what} {str(path)!r} is not a regular file", "give a file, not a directory")
+        raise ValidationError(
+            f"{what} {str(path)!r} is not a regular file", "give a file, not a directory"
+        )
     try:
         with path.open("rb"):
             pass
     except OSError as exc:
-        raise ValidationError(f"cannot read {what} {str(path)!r}: {exc.strerror}", "check its permissions") from None
+        raise ValidationError(
+            f"cannot read {what} {str(path)!r}: {exc.strerror}", "check its permissions"
+        ) from None
     return path.resolve()
 
 
 def memory_mib(value: int) -> int:
     if not 64 <= value <= 1024 * 1024:
-        raise ValidationError(f"memory {value} MiB is out of range", "give between 64 and 1048576 MiB")
+        raise ValidationError(
+            f"memory {value} MiB is out of range", "give between 64 and 1048576 MiB"
+        )
     return value
 
 
@@ -249,9 +284,11 @@ def disk_size(value: str) -> int:
     """A disk size such as 10G, 512M or 20GiB, in bytes."""
     m = _SIZE.fullmatch(value.strip())
     if not m:
-        raise ValidationError(f"invalid disk size {_show(value)}", "write it like 10G, 512M or 20GiB")
+        raise ValidationError(
+            f"invalid disk size {_show(value)}", "write it like 10G, 512M or 20GiB"
+        )
     number, unit = int(m.group(1)), m.group(2).upper()
-    size = number * 1024 ** " KMGT".index(unit or " ")
+    size = number * int(1024 ** " KMGT".index(unit or " "))
     if not 1024 * 1024 <= size <= 64 * 1024**4:
         raise ValidationError(f"disk size {value} is out of range", "give between 1M and 64T")
     return size
