@@ -43,7 +43,7 @@ class QemuConfig:
     firmware: FirmwareKind
     accel: AccelName
     mac: str
-    tap: str
+    tap: str | None  # None: no NIC (direct-kernel checks of fixtures)
     serial_log: Path
     qmp_socket: Path
     pid_file: Path
@@ -118,6 +118,8 @@ def _boot_indexes(cfg: QemuConfig) -> tuple[int | None, int | None]:
 
 
 def _nic(cfg: QemuConfig, bootindex: int | None) -> list[str]:
+    if cfg.tap is None:
+        return []
     device = f"virtio-net-pci,netdev=net0,mac={cfg.mac}"
     if cfg.firmware == "uefi":
         device += ",romfile="
