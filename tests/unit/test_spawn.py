@@ -1,0 +1,149 @@
+"""The one place pvmlab starts programs, exercised with real small programs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pvmlab import spawn
+from pvmlab.errors import DependencyError, ProcessError
+
+PY = sys.executable
+
+
+def _wait_gone(pid: int, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child (or already reaped)
+            done = 0
+        if done == pid or not spawn.pid_alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_in_netns_prefix() -> None:
+    assert spawn.in_netns(["dnsmasq", "-k"], None) == ["dnsmasq", "-k"]
+    assert spawn.in_netns(["dnsmasq"], "pvmlab-1") == ["ip", "netns", "exec", "pvmlab-1", "dnsmasq"]
+
+
+def test_run_captures_output() -> None:
+    proc = spawn.run([PY, "-c", "import sys; print('out'); print('err', file=sys.stderr)"])
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, "out\n", "err\n")
+
+
+def test_run_passes_input_env_and_cwd(tmp_path: Path) -> None:
+    code = "import os, sys; print(sys.stdin.read(), os.environ['X'], os.getcwd())"
+    proc = spawn.run([PY, "-c", code], input="in", env={**os.environ, "X": "y"}, cwd=tmp_path)
+    assert proc.stdout.split() == ["in", "y", str(tmp_path)]
+
+
+def test_run_failure_is_a_process_error_with_details() -> None:
+    code = "import sys; print('line1\\nline2\\nthe reason', file=sys.stderr); sys.exit(3)"
+    with pytest.raises(ProcessError) as info:
+        spawn.run([PY, "-c", code])
+    err = info.value
+    assert err.returncode == 3
+    assert err.argv[0] == PY
+    assert "the reason" in err.problem and "exit code 3" in err.problem
+    assert "line1" in err.stderr
+
+
+def test_run_ok_codes_and_no_check() -> None:
+    assert spawn.run([PY, "-c", "raise SystemExit(5)"], ok_codes=(0, 5)).returncode == 5
+    assert spawn.run([PY, "-c", "raise SystemExit(6)"], check=False).returncode == 6
+
+
+def test_missing_program_is_a_dependency_error() -> None:
+    with pytest.raises(DependencyError, match="program not found: no-such-program-pvmlab"):
+        spawn.run(["no-such-program-pvmlab"])
+    with pytest.raises(DependencyError), spawn.spawn(["no-such-program-pvmlab"]):
+        pass
+    with pytest.raises(DependencyError):
+        spawn.start_detached(["no-such-program-pvmlab"])
+
+
+def test_run_timeout_kills_and_raises() -> None:
+    with pytest.raises(ProcessError, match="did not finish"):
+        spawn.run([PY, "-c", "import time; time.sleep(60)"], timeout=0.5)
+
+
+def test_spawn_stops_the_child_on_exit() -> None:
+    with spawn.spawn([PY, "-c", "import time; time.sleep(600)"]) as proc:
+        assert proc.poll() is None
+        pid = proc.pid
+    assert proc.returncode is not None
+    assert not spawn.pid_alive(pid)
+
+
+def test_spawn_stops_the_child_on_error() -> None:
+    with pytest.raises(RuntimeError), spawn.spawn([PY, "-c", "import time; time.sleep(600)"]) as p:
+        raise RuntimeError("boom")
+    assert p.returncode == -signal.SIGTERM
+
+
+def test_spawn_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+    code = (
+        "import signal, time, pathlib, sys\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "pathlib.Path(sys.argv[1]).touch()\n"
+        "time.sleep(600)\n"
+    )
+    with spawn.spawn([PY, "-c", code, str(ready)], grace=0.5) as proc:
+        deadline = time.monotonic() + 30
+        while not ready.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert ready.exists()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _wait_for(predicate: object, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.05)
+
+
+def test_start_detached_survives_in_its_own_session(tmp_path: Path) -> None:
+    log = tmp_path / "logs" / "d.log"
+    code = (
+        "import sys, time; print('hello', flush=True); "
+        "print('oops', file=sys.stderr, flush=True); time.sleep(600)"
+    )
+    proc = spawn.start_detached([PY, "-c", code], log_file=log)
+    try:
+        assert os.getsid(proc.pid) == proc.pid  # a new session: our signals do not reach it
+        assert spawn.pid_alive(proc.pid)
+        # Right after fork the kernel may not have published the new argv yet (read as empty).
+        _wait_for(lambda: spawn.pid_cmdline(proc.pid))
+        assert spawn.pid_cmdline(proc.pid)[:2] == [PY, "-c"]
+        _wait_for(lambda: log.exists() and "oops" in log.read_text())
+        text = log.read_text()
+        assert "hello" in text and "oops" in text  # stdout and stderr both go to the log
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not spawn.pid_alive(proc.pid)
+    assert spawn.pid_cmdline(proc.pid) == []
+
+
+def test_pid_alive_and_cmdline_of_self() -> None:
+    assert spawn.pid_alive(os.getpid())
+    assert spawn.pid_cmdline(os.getpid())[0].endswith(("python", "python3")) or (
+        "python" in spawn.pid_cmdline(os.getpid())[0]
+    )
+
+
+def test_pid_alive_false_for_a_reaped_child() -> None:
+    child = subprocess.Popen([PY, "-c", "pass"])
+    child.wait()
+    assert _wait_gone(child.pid)
+    assert not spawn.pid_alive(child.pid)
