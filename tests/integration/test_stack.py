@@ -216,3 +216,59 @@ def test_status_and_logs_show_the_running_stack(
     logs = run_pvmlab("provisioner", "logs", "--service", "dnsmasq", "-n", "200",
                       home=lab.home).stdout
     assert "DHCPACK" in logs and lease["ip"] in logs
+
+
+def _save_vm(home: Path, name: str, mac: str, ip: str) -> None:
+    from pvmlab.spec import store
+    from pvmlab.spec.models import VMSpec
+
+    store.save_vm(LabHome(home), VMSpec(name=name, arch="x86_64", mac=mac, ip=ip))
+
+
+def test_provisioner_reload_serves_a_record_written_behind_its_back(
+    lab: netlab.Lab, client: netlab.Client, tmp_path: Path
+) -> None:
+    mac = "0e:00:00:00:40:01"
+    _save_vm(lab.home, "side", mac, "192.168.105.51")
+    out = run_pvmlab("provisioner", "reload", home=lab.home).stdout
+    assert "reloaded" in out
+    client.set_mac(mac)
+    assert netlab.udhcpc(client, tmp_path / "dhcp", arch=7)["ip"] == "192.168.105.51"
+
+
+def test_sighup_to_the_supervisor_rerenders_and_reloads(
+    lab: netlab.Lab, client: netlab.Client, tmp_path: Path
+) -> None:
+    mac = "0e:00:00:00:50:01"
+    _save_vm(lab.home, "hup", mac, "192.168.105.61")
+    log = lab.home / "logs" / "dnsmasq.log"
+    hosts = lab.home / "configs" / "dhcp-hosts"
+    seen = log.read_text().count(f"read {hosts}")
+    sup = lab.pid("supervisor")
+    assert sup is not None
+    os.kill(sup, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and log.read_text().count(f"read {hosts}") == seen:
+        time.sleep(0.05)
+    assert mac in hosts.read_text()
+    client.set_mac(mac)
+    assert netlab.udhcpc(client, tmp_path / "dhcp", arch=7)["ip"] == "192.168.105.61"
+    assert lab.refresh()["services"][1]["pid"] == lab.pid("dnsmasq")  # reloaded, not restarted
+
+
+def test_sigterm_stops_dnsmasq_and_http_and_exits_0(lab: netlab.Lab) -> None:
+    sup, dns = lab.pid("supervisor"), lab.pid("dnsmasq")
+    assert sup and dns
+    os.kill(sup, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and (
+        netlab.is_ours(sup, str(lab.home)) or netlab.is_ours(dns, str(lab.home))
+    ):
+        time.sleep(0.05)
+    assert not netlab.is_ours(sup, str(lab.home)) and not netlab.is_ours(dns, str(lab.home))
+    log = (lab.home / "logs" / "supervisor.log").read_text()
+    assert "HTTP server stopped" in log and "supervisor exiting with code 0" in log
+    assert not (lab.home / "stack" / "state.json").exists()
+    assert not lab.refresh()["running"]
+    # only the namespace (and its bridge) remain; `provisioner stop` (the fixture) removes them
+    assert netlab.netns_pids(lab.netns) == []
