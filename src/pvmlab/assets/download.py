@@ -217,6 +217,14 @@ def _hashes(path: Path, algorithm: str) -> tuple[str, str, int]:
     return sha.hexdigest(), (other.hexdigest() if other else sha.hexdigest()), size
 
 
+def hash_matches(path: Path, expected: Checksum) -> bool:
+    """Whether ``path`` has the expected checksum (False when it cannot be read)."""
+    try:
+        return _hashes(path, expected.algorithm)[1] == expected.digest
+    except OSError:
+        return False
+
+
 def fetch(
     url: str,
     dest: Path,

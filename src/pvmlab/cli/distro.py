@@ -199,6 +199,69 @@ def _print_table(columns: list[str], rows: list[list[str]]) -> None:
     console.print(t)
 
 
+@distro.command("pull")
+@click.argument("name", callback=_name)
+@arch_option
+@click.option(
+    "--method",
+    help="How to get the files: cloud-image (extract from the cloud image), netboot (the "
+    "distro's network installer), kernel (Ubuntu's published cloud kernel); default: the "
+    "catalog's first method for that distro.",
+)
+@click.option(
+    "--mirror",
+    help="Base URL replacing the catalog's mirror for this method (also: "
+    "PVMLAB_MIRROR_<NAME>_<METHOD> or PVMLAB_MIRROR_<NAME>, e.g. PVMLAB_MIRROR_DEBIAN_12).",
+)
+@click.option("--cmdline", help="Kernel command line instead of the catalog's default.")
+@click.option(
+    "--refresh", is_flag=True, help="Fetch the checksum list again even when the cache is complete."
+)
+@json_option
+def pull(
+    name: str,
+    arch: str,
+    method: str | None,
+    mirror: str | None,
+    cmdline: str | None,
+    refresh: bool,
+    as_json: bool,
+) -> None:
+    """Download distro NAME for ARCH from the catalog, verify it and add it to the lab.
+
+    Downloads resume where they stopped, are checked against the distro's published checksum
+    list and are cached in the lab home: pulling again fetches nothing.
+    """
+    from pvmlab.assets import pull as puller
+
+    h = home()
+    res = puller.pull(
+        h, name, arch, method, mirror, cmdline=cmdline, progress=not as_json, refresh=refresh
+    )
+    a = res.imported.assets
+    if as_json:
+        emit_json(
+            {
+                **a.model_dump(mode="json"),
+                "method": res.resolved.method,
+                "downloaded": res.downloaded,
+                "cached": res.cached,
+                "note": res.note,
+            }
+        )
+        return
+    if res.note:
+        click.echo(res.note)
+    fetched = f"{len(res.downloaded)} downloaded, {len(res.cached)} from cache"
+    click.echo(
+        f"pulled {a.name} ({a.arch}) by {res.resolved.method} [{fetched}]: "
+        f"vmlinuz {_size(a.kernel_size)} sha256 {a.kernel_sha256}, "
+        f"initrd {_size(a.initrd_size)} sha256 {a.initrd_sha256}"
+    )
+    if res.resolved.spec.note:
+        click.echo(f"note: {res.resolved.spec.note}")
+
+
 @distro.command("rm")
 @click.argument("name", callback=_name)
 @arch_option
