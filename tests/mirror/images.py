@@ -219,6 +219,7 @@ def _boot_files(
 
 def ubuntu_noble(work: Path, arch: str = "x86_64") -> Built:
     """Ubuntu 24.04's cloud image layout, qcow2 (see the module docstring)."""
+    work.mkdir(parents=True, exist_ok=True)
     new, old = "6.8.0-45-generic", "6.8.0-9-generic"  # natural order: 45 > 9
     boot = work / "boot-tree"
     boot.mkdir()
@@ -252,6 +253,7 @@ def ubuntu_noble(work: Path, arch: str = "x86_64") -> Built:
 
 def debian_rootboot(work: Path, arch: str = "x86_64") -> Built:
     """/boot inside the root filesystem, /vmlinuz symlinks at its top (Debian genericcloud)."""
+    work.mkdir(parents=True, exist_ok=True)
     new, old = "6.1.0-28-cloud-amd64", "6.1.0-9-cloud-amd64"
     root = work / "root-tree"
     (root / "boot").mkdir(parents=True)
@@ -277,6 +279,7 @@ def debian_rootboot(work: Path, arch: str = "x86_64") -> Built:
 def mbr_logical(work: Path, arch: str = "x86_64") -> Built:
     """A raw MBR disk: an empty primary ext4, the root (with /boot) in a logical partition;
     Fedora's initramfs-VER.img naming."""
+    work.mkdir(parents=True, exist_ok=True)
     new, old = "6.14.2-300.fc42.x86_64", "6.14.0-63.fc42.x86_64"
     root = work / "root-tree"
     (root / "boot").mkdir(parents=True)
@@ -292,6 +295,7 @@ def mbr_logical(work: Path, arch: str = "x86_64") -> Built:
 
 
 def no_kernel(work: Path) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
     tree = work / "empty-tree"
     (tree / "boot").mkdir(parents=True)
     (tree / "boot" / "vmlinuz-1.0").write_bytes(b"kernel without initrd")

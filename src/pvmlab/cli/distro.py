@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +237,14 @@ def pull(
 
     h = home()
     res = puller.pull(
-        h, name, arch, method, mirror, cmdline=cmdline, progress=not as_json, refresh=refresh
+        h,
+        name,
+        arch,
+        method,
+        mirror,
+        cmdline=cmdline,
+        progress=not as_json and sys.stderr.isatty(),
+        refresh=refresh,
     )
     a = res.imported.assets
     if as_json:
@@ -323,7 +331,7 @@ def ipxe(
         ip.set_user_dir(h, None if forget_dir else directory)
     if download:
         h.ensure()
-        ip.download_official(h, roles or None, progress=not as_json)
+        ip.download_official(h, roles or None, progress=not as_json and sys.stderr.isatty())
     found = ip.find_binaries(h)
     if as_json:
         emit_json({r: (b.as_json() if b else None) for r, b in found.items()})
