@@ -15,6 +15,7 @@ supervisor of this very home, or the dnsmasq reading this home's configuration.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +96,32 @@ def is_running(home: LabHome) -> bool:
     return supervisor_pid(home) is not None
 
 
+@contextlib.contextmanager
+def _control_lock(home: LabHome) -> Iterator[None]:
+    """One start or stop at a time per home (its own lock: callers may hold ``home.locked``)."""
+    home.stack.mkdir(parents=True, exist_ok=True)
+    fd = os.open(home.stack / ".control.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _stop_orphans(home: LabHome) -> list[int]:
+    """Stop supervisors and dnsmasqs of this home left in its namespace by a crash.
+
+    Other processes in the namespace (running VMs) are left alone.
+    """
+    stopped = []
+    for pid in netlab.netns_pids(home.netns):
+        if is_our_supervisor(pid, home) or dnsmasq.is_our_dnsmasq(spawn.pid_cmdline(pid), home):
+            _terminate(pid, STOP_TIMEOUT)
+            stopped.append(pid)
+    return stopped
+
+
 # --- start ------------------------------------------------------------------------------------
 
 
@@ -131,12 +159,19 @@ def start(home: LabHome, timeout: float = START_TIMEOUT) -> dict[str, Any]:
     require_net_admin("starting the lab")
     home.require()
     lab = store.load_lab(home)
-    if is_running(home):
-        return status(home)
-    _preflight(home)
-    dnsmasq.write_configs(home, lab)  # refuses bad records before anything is created
-    was_up = netlab.is_up(home)
-    netlab.up(home, lab)
+    with _control_lock(home):
+        if is_running(home):
+            return status(home)
+        _preflight(home)
+        dnsmasq.write_configs(home, lab)  # refuses bad records before anything is created
+        was_up = netlab.is_up(home)
+        if was_up:
+            _stop_orphans(home)
+        netlab.up(home, lab)
+        return _launch(home, was_up, timeout)
+
+
+def _launch(home: LabHome, was_up: bool, timeout: float) -> dict[str, Any]:
     for stale in (state_path(home), error_path(home)):
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
@@ -206,19 +241,20 @@ def _alive(pid: int) -> bool:
 def stop(home: LabHome) -> dict[str, Any]:
     """Stop the stack and remove the lab network; return what was stopped."""
     require_net_admin("stopping the lab")
-    stopped: list[dict[str, Any]] = []
-    sup = supervisor_pid(home)
-    if sup is not None:
-        _terminate(sup, STOP_TIMEOUT)
-        stopped.append({"name": "supervisor", "pid": sup})
-    dns = dnsmasq_pid(home)
-    if dns is not None:  # the supervisor was killed without a chance to stop it
-        _terminate(dns, STOP_TIMEOUT)
-        stopped.append({"name": "dnsmasq", "pid": dns})
-    stragglers = netlab.down(home)
-    for path in (state_path(home), pid_file(home), dnsmasq.pid_path(home)):
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+    with _control_lock(home):
+        stopped: list[dict[str, Any]] = []
+        sup = supervisor_pid(home)
+        if sup is not None:
+            _terminate(sup, STOP_TIMEOUT)
+            stopped.append({"name": "supervisor", "pid": sup})
+        dns = dnsmasq_pid(home)
+        if dns is not None:  # the supervisor was killed without a chance to stop it
+            _terminate(dns, STOP_TIMEOUT)
+            stopped.append({"name": "dnsmasq", "pid": dns})
+        stragglers = netlab.down(home)
+        for path in (state_path(home), pid_file(home), dnsmasq.pid_path(home)):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
     return {"stopped": stopped, "stragglers": stragglers}
 
 
@@ -287,7 +323,13 @@ def reload(home: LabHome, timeout: float = RELOAD_TIMEOUT) -> bool:
     """
     if not is_running(home):
         return False
-    dnsmasq.write_configs(home)
+    try:
+        dnsmasq.write_configs(home)
+    except PermissionError:
+        raise errors.PrivilegeError(
+            "reloading the stack needs root (its configuration files are root's)",
+            "run it with sudo",
+        ) from None
     pid = dnsmasq_pid(home)
     if pid is None:  # being restarted by the supervisor: the new one reads the new file
         return True
