@@ -17,6 +17,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# boot_assets: bootable test kernels + busybox initramfs per arch (tests/fixtures/bootassets.py)
+pytest_plugins = ["fixtures.plugin"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.geteuid() == 0:
