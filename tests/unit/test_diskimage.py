@@ -116,7 +116,7 @@ def test_truncated_qcow2_refused(noble: images.Built, tmp_path: Path) -> None:
     data = noble.image.read_bytes()
     cut.write_bytes(data[: len(data) // 2])
     h = LabHome(tmp_path / "home")
-    with pytest.raises(ValidationError) as err:
+    with pytest.raises(ValidationError, match="damaged or truncated qcow2") as err:
         extract.import_from_image(h, "cut", "x86_64", cut, None)
     assert "\n" not in str(err.value)
     assert not h.root.exists()

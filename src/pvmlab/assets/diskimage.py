@@ -83,6 +83,27 @@ class DiskImage:
         else:
             self.format = self._probe_format()
         self.size = self._virtual_size()
+        if self.format == "qcow2":
+            self._check()
+
+    def _check(self) -> None:
+        """Refuse a damaged or truncated qcow2 up front (metadata only: fast)."""
+        proc = spawn.run(
+            [_qemu_img(), "check", "--output=json", "-f", "qcow2", "--", str(self.path)],
+            timeout=600,
+            check=False,
+        )
+        try:
+            report = json.loads(proc.stdout) if proc.stdout.strip() else {}
+        except json.JSONDecodeError:
+            report = {}
+        bad = int(report.get("corruptions", 0)) + int(report.get("check-errors", 0))
+        if proc.returncode in (1, 2) or bad:
+            detail = f"{bad} error(s)" if bad else _qemu_error_text(proc.stderr)
+            raise ValidationError(
+                f"{self.path} is a damaged or truncated qcow2 image (qemu-img check: {detail})",
+                "download it again",
+            )
 
     def _probe_format(self) -> str:
         if shutil.which("qemu-img") is None:
@@ -204,9 +225,13 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _qemu_error_text(stderr: str) -> str:
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else "no details"
+
+
 def _qemu_error(exc: ProcessError) -> str:
-    lines = [ln.strip() for ln in exc.stderr.strip().splitlines() if ln.strip()]
-    return lines[-1] if lines else _first_line(exc)
+    return _qemu_error_text(exc.stderr) if exc.stderr.strip() else _first_line(exc)
 
 
 # --- partition tables ------------------------------------------------------------------------
