@@ -94,7 +94,7 @@ def _distro_problem(home: LabHome, vm: VMSpec) -> tuple[DistroAssets | None, str
     if vm.distro is None:
         return None, (
             f"VM {vm.name} has no distro to boot "
-            f"(define it with --distro; see `pvmlab distro ls`)"
+            f"(give it one with --distro, see `pvmlab distro ls`)"
         )
     try:
         distro = store.load_distro(home, vm.distro, vm.arch)
