@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import ValidationError as PydanticError
 
@@ -15,8 +16,10 @@ from pvmlab.errors import StateError
 from pvmlab.home import LabHome, write_json
 from pvmlab.spec.models import DistroAssets, LabSpec, VMSpec
 
+R = TypeVar("R", LabSpec, VMSpec, DistroAssets)
 
-def _load(path: Path, model: type[LabSpec] | type[VMSpec] | type[DistroAssets]) -> object:
+
+def _load(path: Path, model: type[R]) -> R:
     try:
         raw = json.loads(path.read_text())
         return model.model_validate(raw)
@@ -34,9 +37,7 @@ def load_lab(home: LabHome) -> LabSpec:
             f"no lab is defined in {home.root}",
             "create one with `pvmlab provisioner create`",
         )
-    lab = _load(home.lab_file, LabSpec)
-    assert isinstance(lab, LabSpec)
-    return lab
+    return _load(home.lab_file, LabSpec)
 
 
 def save_lab(home: LabHome, lab: LabSpec) -> None:
@@ -53,9 +54,7 @@ def load_vm(home: LabHome, name: str) -> VMSpec:
     path = home.vm_file(name)
     if not path.exists():
         raise StateError(f"no VM named {name!r}", "see `pvmlab vm list` for the defined VMs")
-    vm = _load(path, VMSpec)
-    assert isinstance(vm, VMSpec)
-    return vm
+    return _load(path, VMSpec)
 
 
 def load_vms(home: LabHome) -> list[VMSpec]:
@@ -74,9 +73,7 @@ def load_distro(home: LabHome, name: str, arch: str) -> DistroAssets | None:
     path = distro_dir(home, name, arch) / "distro.json"
     if not path.exists():
         return None
-    d = _load(path, DistroAssets)
-    assert isinstance(d, DistroAssets)
-    return d
+    return _load(path, DistroAssets)
 
 
 def load_distros(home: LabHome) -> list[DistroAssets]:
@@ -84,9 +81,7 @@ def load_distros(home: LabHome) -> list[DistroAssets]:
     if not home.images.is_dir():
         return out
     for meta in sorted(home.images.glob("*/*/distro.json")):
-        d = _load(meta, DistroAssets)
-        assert isinstance(d, DistroAssets)
-        out.append(d)
+        out.append(_load(meta, DistroAssets))
     return out
 
 
