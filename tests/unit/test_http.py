@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from pvmlab import spawn
 from pvmlab.errors import StateError
 from pvmlab.home import LabHome
 from pvmlab.spec import store
@@ -434,13 +435,21 @@ def test_echo_text_drops_what_ipxe_would_interpret() -> None:
     assert "${" not in script and " # " not in script
 
 
-def test_manual_entry_point_help() -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "pvmlab.stack.http", "--help"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )
-    assert proc.returncode == 0
-    assert "--port" in proc.stdout
+def test_manual_entry_point_serves(tmp_path: Path) -> None:
+    home = LabHome(tmp_path / "home")
+    home.ensure()
+    argv = [sys.executable, "-m", "pvmlab.stack.http", "--home", str(home.root), "--port", "0"]
+    with spawn.spawn(argv, stdout=subprocess.PIPE) as proc:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline().decode()
+        assert banner.startswith(f"serving {home.root} on http://127.0.0.1:")
+        port = int(banner.split("http://127.0.0.1:")[1].split("/")[0])
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/boot.ipxe")
+        body = conn.getresponse().read().decode()
+        conn.close()
+        assert body.startswith("#!ipxe")
+        assert f"chain http://127.0.0.1:{port}/ipxe?mac=" in body
 
 
 def test_app_routes() -> None:

@@ -365,7 +365,8 @@ def _lab_for(home: LabHome) -> LabSpec:
 async def _serve_forever(home: LabHome, host: str, port: int) -> None:
     runner = await start_http(home, _lab_for(home), host, port)
     try:
-        print(f"serving {home.root} on http://{host}:{bound_port(runner)}/ (Ctrl-C stops)")
+        print(f"serving {home.root} on http://{host}:{bound_port(runner)}/ (Ctrl-C stops)",
+              flush=True)
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
