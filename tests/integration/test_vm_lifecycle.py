@@ -1,0 +1,170 @@
+"""VM lifecycle through the CLI in a real lab: start, list, a refused second start, kill -9
+noticed, a stale pid file ignored, --wait failing with the console and the stack's view, stop,
+clean. The guest is the fixture kernel told to stay up (``pvmlab.hold``) on SeaBIOS, the
+fastest of the firmwares under TCG."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from test_boot_pxe import qemu_pids, vm_lab
+
+from conftest import run_pvmlab
+from fixtures.bootassets import BootAssets
+from netlab import running_lab
+from pvmlab.home import LabHome
+from pvmlab.network import lab as network
+
+pytestmark = pytest.mark.integration
+
+
+def one_line_error(proc: object, needle: str) -> None:
+    assert proc.returncode != 0  # type: ignore[attr-defined]
+    lines = proc.stderr.strip().splitlines()  # type: ignore[attr-defined]
+    assert len(lines) == 1 and lines[0].startswith("pvmlab: error: "), lines
+    assert needle in lines[0], lines[0]
+
+
+def listing(home: Path) -> dict[str, dict[str, object]]:
+    rows = json.loads(run_pvmlab("vm", "list", "--json", home=home).stdout)
+    return {r["name"]: r for r in rows}
+
+
+def test_lifecycle(tmp_path: Path, boot_assets: dict[str, BootAssets]) -> None:
+    with vm_lab(tmp_path, {"x86_64": boot_assets["x86_64"]}) as home:
+        lab = LabHome(home)
+        vm = json.loads(
+            run_pvmlab(
+                "vm", "create", "hold", "--arch", "x86_64", "--firmware", "bios",
+                "--distro", "tiny", "--cmdline", "console=ttyS0 pvmlab.hold", "--json",
+                home=home,
+            ).stdout
+        )  # fmt: skip
+        out = run_pvmlab(
+            "vm", "start", "hold", "--accel", "tcg", "--wait-for", "pvmlab: holding",
+            "--timeout", "300", home=home,
+        ).stdout  # fmt: skip
+        assert "saw 'pvmlab: holding'" in out
+
+        row = listing(home)["hold"]
+        assert (row["state"], row["accel"], row["ip"]) == ("running", "tcg", vm["ip"])
+        pid = int(row["pid"])  # type: ignore[call-overload]
+        assert pid in qemu_pids(home)
+        assert network.is_up(lab) and lab.tap("hold") in network.link_names(lab.netns)
+        logs = run_pvmlab("vm", "logs", "hold", "-n", "1", home=home).stdout
+        assert logs.strip() == "pvmlab: holding (pvmlab.hold)"
+
+        one_line_error(
+            run_pvmlab("vm", "start", "hold", "--accel", "tcg", home=home, check=False),
+            "already running",
+        )
+
+        # kill -9: noticed by `vm list`, and `vm start` works again
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while pid in qemu_pids(home) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        row = listing(home)["hold"]
+        assert (row["state"], row["pid"]) == ("stopped", None)
+
+        # --wait that never sees its text: fails with the console tail and the stack's view
+        failed = run_pvmlab(
+            "vm", "start", "hold", "--accel", "tcg", "--wait-for", "NEVER-PRINTED",
+            "--timeout", "5", home=home, check=False,
+        )  # fmt: skip
+        assert failed.returncode != 0
+        assert "did not show 'NEVER-PRINTED' on its console within 5 s" in failed.stderr
+        assert "console lines of hold ---" in failed.stderr
+        assert f"stack's view of {vm['mac']}:" in failed.stderr
+        assert "Traceback" not in failed.stderr
+        assert listing(home)["hold"]["state"] == "running"  # left running to inspect
+
+        # stop: the busybox guest ignores the power button, so QEMU is asked to quit
+        stopped = run_pvmlab("vm", "stop", "hold", "--timeout", "2", home=home).stdout
+        assert "stopped VM hold (quit)" in stopped
+        assert listing(home)["hold"]["state"] == "stopped"
+        assert not qemu_pids(home)
+        assert lab.tap("hold") not in network.link_names(lab.netns)
+        assert not lab.vm_pid("hold").exists() and not lab.vm_qmp("hold").exists()
+        assert "is not running" in run_pvmlab("vm", "stop", "hold", home=home).stdout
+
+        # a pid file whose number belongs to another process is not the VM
+        lab.vm_pid("hold").write_text(f"{os.getpid()}\n")
+        assert listing(home)["hold"]["state"] == "stopped"
+        run_pvmlab("vm", "start", "hold", "--accel", "tcg", home=home)
+        assert listing(home)["hold"]["state"] == "running"
+        assert (lab.vm_dir("hold") / "runtime.json").exists()
+
+        # clean: stopped, files gone, reservation dropped
+        hosts_before = (home / "configs" / "dhcp-hosts").read_text()
+        assert vm["mac"] in hosts_before
+        run_pvmlab("vm", "clean", "hold", home=home)
+        assert not qemu_pids(home)
+        assert not lab.vm_file("hold").exists() and not lab.vm_dir("hold").exists()
+        assert not lab.vm_log("hold").exists() and not lab.vm_pid("hold").exists()
+        assert vm["mac"] not in (home / "configs" / "dhcp-hosts").read_text()
+        assert listing(home) == {}
+
+
+def test_start_needs_the_stack_and_a_known_vm(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    run_pvmlab("provisioner", "create", home=home)
+    run_pvmlab("vm", "create", "v1", "--arch", "x86_64", home=home)
+    one_line_error(
+        run_pvmlab("vm", "start", "v1", "--accel", "tcg", home=home, check=False),
+        "`pvmlab provisioner start`",
+    )
+    one_line_error(run_pvmlab("vm", "start", "nope", home=home, check=False), "no VM named 'nope'")
+    for bad in ("../x", "a b", "x\ny", ""):
+        for cmd in (["vm", "start"], ["vm", "stop"], ["vm", "clean"], ["vm", "logs"]):
+            one_line_error(run_pvmlab(*cmd, bad, home=home, check=False), "invalid VM name")
+    assert not (home / "logs" / "v1.log").exists()
+
+
+def test_twenty_concurrent_creates_never_share_a_mac_or_ip(tmp_path: Path) -> None:
+    """Twenty real `pvmlab vm create` processes at once, with the stack running and reloading."""
+    import subprocess
+    import sys
+
+    home = (tmp_path / "home").absolute()
+    with running_lab(home):
+        env = {**os.environ, "PVMLAB_HOME": str(home)}
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "pvmlab.cli.main",
+                    "vm",
+                    "create",
+                    f"c{i}",
+                    "--arch",
+                    "x86_64",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(20)
+        ]
+        results = [(p, *p.communicate(timeout=300)) for p in procs]
+        for p, out, err in results:
+            assert p.returncode == 0, out + err
+        rows = listing(home)
+        assert len(rows) == 20
+        macs = {r["mac"] for r in rows.values()}
+        ips = {r["ip"] for r in rows.values()}
+        assert len(macs) == 20 and len(ips) == 20
+        expected = {f"192.168.105.{n}" for n in range(2, 22)}  # the lowest free, no gaps
+        assert ips == expected
+        hosts = (home / "configs" / "dhcp-hosts").read_text()
+        for r in rows.values():
+            assert str(r["mac"]) in hosts and str(r["ip"]) in hosts
+        run_pvmlab("clean", home=home)
+        assert listing(home) == {}
