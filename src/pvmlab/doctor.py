@@ -274,6 +274,19 @@ def check_tun(device: str = "/dev/net/tun") -> Check:
     return Check(name, True, "usable")
 
 
+def check_hvf() -> Check:
+    """macOS: Hypervisor.framework support (``sysctl kern.hv_support``)."""
+    name = "Hypervisor.framework (acceleration)"
+    try:
+        proc = spawn.run(["sysctl", "-n", "kern.hv_support"], check=False, timeout=20)
+    except PvmlabError as exc:
+        return Check(name, False, f"cannot ask sysctl: {exc.problem}", None, required=False)
+    if proc.stdout.strip() == "1":
+        return Check(name, True, "supported", required=False)
+    return Check(name, False, "not supported on this Mac; VMs run under TCG (slower)", None,
+                 required=False)
+
+
 # --- all together -------------------------------------------------------------------------------
 
 
@@ -290,6 +303,8 @@ def _iter_checks(home: LabHome) -> Iterator[Check]:
         yield check_privileges()
         yield check_kvm()
         yield check_tun()
+    elif sys.platform == "darwin":
+        yield check_hvf()
 
 
 def run_checks(home: LabHome) -> list[Check]:

@@ -14,8 +14,21 @@ confined to their root: every segment must be a plain name (no dot-dot, no separ
 percent-decoded tricks), and the resolved file (after symlinks) must still be inside the root
 and be a regular file.
 
-Every request is logged as one JSON object per line to ``logs/http.log`` with its start and
-end time, so boot timelines can be built from it.
+Every request is logged as one JSON object per line to ``logs/http.log``, written when the
+response has been sent, so boot timelines can be built from it:
+
+    time      ISO 8601 (UTC, milliseconds) of the request's start
+    start/end epoch seconds (floats) of the start and of the last byte sent
+    duration  seconds
+    client    the client's IP address
+    method, path (as sent, still percent-encoded), query (raw query string or null)
+    status    HTTP status; bytes: body bytes sent (0 for HEAD)
+    range     the Range header, when given; complete: whether a file body went out whole
+    mac, vm   the machine the request was about (/ipxe and /config), when known
+    arch, platform  what iPXE reported (/ipxe); outcome: boot | refused | unknown (/ipxe)
+
+Scripts answer 200 even when a machine cannot boot (iPXE must run them to print why); the
+``X-Pvmlab-Boot`` header says which (chain, boot, refused, unknown).
 
 Manual run: ``python -m pvmlab.stack.http --home H --host 127.0.0.1 --port 8080``.
 """
