@@ -173,6 +173,26 @@ def test_machine_script_uses_the_vms_own_cmdline(server: Server) -> None:
     ]
 
 
+def test_script_urls_for_unusual_file_names_are_served(server: Server) -> None:
+    folder = store.distro_dir(server.home, "odd", "x86_64")
+    folder.mkdir(parents=True)
+    (folder / "linux+6.1").write_bytes(KERNEL)
+    (folder / "initrd_6.1.gz").write_bytes(INITRD)
+    store.save_distro(server.home, DistroAssets(
+        name="odd", arch="x86_64", kernel="linux+6.1", initrd="initrd_6.1.gz",
+        kernel_sha256="1" * 64, initrd_sha256="2" * 64, kernel_size=1, initrd_size=1,
+    ))
+    add_vm(server.home, "odd", "0e:00:00:00:00:0a", distro="odd", ip="192.168.105.30")
+    _, _, body = server.request("/ipxe?mac=0e-00-00-00-00-0a")
+    urls = [w for x in script_lines(body) if x.startswith(("kernel ", "initrd "))
+            for w in x.split() if w.startswith("http://")]
+    assert len(urls) == 2
+    for url, content in zip(urls, (KERNEL, INITRD), strict=True):
+        assert "%" not in url
+        status, _, got = server.request(url.removeprefix(server.base))
+        assert (status, got) == (200, content)
+
+
 def test_vm_defined_while_running_is_served_at_once(server: Server) -> None:
     _, headers, _ = server.request("/ipxe?mac=0e-00-00-00-00-03")
     assert headers["x-pvmlab-boot"] == "unknown"

@@ -87,7 +87,9 @@ def compose_cmdline(base: str, arch: str, initrd_name: str) -> str:
 
 def _file_url(base_url: str, distro: DistroAssets, filename: str) -> str:
     parts = (distro.name, distro.arch, filename)
-    return base_url.rstrip("/") + "/images/" + "/".join(quote(p, safe="") for p in parts)
+    # Names are validated plain names; "+" stays literal (a path is not a form field), so no
+    # percent sign ever appears (the server refuses percent-encoded paths).
+    return base_url.rstrip("/") + "/images/" + "/".join(quote(p, safe="+") for p in parts)
 
 
 def _distro_problem(home: LabHome, vm: VMSpec) -> tuple[DistroAssets | None, str | None]:
