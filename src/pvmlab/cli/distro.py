@@ -129,7 +129,8 @@ def _rows(h: Any, show_available: bool) -> list[dict[str, Any]]:
     present = {(a.name, a.arch): a for a in assets.list_assets(h)}
     rows: list[dict[str, Any]] = []
     for a in present.values():
-        status = "imported" if a.source == "import" else "pulled"
+        pulled = (a.origin or "").startswith(("http://", "https://"))
+        status = "pulled" if pulled else "imported"
         rows.append({"status": status, **a.model_dump(mode="json")})
     if show_available:
         for entry in catalog.load(h).values():
