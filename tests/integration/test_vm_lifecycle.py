@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -16,7 +20,8 @@ from test_boot_pxe import qemu_pids, vm_lab
 
 from conftest import run_pvmlab
 from fixtures.bootassets import BootAssets
-from netlab import running_lab
+from netlab import is_ours, kill_pid, netns_exists, remove_netns, running_lab
+from pvmlab import spawn
 from pvmlab.home import LabHome
 from pvmlab.network import lab as network
 
@@ -28,6 +33,47 @@ def one_line_error(proc: object, needle: str) -> None:
     lines = proc.stderr.strip().splitlines()  # type: ignore[attr-defined]
     assert len(lines) == 1 and lines[0].startswith("pvmlab: error: "), lines
     assert needle in lines[0], lines[0]
+
+
+def read_until(fd: int, needle: bytes, timeout: float = 60) -> bytes:
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while needle not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {needle!r} in {seen[-500:]!r}"
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 4096)
+            assert chunk, f"EOF before {needle!r}: {seen[-500:]!r}"
+            seen += chunk
+    return seen
+
+
+def console_round_trip(home: Path) -> None:
+    """`vm console` on a terminal (a pty): a command typed reaches the guest's shell, its answer
+    comes back, Ctrl-] detaches and the VM keeps running."""
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pvmlab.cli.main", "vm", "console", "hold"],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PVMLAB_HOME": str(home)},
+    )
+    os.close(slave)
+    try:
+        assert proc.stdout is not None
+        read_until(proc.stdout.fileno(), b"[attached to hold")
+        os.write(master, b"echo $((6*7))-from-console\r")
+        read_until(proc.stdout.fileno(), b"42-from-console")  # the typed line shows $((6*7))
+        os.write(master, b"\x1d")
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    assert listing(home)["hold"]["state"] == "running"
 
 
 def listing(home: Path) -> dict[str, dict[str, object]]:
@@ -56,8 +102,9 @@ def test_lifecycle(tmp_path: Path, boot_assets: dict[str, BootAssets]) -> None:
         pid = int(row["pid"])  # type: ignore[call-overload]
         assert pid in qemu_pids(home)
         assert network.is_up(lab) and lab.tap("hold") in network.link_names(lab.netns)
-        logs = run_pvmlab("vm", "logs", "hold", "-n", "1", home=home).stdout
-        assert logs.strip() == "pvmlab: holding (pvmlab.hold)"
+        logs = run_pvmlab("vm", "logs", "hold", home=home).stdout
+        assert "pvmlab: holding (pvmlab.hold)" in logs.splitlines()
+        console_round_trip(home)
 
         one_line_error(
             run_pvmlab("vm", "start", "hold", "--accel", "tcg", home=home, check=False),
@@ -128,9 +175,6 @@ def test_start_needs_the_stack_and_a_known_vm(tmp_path: Path) -> None:
 
 def test_twenty_concurrent_creates_never_share_a_mac_or_ip(tmp_path: Path) -> None:
     """Twenty real `pvmlab vm create` processes at once, with the stack running and reloading."""
-    import subprocess
-    import sys
-
     home = (tmp_path / "home").absolute()
     with running_lab(home):
         env = {**os.environ, "PVMLAB_HOME": str(home)}
@@ -168,3 +212,53 @@ def test_twenty_concurrent_creates_never_share_a_mac_or_ip(tmp_path: Path) -> No
             assert str(r["mac"]) in hosts and str(r["ip"]) in hosts
         run_pvmlab("clean", home=home)
         assert listing(home) == {}
+
+
+def processes_of(home: Path) -> list[int]:
+    """Live processes whose command line mentions the lab home (stack, dnsmasq, QEMU)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            argv = " ".join(spawn.pid_cmdline(int(entry.name)))
+            if str(home) in argv and is_ours(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+def test_clean_purge_removes_the_lab_and_only_the_lab(
+    tmp_path: Path, boot_assets: dict[str, BootAssets]
+) -> None:
+    home = (tmp_path / "home").absolute()
+    lab = LabHome(home)
+    a = boot_assets["x86_64"]
+    try:
+        run_pvmlab("provisioner", "create", home=home)
+        run_pvmlab("provisioner", "start", home=home)
+        run_pvmlab(
+            "distro", "import", "tiny", "--arch", "x86_64", "--kernel", str(a.kernel),
+            "--initrd", str(a.initrd), home=home,
+        )  # fmt: skip
+        run_pvmlab(
+            "vm", "create", "p1", "--arch", "x86_64", "--firmware", "bios", "--distro", "tiny",
+            "--cmdline", "console=ttyS0 pvmlab.hold", home=home,
+        )  # fmt: skip
+        run_pvmlab("vm", "start", "p1", "--accel", "tcg", home=home)
+        assert qemu_pids(home)
+        (home / "notes.txt").write_text("the user's, not pvmlab's\n")
+        (tmp_path / "beside.txt").write_text("outside the home\n")
+
+        out = run_pvmlab("clean", "--purge", home=home).stdout
+        assert "p1: removed" in out
+        assert not processes_of(home)
+        assert not netns_exists(lab.netns)
+        assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]
+        assert "notes.txt" in out  # says why the home was kept
+        assert (tmp_path / "beside.txt").exists()
+
+        (home / "notes.txt").unlink()
+        run_pvmlab("clean", "--purge", home=home)  # nothing left to do: still fine
+    finally:
+        for pid in processes_of(home):
+            kill_pid(pid)
+        if netns_exists(lab.netns):
+            remove_netns(lab.netns)
