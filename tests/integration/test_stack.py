@@ -272,3 +272,25 @@ def test_sigterm_stops_dnsmasq_and_http_and_exits_0(lab: netlab.Lab) -> None:
     assert not lab.refresh()["running"]
     # only the namespace (and its bridge) remain; `provisioner stop` (the fixture) removes them
     assert netlab.netns_pids(lab.netns) == []
+
+
+def test_router_advertisement_for_the_lab_ula(lab: netlab.Lab, tmp_path: Path) -> None:
+    """iPXE waits for IPv6 autoconfiguration; the stack answers router solicitations at once."""
+    from pvmlab.network.lab import ula_interface
+
+    prefix = ula_interface(LabHome(lab.home)).network
+    st = lab.refresh()
+    assert st["running"]
+    # a fresh client: its kernel sends a router solicitation when the link comes up
+    with netlab.client_on_bridge(lab.netns, lab.bridge, seed=f"{tmp_path}/ra") as c:
+        deadline = time.monotonic() + 15
+        addrs: list[ipaddress.IPv6Address] = []
+        while time.monotonic() < deadline:
+            out = json.loads(c.run(["ip", "-6", "-j", "addr", "show", c.ifname]).stdout)
+            addrs = [ipaddress.IPv6Address(a["local"]) for a in out[0].get("addr_info", [])]
+            if any(a in prefix for a in addrs):
+                break
+            time.sleep(0.1)
+        assert any(a in prefix for a in addrs), addrs
+        routes = c.run(["ip", "-6", "route", "show", "default"]).stdout
+        assert routes.strip() == ""  # router lifetime 0: not a default router

@@ -207,3 +207,23 @@ def test_parse_leases() -> None:
 
 def test_read_leases_missing_file(home: LabHome) -> None:
     assert dnsmasq.read_leases(home) == []
+
+
+def test_router_advertisements_only_with_an_ipv6_bridge_address(home: LabHome) -> None:
+    without = dnsmasq.render_conf(home, LAB)
+    assert "enable-ra" not in without.splitlines()
+    with_ra = dnsmasq.render_conf(home, LAB, ipv6="fd12:3456:789a::1/64")
+    assert "enable-ra" in with_ra.splitlines()
+    assert lines(with_ra, "dhcp-range")[1] == f"::,constructor:{home.bridge},ra-only"
+    assert lines(with_ra, "ra-param") == [f"{home.bridge},10,0"]  # never a default router
+
+
+def test_ula_is_per_home_and_unique_local(tmp_path: Path) -> None:
+    import ipaddress
+
+    from pvmlab.network.lab import ula_interface
+
+    a, b = ula_interface(LabHome(tmp_path / "a")), ula_interface(LabHome(tmp_path / "b"))
+    assert a != b
+    assert a.network.prefixlen == 64 and a.network.subnet_of(ipaddress.IPv6Network("fd00::/8"))
+    assert a == ula_interface(LabHome(tmp_path / "a"))

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -39,12 +41,14 @@ from pvmlab.spec.models import LabSpec
 __all__ = [
     "down",
     "ensure_tap",
+    "ipv6_address",
     "is_up",
     "link_names",
     "netns_exists",
     "netns_pids",
     "remove_tap",
     "require_net_admin",
+    "ula_interface",
     "up",
 ]
 
@@ -173,10 +177,43 @@ def up(home: LabHome, lab: LabSpec) -> None:
             log.info("created bridge %s in %s", br, ns)
             link = _link(ns, br)
         if link is not None and _addresses(link) != [lab.address]:
-            spawn.run(["ip", "-n", ns, "addr", "flush", "dev", br])
+            spawn.run(["ip", "-n", ns, "-4", "addr", "flush", "dev", br])
             spawn.run(["ip", "-n", ns, "addr", "add", lab.address, "dev", br])
         spawn.run(["ip", "-n", ns, "link", "set", br, "up"])
+        record["ipv6"] = _add_ula(home)
         _save_record(home, record)
+
+
+def ula_interface(home: LabHome) -> ipaddress.IPv6Interface:
+    """The bridge's IPv6 unique local address: ``fdXX:XXXX:XXXX::1/64`` from the lab id."""
+    digest = hashlib.sha256(f"pvmlab-ula/{home.lab_id}".encode()).digest()[:5]
+    prefix = int.from_bytes(b"\xfd" + digest + b"\x00\x00", "big") << 64
+    return ipaddress.IPv6Interface((prefix | 1, 64))
+
+
+def _add_ula(home: LabHome) -> str | None:
+    """Give the bridge its ULA so dnsmasq can send router advertisements (best effort).
+
+    iPXE finishes configuring a NIC only when IPv6 autoconfiguration is done too; without a
+    router advertisement that takes a ~3.5 s timeout on every iPXE boot. A host with IPv6
+    disabled simply goes without (returns None).
+    """
+    ula = ula_interface(home)
+    proc = spawn.run(
+        ["ip", "-n", home.netns, "addr", "replace", str(ula), "dev", home.bridge, "nodad"],
+        check=False,
+    )
+    if proc.returncode != 0:
+        log.info("no IPv6 on the lab bridge (%s): iPXE will wait for its IPv6 timeout",
+                 proc.stderr.strip())
+        return None
+    return str(ula)
+
+
+def ipv6_address(home: LabHome) -> str | None:
+    """The bridge's IPv6 address as recorded by ``up`` (None when IPv6 is unavailable)."""
+    value = _load_record(home).get("ipv6")
+    return value if isinstance(value, str) else None
 
 
 def ensure_tap(home: LabHome, vm_name: str) -> str:

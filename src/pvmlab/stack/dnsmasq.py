@@ -32,6 +32,7 @@ import jinja2
 from pvmlab.assets import ipxe
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome, write_atomic
+from pvmlab.network import lab as netlab
 from pvmlab.spec import store, validate
 from pvmlab.spec.models import LabSpec, VMSpec
 
@@ -147,9 +148,18 @@ def _env() -> jinja2.Environment:
     )
 
 
-def render_conf(home: LabHome, lab: LabSpec, bridge: str | None = None) -> str:
+def render_conf(
+    home: LabHome, lab: LabSpec, bridge: str | None = None, ipv6: str | None = None
+) -> str:
+    """dnsmasq.conf for the lab; ``ipv6`` (the bridge's ULA, see ``network.lab``) turns on
+    router advertisements. By default it is read from the network's record."""
     iface, start, end = _lab_values(lab)
+    if ipv6 is None:
+        ipv6 = netlab.ipv6_address(home)
+    if ipv6 is not None:
+        ipaddress.IPv6Interface(ipv6)  # a ValueError here is a bug, not user input
     return _env().get_template("dnsmasq.conf.j2").render(
+        router_advertisements=ipv6 is not None,
         home_root=_safe_path(home.root.absolute()),
         bridge=_ifname(bridge or home.bridge),
         address=str(iface.ip),
