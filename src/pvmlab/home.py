@@ -127,7 +127,8 @@ class LabHome:
     def require(self) -> None:
         if not self.exists():
             raise StateError(
-                f"no lab home at {self.root}", "run `pvmlab setup` (PVMLAB_HOME selects another home)"
+                f"no lab home at {self.root}",
+                "run `pvmlab setup` (PVMLAB_HOME selects another home)",
             )
 
     @contextlib.contextmanager
@@ -153,11 +154,10 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
             fh.write(raw)
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        Path(tmp).chmod(mode)
+        Path(tmp).replace(path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

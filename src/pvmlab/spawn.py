@@ -45,7 +45,7 @@ def run(
     check: bool = True,
     ok_codes: Sequence[int] = (0,),
     timeout: float | None = 60,
-    input: str | bytes | None = None,  # noqa: A002 - mirrors subprocess
+    input: str | bytes | None = None,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     text: bool = True,

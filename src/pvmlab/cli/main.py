@@ -24,7 +24,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Define, start and stop the lab network and its DHCP/TFTP/HTTP stack.",
     ),
     "vm": ("pvmlab.cli.vm", "vm", "Create, boot, watch and remove target VMs."),
-    "distro": ("pvmlab.cli.distro", "distro", "Import, pull and list kernels and initrds to boot."),
+    "distro": (
+        "pvmlab.cli.distro",
+        "distro",
+        "Import, pull and list kernels and initrds to boot.",
+    ),
     "clean": ("pvmlab.cli.vm", "clean", "Stop and remove every VM (and with --purge, the whole lab)."),
 }
 
@@ -39,7 +43,8 @@ class LazyGroup(click.Group):
             return None
         module = importlib.import_module(entry[0])
         cmd = getattr(module, entry[1])
-        assert isinstance(cmd, click.Command)
+        if not isinstance(cmd, click.Command):  # a packaging bug, not a user error
+            raise TypeError(f"{entry[0]}.{entry[1]} is not a click command")
         return cmd
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
