@@ -29,7 +29,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "distro",
         "Import, pull and list kernels and initrds to boot.",
     ),
-    "clean": ("pvmlab.cli.vm", "clean", "Stop and remove every VM (and with --purge, the whole lab)."),
+    "clean": (
+        "pvmlab.cli.vm",
+        "clean",
+        "Stop and remove every VM (and with --purge, the whole lab).",
+    ),
 }
 
 
