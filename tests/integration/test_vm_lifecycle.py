@@ -262,3 +262,39 @@ def test_clean_purge_removes_the_lab_and_only_the_lab(
             kill_pid(pid)
         if netns_exists(lab.netns):
             remove_netns(lab.netns)
+
+
+def test_interactive_start_puts_the_console_on_the_terminal(
+    tmp_path: Path, boot_assets: dict[str, BootAssets]
+) -> None:
+    """`vm start -i` on a terminal (a pty): the guest's console is the terminal, a command typed
+    there powers the guest off, QEMU exits, the command returns and the VM is cleaned up."""
+    with vm_lab(tmp_path, {"x86_64": boot_assets["x86_64"]}) as home:
+        lab = LabHome(home)
+        run_pvmlab(
+            "vm", "create", "fg", "--arch", "x86_64", "--firmware", "bios", "--distro", "tiny",
+            "--cmdline", "console=ttyS0 pvmlab.hold", home=home,
+        )  # fmt: skip
+        master, slave = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pvmlab.cli.main", "vm", "start", "fg", "-i", "--accel", "tcg"],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env={**os.environ, "PVMLAB_HOME": str(home)},
+        )
+        os.close(slave)
+        try:
+            read_until(master, b"pvmlab: holding", timeout=300)
+            assert listing(home)["fg"]["state"] == "running"
+            os.write(master, b"echo typed-$((40+2)); poweroff -f\r")
+            read_until(master, b"typed-42")
+            assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+        assert listing(home)["fg"]["state"] == "stopped"
+        assert lab.tap("fg") not in network.link_names(lab.netns)
+        assert "typed-42" in lab.vm_log("fg").read_text(errors="replace")  # still logged
