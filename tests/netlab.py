@@ -125,6 +125,11 @@ def client_on_bridge(
         if netns_exists(lab_netns) and near in links(lab_netns):
             spawn.run(["ip", "-n", lab_netns, "link", "del", near], check=False)
         remove_netns(ns)
+        left = leftovers([ns], [], [near, far])
+        if netns_exists(lab_netns):
+            left += [f"link {near} in {lab_netns}"] if near in links(lab_netns) else []
+        if left:
+            raise AssertionError(f"client network left behind: {left}")
 
 
 # --- busybox clients ----------------------------------------------------------------------------
@@ -281,7 +286,8 @@ def running_lab(home: Path, *create_args: str) -> Iterator[Lab]:
                 if isinstance(p, int)
             )
         stop = run_pvmlab("provisioner", "stop", home=home, check=False)
-        left = leftovers([netns], sorted(seen), [], marker=str(home))
+        bridge = f"pvbr{_lab_id(home)}"
+        left = leftovers([netns], sorted(seen), [bridge], marker=str(home))
         if left:
             remove_netns(netns)
             for pid in seen:

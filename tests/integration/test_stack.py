@@ -294,3 +294,31 @@ def test_router_advertisement_for_the_lab_ula(lab: netlab.Lab, tmp_path: Path) -
         assert any(a in prefix for a in addrs), addrs
         routes = c.run(["ip", "-6", "route", "show", "default"]).stdout
         assert routes.strip() == ""  # router lifetime 0: not a default router
+
+
+def test_logs_follow_prints_new_lines(
+    lab: netlab.Lab, client: netlab.Client, tmp_path: Path
+) -> None:
+    import sys
+
+    from pvmlab import spawn
+
+    env = {**os.environ, "PVMLAB_HOME": str(lab.home)}
+    out = (tmp_path / "follow.out").open("wb")
+    with out, spawn.spawn(
+        [sys.executable, "-m", "pvmlab.cli.main", "provisioner", "logs", "-f", "-n", "0",
+         "--service", "dnsmasq"],
+        stdout=out, env=env,
+    ) as follower:
+        time.sleep(1)  # let it reach the end of the log before the lease is asked for
+        lease = netlab.udhcpc(client, tmp_path / "dhcp", arch=0)
+        deadline = time.monotonic() + 10
+        text = ""
+        while time.monotonic() < deadline:
+            text = (tmp_path / "follow.out").read_text()
+            if "DHCPACK" in text and lease["ip"] in text:
+                break
+            time.sleep(0.1)
+        assert follower.poll() is None
+    assert "DHCPACK" in text and lease["ip"] in text
+    assert "started, version" not in text  # -n 0: only what came after
