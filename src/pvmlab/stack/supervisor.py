@@ -148,9 +148,14 @@ class Supervisor:
         dnsmasq.write_configs(self.home, self.lab)
 
     async def _exited(self, proc: subprocess.Popen[bytes]) -> None:
-        """Wait for the process to exit, woken by its pidfd (no polling)."""
+        """Wait for the process to exit: woken by its pidfd, or polling where there is none."""
         loop = asyncio.get_running_loop()
-        fd = os.pidfd_open(proc.pid)
+        try:
+            fd = os.pidfd_open(proc.pid)
+        except (AttributeError, OSError):  # kernel before 5.3, or not Linux
+            while proc.poll() is None:
+                await asyncio.sleep(0.1)
+            return
         done = loop.create_future()
 
         def wake() -> None:
