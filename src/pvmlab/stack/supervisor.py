@@ -223,9 +223,10 @@ class Supervisor:
                         self._stderr_tail() or "no error output",
                     )
             self.restarts += 1
+            # restart at once; back off only when it keeps dying right after each start
             failures = failures + 1 if time.monotonic() - began < 2 else 0
-            if failures:
-                delay = min(5.0, 0.25 * 2**failures)
+            if failures >= 3:
+                delay = min(5.0, 0.25 * 2 ** (failures - 2))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.stopping.wait(), delay)
 
