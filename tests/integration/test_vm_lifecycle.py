@@ -298,3 +298,36 @@ def test_interactive_start_puts_the_console_on_the_terminal(
         assert listing(home)["fg"]["state"] == "stopped"
         assert lab.tap("fg") not in network.link_names(lab.netns)
         assert "typed-42" in lab.vm_log("fg").read_text(errors="replace")  # still logged
+
+
+def test_concurrent_starts_launch_one_qemu_and_a_failing_qemu_is_reported(
+    tmp_path: Path, boot_assets: dict[str, BootAssets]
+) -> None:
+    with vm_lab(tmp_path, {"x86_64": boot_assets["x86_64"]}) as home:
+        run_pvmlab(
+            "vm", "create", "twice", "--arch", "x86_64", "--firmware", "bios", "--distro", "tiny",
+            "--cmdline", "console=ttyS0 pvmlab.hold", home=home,
+        )  # fmt: skip
+        env = {**os.environ, "PVMLAB_HOME": str(home)}
+        argv = [sys.executable, "-m", "pvmlab.cli.main", "vm", "start", "twice", "--accel", "tcg"]
+        procs = [
+            subprocess.Popen(
+                argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
+        results = [(p.wait(timeout=120), p.communicate()) for p in procs]
+        codes = sorted(rc for rc, _ in results)
+        assert codes[0] == 0 and codes[1] != 0, results
+        assert any("already running" in err for _, (_, err) in results), results
+        assert len(qemu_pids(home)) == 1
+
+        # QEMU refusing to start (a vars file of the wrong size) is one line, not a traceback
+        run_pvmlab("vm", "create", "broken", "--arch", "x86_64", "--distro", "tiny", home=home)
+        vars_fd = LabHome(home).vm_dir("broken") / "efivars.fd"
+        vars_fd.write_bytes(b"x")
+        one_line_error(
+            run_pvmlab("vm", "start", "broken", "--accel", "tcg", home=home, check=False),
+            "QEMU for VM 'broken' exited at once",
+        )
+        assert listing(home)["broken"]["state"] == "stopped"

@@ -172,20 +172,21 @@ def start(
         rotate_log(home.vm_log(name))
         home.vm_log(name).touch()
         record = state.RuntimeRecord(accel=chosen.name, boot=boot, started=state.now(), argv=argv)
-        if interactive:
-            state.save_runtime(home, name, record)
+        state.save_runtime(home, name, record)
+        if not interactive:
+            # Still under the lock, so two `vm start NAME` at once cannot both launch QEMU.
+            rotate_log(state.qemu_log(home, name))
+            proc = spawn.start_detached(argv, netns=home.netns, log_file=state.qemu_log(home, name))
+            try:
+                _await_startup(home, name, proc)
+            except BaseException:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait()
+                raise
+            state.save_runtime(home, name, record.model_copy(update={"pid": proc.pid}))
     if interactive:
         return _run_interactive(home, vm, chosen, argv)
-    rotate_log(state.qemu_log(home, name))
-    proc = spawn.start_detached(argv, netns=home.netns, log_file=state.qemu_log(home, name))
-    try:
-        _await_startup(home, name, proc)
-    except BaseException:
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
-        proc.wait()
-        raise
-    state.save_runtime(home, name, record.model_copy(update={"pid": proc.pid}))
     return Started(vm=vm, accel=chosen, pid=proc.pid, argv=argv, proc=proc)
 
 
