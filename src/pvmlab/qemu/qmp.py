@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 async def _execute(socket: Path, command: str, args: dict[str, Any] | None, timeout: float) -> Any:
     from qemu.qmp import QMPClient
 
+    if not log.isEnabledFor(logging.DEBUG):
+        # The library logs every failed connection as an ERROR; for us a VM that does not
+        # answer is an expected state that the caller reports (or falls back from).
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
     client = QMPClient("pvmlab")
     await asyncio.wait_for(client.connect(str(socket)), timeout)
     try:

@@ -191,7 +191,7 @@ def start(
 
 
 def _await_startup(home: LabHome, name: str, proc: subprocess.Popen[bytes]) -> None:
-    """Until QEMU has written its pid file and opened QMP, or died trying."""
+    """Until QEMU has built the machine and answers on QMP, or died trying."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -201,7 +201,13 @@ def _await_startup(home: LabHome, name: str, proc: subprocess.Popen[bytes]) -> N
                 f"see {state.qemu_log(home, name)}",
                 returncode=proc.returncode,
             )
-        if home.vm_qmp(name).exists() and state.read_pid_file(home.vm_pid(name)) == proc.pid:
+        # QEMU opens the socket and writes the pid file before it builds the machine (and may
+        # still fail there); QMP answers only from the main loop, after that.
+        if (
+            home.vm_qmp(name).exists()
+            and state.read_pid_file(home.vm_pid(name)) == proc.pid
+            and qmp.status(home.vm_qmp(name)) is not None
+        ):
             return
         time.sleep(0.05)
     raise ProcessError(
