@@ -202,3 +202,25 @@ def test_x86_uefi_and_bios_boot_together(
         leases = (home / "stack" / "dnsmasq.leases").read_text()
         for vm in vms:
             assert re.search(rf"{vm['mac']} {re.escape(vm['ip'])} ", leases), leases
+
+
+def test_disk_first_falls_back_to_the_network(
+    tmp_path: Path, boot_assets: dict[str, BootAssets]
+) -> None:
+    """`--boot disk` on a VM whose disk is blank: the firmware tries the disk, then PXE-boots."""
+    with vm_lab(tmp_path, {"x86_64": boot_assets["x86_64"]}) as home:
+        run_pvmlab(
+            "vm", "create", "dsk", "--arch", "x86_64", "--firmware", "bios", "--distro", "tiny",
+            "--disk-size", "64M", home=home,
+        )  # fmt: skip
+        argv = start_cmd(home, "dsk")
+        argv[argv.index("start") + 2 : argv.index("start") + 2] = ["--boot", "disk"]
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=400, cwd=REPO)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        print(f"\nBOOT x86_64+bios, disk first then network: {boot_seconds(proc.stdout):.1f} s")
+        rt = json.loads((home / "vms" / "dsk" / "runtime.json").read_text())
+        devices = [rt["argv"][i + 1] for i, a in enumerate(rt["argv"]) if a == "-device"]
+        assert "virtio-blk-pci,drive=disk0,bootindex=0" in devices
+        assert any(d.startswith("virtio-net-pci") and d.endswith("bootindex=1") for d in devices)
+        rows = json.loads(run_pvmlab("vm", "list", "--json", home=home).stdout)
+        assert rows[0]["boot"] == "disk"
