@@ -119,6 +119,20 @@ def test_non_root_start_gets_the_privilege_error(home: Path) -> None:
 # --- start failures --------------------------------------------------------------------------
 
 
+def test_start_refuses_clashing_records_before_creating_anything(home: Path) -> None:
+    """Two hand-written VM records with one IP: no configuration, no namespace, one line."""
+    from pvmlab.spec.models import VMSpec
+
+    run_pvmlab("provisioner", "create", home=home)
+    h = lab_names(home)
+    for name, mac in (("a", "0e:00:00:00:60:01"), ("b", "0e:00:00:00:60:02")):
+        store.save_vm(h, VMSpec(name=name, arch="x86_64", mac=mac, ip="192.168.105.70"))
+    proc = run_pvmlab("provisioner", "start", home=home, check=False)
+    assert_one_line_error(proc, "same IP")
+    assert not netlab.netns_exists(h.netns)
+    assert not (home / "configs" / "dnsmasq.conf").exists()
+
+
 def test_start_reports_port_80_in_use_and_cleans_up(home: Path, tmp_path: Path) -> None:
     run_pvmlab("provisioner", "create", home=home)
     h = lab_names(home)
