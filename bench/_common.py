@@ -26,7 +26,6 @@ if str(TESTS) not in sys.path:  # netlab (and the conftest it uses) live in test
     sys.path.insert(0, str(TESTS))
 
 import netlab  # noqa: E402
-
 from pvmlab.cli.common import emit_json, table  # noqa: E402
 
 __all__ = [

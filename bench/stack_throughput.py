@@ -30,7 +30,7 @@ import ipaddress
 import os
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,8 @@ from bench._common import (
     require_root,
     rss_kib,
     table,
+)
+from bench._common import (
     workdir as make_workdir,
 )
 from pvmlab import spawn
@@ -188,13 +190,13 @@ def http_bench(
         lease = netlab.udhcpc(client, work / "http-client")  # the script only reports it
         prefix = ipaddress.ip_network(f"0.0.0.0/{lease['subnet']}").prefixlen
         client.add_address(f"{lease['ip']}/{prefix}")
-        servers = {
+        servers: dict[str, tuple[str, Callable[[], list[int]]]] = {
             "pvmlab": (f"http://{lab.ip}", lambda: [supervisor]),
             "nginx": (f"http://{lab.ip}:{NGINX_PORT}", lambda: process_tree(nginx_pid)),
         }
         for base, _ in servers.values():
             wait_serving(client, f"{base}/images/{'/'.join(DISTRO_DIR)}/vmlinuz")
-        for name, (base, pids) in servers.items():  # warm-up: page cache, first connections
+        for base, pids in servers.values():  # warm-up: page cache, first connections
             fetch_round(client, base, min(clients, 4), pids())
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
         for _ in range(rounds):
@@ -330,17 +332,20 @@ def main(
         raise click.BadParameter("a number or 'auto'", param_hint="--nginx-workers")
     require_root()
     result: dict[str, Any] = {"machine": machine(), "rss_kib": {}}
-    with interruptible(), make_workdir(workdir, "pvmlab-bench-throughput-") as work:
-        with netlab.running_lab(work / "home") as lab:
-            time.sleep(idle)
-            result["rss_kib"]["idle after start"] = stack_rss(lab)
-            if not skip_http:
-                result["http"] = http_bench(lab, work, clients=clients, pair_mb=pair_mb,
-                                            rounds=rounds, workers=nginx_workers)
-                result["rss_kib"]["after HTTP rounds"] = stack_rss(lab)
-            if dhcp_clients:
-                result["dhcp"] = dhcp_bench(lab, work, dhcp_clients)
-                result["rss_kib"]["after DHCP burst"] = stack_rss(lab)
+    with (
+        interruptible(),
+        make_workdir(workdir, "pvmlab-bench-throughput-") as work,
+        netlab.running_lab(work / "home") as lab,
+    ):
+        time.sleep(idle)
+        result["rss_kib"]["idle after start"] = stack_rss(lab)
+        if not skip_http:
+            result["http"] = http_bench(lab, work, clients=clients, pair_mb=pair_mb,
+                                        rounds=rounds, workers=nginx_workers)
+            result["rss_kib"]["after HTTP rounds"] = stack_rss(lab)
+        if dhcp_clients:
+            result["dhcp"] = dhcp_bench(lab, work, dhcp_clients)
+            result["rss_kib"]["after DHCP burst"] = stack_rss(lab)
     if as_json:
         emit_json(result)
     else:

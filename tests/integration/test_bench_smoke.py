@@ -1,0 +1,131 @@
+"""Smoke tests of the benchmarks at tiny sizes: each runs for real (lab started with the CLI,
+nginx, curl, busybox udhcpc in namespaces) and prints its JSON and its tables. No timing is
+asserted, only that every part ran, the numbers are there and nothing is left behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from netlab import leftovers, links, netns_exists
+from pvmlab.home import LabHome
+
+REPO = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.integration
+
+
+def run_bench(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("PVMLAB_HOME", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout, check=False,
+    )
+    assert proc.returncode == 0, f"{module} {args} exited {proc.returncode}:\n{proc.stderr}"
+    return proc
+
+
+def lab_gone(home: Path) -> None:
+    lab = LabHome(home.absolute())
+    assert not netns_exists(lab.netns)
+    assert lab.bridge not in links()
+
+
+def no_client_namespaces(work: Path) -> None:
+    """The benches name client namespaces from seeds under their workdir: none may remain."""
+    from netlab import short_hash
+
+    lab_ns = LabHome((work / "home").absolute()).netns
+    seeds = [f"{work}/http-client"] + [f"{work}/dhcp/{i}" for i in range(8)]
+    names = [f"pvtest-{short_hash(seed, lab_ns)}" for seed in seeds]
+    assert leftovers(names, [], []) == []
+
+
+def test_stack_throughput_tiny(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    proc = run_bench(
+        "bench.stack_throughput", "--clients", "2", "--pair-mb", "1", "--rounds", "2",
+        "--dhcp-clients", "3", "--idle", "0", "--workdir", str(work), "--json",
+    )
+    result: dict[str, Any] = json.loads(proc.stdout)
+    http = result["http"]
+    assert http["clients"] == 2 and http["rounds"] == 2
+    for server in ("pvmlab", "nginx"):
+        runs = http["runs"][server]
+        assert len(runs) == 2
+        for run in runs:  # every transfer of the round arrived whole
+            assert run["bytes"] == 2 * http["pair_bytes"]
+            assert run["mb_s"] > 0
+        assert http["median_mb_s"][server] > 0
+    assert http["ratio"] > 0 and len(http["round_ratios"]) == 2
+    dhcp = result["dhcp"]
+    assert dhcp["clients"] == dhcp["leased"] == dhcp["distinct_ips"] == 3
+    assert dhcp["in_subnet"] and dhcp["wall_s"] > 0
+    rss = result["rss_kib"]
+    assert set(rss) == {"idle after start", "after HTTP rounds", "after DHCP burst"}
+    assert all(v["supervisor"] and v["dnsmasq"] for v in rss.values())
+    # our server really served the rounds: its request log names the files, complete
+    log = [json.loads(line) for line in (work / "home" / "logs" / "http.log").read_text()
+           .splitlines()]
+    served = [e for e in log if e["path"].endswith("/initrd") and e["method"] == "GET"]
+    assert len(served) >= 2 * 2 and all(e["complete"] and e["status"] == 200 for e in served)
+    assert (work / "nginx" / "access.log").read_text().count("/initrd") >= 2 * 2
+    lab_gone(work / "home")
+    no_client_namespaces(work)
+
+
+def test_stack_throughput_tables(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    proc = run_bench(
+        "bench.stack_throughput", "--clients", "2", "--pair-mb", "1", "--rounds", "1",
+        "--dhcp-clients", "2", "--idle", "0", "--workdir", str(work),
+    )
+    for heading in ("HTTP: 2 clients", "ratio pvmlab/nginx:", "DHCP: busybox udhcpc",
+                    "Stack RSS"):
+        assert heading in proc.stdout
+    lab_gone(work / "home")
+    no_client_namespaces(work)
+
+
+def test_footprint_tiny(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    proc = run_bench(
+        "bench.footprint", "--vms", "2", "--runs", "2", "--idle", "0", "--importtime",
+        "--workdir", str(work), "--json",
+    )
+    result: dict[str, Any] = json.loads(proc.stdout)
+    rss = result["idle_rss"]
+    assert rss["supervisor_kib"] > 0 and rss["dnsmasq_kib"] > 0
+    assert rss["total_kib"] == rss["supervisor_kib"] + rss["dnsmasq_kib"]
+    cli = result["cli"]
+    assert cli["vms"] == 2
+    for name in ("--help", "vm list"):
+        t = cli["commands"][name]
+        assert t["runs"] == 2 and 0 < t["min_s"] <= t["median_s"] <= t["max_s"]
+        assert result["imports"][name], "importtime gave no entries"
+    assert any(e["module"].startswith("pvmlab") for e in result["imports"]["vm list"])
+    # the VMs were really defined through the CLI
+    assert sorted(p.name for p in (work / "cli-home" / "vms").glob("*.json")) == [
+        "bench00.json", "bench01.json",
+    ]
+    lab_gone(work / "stack-home")
+
+
+def test_footprint_tables_without_stack(tmp_path: Path) -> None:
+    proc = run_bench("bench.footprint", "--vms", "1", "--runs", "1", "--skip-stack",
+                     "--workdir", str(tmp_path / "work"))
+    assert "CLI wall time, 1 VMs defined" in proc.stdout
+    assert "pvmlab vm list" in proc.stdout and "Stack idle RSS" not in proc.stdout
+
+
+def test_help_runs_without_root() -> None:
+    for module in ("bench.stack_throughput", "bench.footprint"):
+        proc = run_bench(module, "--help", timeout=60)
+        assert "--json" in proc.stdout and "Usage:" in proc.stdout
