@@ -1,4 +1,4 @@
-"""`pvmlab vm …` (create, start, stop, list, logs, console, clean) and `pvmlab clean`."""
+"""`pvmlab vm …` (create, start, stop, list, logs, console, timeline, clean) and `pvmlab clean`."""
 
 from __future__ import annotations
 
@@ -170,6 +170,7 @@ def start_cmd(
     elapsed = time.monotonic() - t0
     if result.outcome == "matched":
         _say(f"{name}: saw {wait_for!r} after {elapsed:.1f} s: {result.line}")
+        _say_timeline(name, pattern)
         return
     _explain_failure(name, started.vm.mac, started.vm.ip)
     if result.outcome == "exited":
@@ -181,6 +182,38 @@ def start_cmd(
         f"VM {name} did not show {wait_for!r} on its console within {timeout:.0f} s",
         f"it is still running (`pvmlab vm stop {name}`); the console and stack's view are above",
     )
+
+
+def _say_timeline(name: str, pattern: Any) -> None:
+    """The total and the slowest phase of the boot just seen (never fails the start)."""
+    from pvmlab.errors import PvmlabError
+    from pvmlab.observe import timeline
+
+    try:
+        _say(timeline.summary(timeline.wait_for_ready(home(), name, pattern)))
+    except (PvmlabError, OSError) as exc:
+        _err(f"{name}: no boot timeline: {exc}")
+
+
+@vm.command("timeline")
+@click.argument("name")
+@click.option(
+    "--wait-for",
+    default=DEFAULT_WAIT_FOR,
+    show_default=True,
+    help="Regular expression marking the end of the boot on the console.",
+)
+@json_option
+def timeline_cmd(name: str, wait_for: str, as_json: bool) -> None:
+    """Show where the seconds of VM NAME's last boot went, phase by phase."""
+    from pvmlab.observe import console, timeline
+
+    name = _name(name)
+    tl = timeline.for_vm(home(), name, console.compile_pattern(wait_for))
+    if as_json:
+        emit_json(tl.as_dict())
+    else:
+        timeline.print_table(tl)
 
 
 def _explain_failure(name: str, mac: str, ip: str) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from pvmlab import spawn
 from pvmlab.errors import ProcessError, StateError
 from pvmlab.home import LabHome
+from pvmlab.observe import stamp
 from pvmlab.qemu import accel as accel_mod
 from pvmlab.qemu import firmware as firmware_mod
 from pvmlab.qemu import qmp
@@ -176,7 +177,9 @@ def start(
         if not interactive:
             # Still under the lock, so two `vm start NAME` at once cannot both launch QEMU.
             rotate_log(state.qemu_log(home, name))
+            t0 = time.time()
             proc = spawn.start_detached(argv, netns=home.netns, log_file=state.qemu_log(home, name))
+            stamp.start_watcher(home.vm_log(name), proc.pid, t0)  # console times for `vm timeline`
             try:
                 _await_startup(home, name, proc)
             except BaseException:
