@@ -76,7 +76,10 @@ def create_cmd(
     disk_size: str | None,
     as_json: bool,
 ) -> None:
-    """Define VM NAME (written to vms/NAME.json; the stack reserves its MAC and IP)."""
+    """Define a target VM.
+
+    Written to vms/NAME.json; a running stack reserves its MAC and IP at once.
+    """
     from pvmlab.qemu.accel import host_arch
     from pvmlab.vm.define import CreateRequest, create
 
@@ -145,7 +148,11 @@ def start_cmd(
     accel: str | None,
     interactive: bool,
 ) -> None:
-    """Start VM NAME's QEMU in the lab network (logs/NAME.log gets its console)."""
+    """Start a VM (network boot by default).
+
+    QEMU runs in the lab namespace; its serial console goes to logs/NAME.log (the previous
+    boot's is kept as NAME.log.1), QMP to monitors/NAME.qmp, its pid to pids/NAME.pid.
+    """
     from pvmlab.observe import console
     from pvmlab.vm import runtime
 
@@ -239,7 +246,10 @@ def _explain_failure(name: str, mac: str, ip: str) -> None:
     help="Seconds to wait for the guest to power off before quitting QEMU.",
 )
 def stop_cmd(name: str, force: bool, timeout: float) -> None:
-    """Stop VM NAME (power button, then QMP quit, then SIGKILL) and remove its tap."""
+    """Stop a VM: power button, then QMP quit, then SIGKILL.
+
+    Its pid file, sockets and tap are removed afterwards.
+    """
     from pvmlab.vm import runtime
 
     name = _name(name)
@@ -279,7 +289,7 @@ def _rows() -> list[dict[str, Any]]:
 @vm.command("list")
 @json_option
 def list_cmd(as_json: bool) -> None:
-    """List VMs with their addresses and true runtime state."""
+    """List VMs, their addresses and runtime state."""
     rows = _rows()
     if as_json:
         emit_json(rows)
@@ -299,7 +309,7 @@ def list_cmd(as_json: bool) -> None:
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the console log grows.")
 @click.option("-n", "--lines", type=int, help="Print only the last N lines.")
 def logs_cmd(name: str, follow: bool, lines: int | None) -> None:
-    """Print VM NAME's serial console log."""
+    """Print a VM's serial console log."""
     from pvmlab.observe import console
 
     name = _name(name)
@@ -325,7 +335,10 @@ def logs_cmd(name: str, follow: bool, lines: int | None) -> None:
 @vm.command("console")
 @click.argument("name")
 def console_cmd(name: str) -> None:
-    """Attach this terminal to VM NAME's serial console (Ctrl-] detaches)."""
+    """Attach to a VM's serial console.
+
+    Keys typed go to the guest; Ctrl-] detaches and leaves the VM running.
+    """
     from pvmlab.vm import attach, state
 
     name = _name(name)
@@ -344,7 +357,10 @@ def console_cmd(name: str) -> None:
 @click.argument("name", required=False)
 @click.option("--all", "all_", is_flag=True, help="Remove every VM of the lab.")
 def clean_vm_cmd(name: str | None, all_: bool) -> None:
-    """Stop VM NAME (or all) and delete its definition, disk, vars and logs."""
+    """Remove a VM (or --all).
+
+    Stops it and deletes its definition, disk, UEFI vars, logs and reservation.
+    """
     from pvmlab.vm import clean
 
     if (name is None) == (not all_):
