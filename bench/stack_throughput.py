@@ -222,7 +222,12 @@ def http_bench(
 
 
 def dhcp_bench(lab: netlab.Lab, work: Path, count: int) -> dict[str, Any]:
-    """``count`` client namespaces ask for a lease at the same moment."""
+    """``count`` client namespaces ask for a lease at the same moment.
+
+    DHCPNAKs that dnsmasq logged during the burst are counted: a NAK sends busybox udhcpc
+    into a 3 s pause before it starts over, which shows as a tail in the per-client times.
+    """
+    dnsmasq_log = LabHome(lab.home).logs / "dnsmasq.log"
     with contextlib.ExitStack() as stack:
         made = time.monotonic()
         clients = [
@@ -237,12 +242,14 @@ def dhcp_bench(lab: netlab.Lab, work: Path, count: int) -> dict[str, Any]:
             env = netlab.udhcpc(clients[i], work / "dhcp" / str(i))
             return time.monotonic(), env.get("ip", "")
 
+        log_offset = _size(dnsmasq_log)
         began = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max_workers=count) as pool:
             done = list(pool.map(lease, range(count)))
         wall = max(t for t, _ in done) - began
         ips = {ip for _, ip in done}
         each = sorted(t - began for t, _ in done)
+        naks = _read_from(dnsmasq_log, log_offset).count(" DHCPNAK(")
     subnet = ipaddress.ip_network(f"{lab.ip}/24", strict=False)
     return {
         "clients": count,
@@ -251,8 +258,26 @@ def dhcp_bench(lab: netlab.Lab, work: Path, count: int) -> dict[str, Any]:
         "in_subnet": all(ipaddress.ip_address(ip) in subnet for ip in ips if ip),
         "wall_s": round(wall, 3),
         "median_client_s": round(statistics.median(each), 3),
+        "client_s": [round(t, 3) for t in each],
+        "dhcpnak": naks,
         "namespace_setup_s": round(setup_s, 2),
     }
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _read_from(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(offset)
+            return f.read().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 # --- footprint ------------------------------------------------------------------------------
@@ -265,6 +290,10 @@ def stack_rss(lab: netlab.Lab) -> dict[str, int | None]:
 
 
 # --- output ---------------------------------------------------------------------------------
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
 def print_report(result: dict[str, Any]) -> None:
@@ -293,9 +322,11 @@ def print_report(result: dict[str, Any]) -> None:
     if dhcp:
         table(
             "DHCP: busybox udhcpc, one namespace each, all at once",
-            ["clients", "leased", "distinct IPs", "all leased after s", "median client s"],
+            ["clients", "leased", "distinct IPs", "all leased after s", "median client s",
+             "p90 client s", "DHCPNAKs"],
             [[str(dhcp["clients"]), str(dhcp["leased"]), str(dhcp["distinct_ips"]),
-              f"{dhcp['wall_s']:.2f}", f"{dhcp['median_client_s']:.2f}"]],
+              f"{dhcp['wall_s']:.2f}", f"{dhcp['median_client_s']:.2f}",
+              f"{_percentile(dhcp['client_s'], 0.9):.2f}", str(dhcp["dhcpnak"])]],
         )
     rss = result["rss_kib"]
     table(
@@ -311,12 +342,15 @@ def print_report(result: dict[str, Any]) -> None:
               help="Concurrent HTTP clients, each fetching the kernel+initrd pair.")
 @click.option("--pair-mb", default=30.0, show_default=True, type=click.FloatRange(0.01, 2000),
               help="Size of the kernel+initrd pair in MB (kernel 1/3, initrd 2/3).")
-@click.option("--rounds", default=5, show_default=True, type=click.IntRange(1, 100),
+@click.option("--rounds", default=9, show_default=True, type=click.IntRange(1, 100),
               help="Rounds per server (alternating ours and nginx).")
 @click.option("--nginx-workers", default="1", show_default=True,
               help="nginx worker_processes (a number or 'auto'); ours is one process.")
 @click.option("--dhcp-clients", default=50, show_default=True, type=click.IntRange(0, 100),
               help="DHCP clients (namespaces) leasing at once; 0 skips the DHCP part.")
+@click.option("--aiohttp-nosendfile", is_flag=True,
+              help="Start the stack with AIOHTTP_NOSENDFILE=1 (read+write instead of sendfile), "
+                   "to see what sendfile is worth.")
 @click.option("--skip-http", is_flag=True, help="Only the DHCP part (and RSS).")
 @click.option("--idle", default=2.0, show_default=True, type=click.FloatRange(0, 600),
               help="Seconds to let the stack settle before the idle RSS reading.")
@@ -325,13 +359,16 @@ def print_report(result: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def main(
     clients: int, pair_mb: float, rounds: int, nginx_workers: str, dhcp_clients: int,
-    skip_http: bool, idle: float, workdir: Path | None, as_json: bool,
+    aiohttp_nosendfile: bool, skip_http: bool, idle: float, workdir: Path | None, as_json: bool,
 ) -> None:
     """Throughput of the lab's HTTP server against nginx, and a DHCP burst (needs root)."""
     if nginx_workers != "auto" and not nginx_workers.isdigit():
         raise click.BadParameter("a number or 'auto'", param_hint="--nginx-workers")
     require_root()
     result: dict[str, Any] = {"machine": machine(), "rss_kib": {}}
+    if aiohttp_nosendfile:  # inherited by the supervisor that `provisioner start` launches
+        os.environ["AIOHTTP_NOSENDFILE"] = "1"
+        result["aiohttp_nosendfile"] = True
     with (
         interruptible(),
         make_workdir(workdir, "pvmlab-bench-throughput-") as work,
