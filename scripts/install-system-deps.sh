@@ -29,7 +29,7 @@ packages=(
   dnsmasq-base iproute2 busybox-static cpio e2fsprogs
   python3 python3-venv python3-pip
 )
-test_packages=(nginx-light)
+test_packages=(nginx-light curl)
 
 uname_s=$(uname -s)
 if [ "$uname_s" = Darwin ]; then
