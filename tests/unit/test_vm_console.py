@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pvmlab.errors import ValidationError
-from pvmlab.observe.console import clean, compile_pattern, tail, wait_for
+from pvmlab.observe.console import clean, compile_pattern, follow, tail, wait_for
 
 
 def writer(path: Path, chunks: list[bytes], delay: float = 0.05) -> threading.Thread:
@@ -76,3 +76,14 @@ def test_tail_and_escapes(tmp_path: Path) -> None:
 def test_bad_regex_is_a_user_error() -> None:
     with pytest.raises(ValidationError, match="not a valid regular expression"):
         compile_pattern("login:(")
+
+
+def test_follow_yields_existing_then_new_text(tmp_path: Path) -> None:
+    log = tmp_path / "vm.log"
+    log.write_text("first\n")
+    got: list[str] = []
+    t = writer(log, [b"second\n"], delay=0.1)
+    for chunk in follow(log, poll=0.01, stop=lambda: "second" in "".join(got)):
+        got.append(chunk)
+    t.join()
+    assert "".join(got) == "first\nsecond\n"
