@@ -257,6 +257,7 @@ class Supervisor:
 
     async def run(self) -> int:
         from pvmlab.assets import ipxe
+        from pvmlab.stack import autoexec
         from pvmlab.stack.http import start_http
 
         loop = asyncio.get_running_loop()
@@ -270,6 +271,7 @@ class Supervisor:
                 "start the stack with `pvmlab provisioner start`",
             )
         staged = ipxe.stage_into(self.home)
+        autoexec.write(self.home, self.lab)  # UEFI iPXE runs it at once: no 2 s Ctrl-B prompt
         for b in staged:
             log.info("TFTP %s <- %s (%s)", b.tftp_name, b.path, b.source)
         runner = await start_http(self.home, self.lab, str(self.lab.ip), HTTP_PORT)

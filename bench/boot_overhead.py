@@ -1,0 +1,230 @@
+"""What network booting costs: the same kernel booted directly and through the full PXE chain.
+
+    sudo .venv/bin/python -m bench.boot_overhead [--n 3] [--arch x86_64 --arch aarch64] [--json]
+
+For each architecture (UEFI firmware, TCG), N boots each way, alternating the order each round:
+
+    direct  QEMU with the VM's machine, firmware (its own copy of the vars template) and memory,
+            ``-kernel/-initrd/-append``, no NIC: firmware -> kernel -> marker
+    pxe     ``pvmlab vm start`` of a VM in a lab started with the real CLI: firmware DHCP ->
+            TFTP iPXE -> iPXE DHCP -> HTTP scripts, kernel, initrd -> marker
+
+The guest is the test fixture (tests/fixtures/bootassets.py): a Debian cloud kernel and a busybox
+initramfs printing ``PVMLAB-BOOT-OK`` then powering off. Each boot is timed from the moment QEMU
+is launched (pxe: the moment ``vm start`` is called, so pvmlab's own start work counts against
+it) to the marker on the serial console. Prints the medians, PXE minus direct, the ratio, and the
+median of each phase of the PXE boots (``pvmlab vm timeline``). Target: PXE - direct <= 2 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import _common
+from bench._common import emit_json, table
+
+MARKER = "PVMLAB-BOOT-OK"
+TARGET_S = 2.0
+TIMEOUT = 240.0
+ARCHES = ("x86_64", "aarch64")
+
+
+def _vm_name(arch: str) -> str:
+    return {"x86_64": "pxe-x86", "aarch64": "pxe-arm"}[arch]
+
+
+def _wait_marker(log: Path, alive: Any) -> float | None:
+    from pvmlab.observe import console
+
+    res = console.wait_for(log, re.compile(MARKER), timeout=TIMEOUT, alive=alive, poll=0.02)
+    return res.elapsed if res.outcome == "matched" else None
+
+
+def boot_direct(home: Path, arch: str, assets: Any, run: int) -> float:
+    """One direct kernel boot; seconds from QEMU's launch to the marker."""
+    from pvmlab import spawn
+    from pvmlab.qemu import firmware
+    from pvmlab.qemu.argv import QemuConfig, build_argv, machine_type
+
+    work = home / "direct" / f"{arch}-{run}"
+    work.mkdir(parents=True, exist_ok=True)
+    fw = firmware.find_uefi(arch, machine_type(arch, "uefi"))
+    vars_copy = work / "vars.fd"
+    vars_copy.write_bytes(fw.vars_template.read_bytes())
+    cfg = QemuConfig(
+        name=f"direct-{arch}",
+        arch=arch,  # type: ignore[arg-type]
+        firmware="uefi",
+        accel="tcg",
+        mac="52:54:00:00:00:01",
+        tap=None,
+        serial_log=work / "console.log",
+        qmp_socket=work / "qmp.sock",
+        pid_file=work / "qemu.pid",
+        uefi_code=fw.code,
+        uefi_vars=vars_copy,
+        kernel=assets.kernel,
+        initrd=assets.initrd,
+        append=assets.cmdline,
+    )
+    t0 = time.monotonic()
+    with spawn.spawn(build_argv(cfg), grace=2.0) as proc:
+        elapsed = _wait_marker(cfg.serial_log, lambda: proc.poll() is None)
+        if elapsed is not None:
+            elapsed = time.monotonic() - t0
+        with contextlib.suppress(Exception):
+            proc.wait(timeout=30)
+    if elapsed is None:
+        raise RuntimeError(f"direct boot of {arch} did not reach {MARKER}: see {cfg.serial_log}")
+    return elapsed
+
+
+def boot_pxe(home: Path, name: str) -> tuple[float, dict[str, Any]]:
+    """One PXE boot of VM ``name``; seconds from ``vm start`` to the marker, and its timeline."""
+    from pvmlab.home import LabHome
+    from pvmlab.observe import timeline
+    from pvmlab.vm import runtime
+
+    h = LabHome(home)
+    t0 = time.monotonic()
+    started = runtime.start(h, name, requested_accel="tcg")
+    try:
+        elapsed = _wait_marker(h.vm_log(name), started.alive)
+        if elapsed is None:
+            raise RuntimeError(f"PXE boot of {name} did not reach {MARKER}: see {h.vm_log(name)}")
+        elapsed = time.monotonic() - t0
+        deadline = time.monotonic() + 30
+        while started.alive() and time.monotonic() < deadline:  # the guest powers off itself
+            time.sleep(0.05)
+    finally:
+        runtime.stop(h, name, force=True)
+    tl = timeline.wait_for_ready(h, name, re.compile(MARKER))
+    return elapsed, tl.as_dict()
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 2)
+
+
+def run(n: int, arches: list[str], keep: Path | None) -> dict[str, Any]:
+    from conftest import run_pvmlab  # type: ignore[import-not-found]
+    from fixtures import bootassets  # type: ignore[import-not-found]
+
+    assets = {arch: bootassets.build(arch) for arch in arches}
+    results: dict[str, Any] = {"machine": _common.machine(), "n": n, "arches": {}}
+    with _common.workdir(keep, "pvmlab-boot-overhead-") as work:
+        home = (work / "home").absolute()
+        with _common.netlab.running_lab(home):
+            try:
+                for arch in arches:
+                    a = assets[arch]
+                    run_pvmlab(
+                        "distro", "import", "tiny", "--arch", arch, "--kernel", str(a.kernel),
+                        "--initrd", str(a.initrd), "--cmdline", a.cmdline, home=home,
+                    )  # fmt: skip
+                    run_pvmlab(
+                        "vm", "create", _vm_name(arch), "--arch", arch, "--firmware", "uefi",
+                        "--distro", "tiny", home=home,
+                    )  # fmt: skip
+                times: dict[str, dict[str, list[float]]] = {
+                    arch: {"direct": [], "pxe": []} for arch in arches
+                }
+                timelines: dict[str, list[dict[str, Any]]] = {arch: [] for arch in arches}
+                for i in range(n):
+                    for arch in arches:
+                        ways = ["direct", "pxe"] if i % 2 == 0 else ["pxe", "direct"]
+                        for way in ways:
+                            if way == "direct":
+                                secs = boot_direct(work, arch, assets[arch], i)
+                            else:
+                                secs, tl = boot_pxe(home, _vm_name(arch))
+                                timelines[arch].append(tl)
+                            times[arch][way].append(round(secs, 2))
+                            print(f"{arch} {way} #{i + 1}: {secs:.2f} s", file=sys.stderr)
+            finally:
+                run_pvmlab("clean", home=home, check=False)
+        for arch in arches:
+            direct, pxe = _median(times[arch]["direct"]), _median(times[arch]["pxe"])
+            phases: dict[str, list[float]] = {}
+            for tl in timelines[arch]:
+                for p in tl["phases"]:
+                    if p["duration"] is not None:
+                        phases.setdefault(p["name"], []).append(p["duration"])
+            results["arches"][arch] = {
+                "direct_s": times[arch]["direct"],
+                "pxe_s": times[arch]["pxe"],
+                "direct_median_s": direct,
+                "pxe_median_s": pxe,
+                "difference_s": round(pxe - direct, 2),
+                "ratio": round(pxe / direct, 2) if direct else None,
+                "target_s": TARGET_S,
+                "target_met": pxe - direct <= TARGET_S,
+                "pxe_phase_medians_s": {k: _median(v) for k, v in phases.items()},
+                "last_pxe_timeline": timelines[arch][-1] if timelines[arch] else None,
+            }
+    return results
+
+
+def show(results: dict[str, Any]) -> None:
+    rows = []
+    for arch, r in results["arches"].items():
+        rows.append(
+            [
+                f"{arch} uefi",
+                f"{r['direct_median_s']:.2f}",
+                f"{r['pxe_median_s']:.2f}",
+                f"{r['difference_s']:.2f}",
+                f"{r['ratio']:.2f}x",
+                "yes" if r["target_met"] else "no",
+            ]
+        )
+    table(
+        f"boot to marker, TCG, median of {results['n']} (alternating)",
+        ["target", "direct s", "PXE s", "PXE - direct s", "ratio", f"<= {TARGET_S:.0f} s"],
+        rows,
+    )
+    for arch, r in results["arches"].items():
+        phases = r["pxe_phase_medians_s"]
+        table(
+            f"{arch} PXE phases (median s)",
+            ["phase", "median s"],
+            [[k, f"{v:.2f}"] for k, v in phases.items()],
+        )
+    m = results["machine"]
+    print(f"machine: {m['cpu']}, {m['nproc']} cores, kernel {m['kernel']}, {m['date']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.boot_overhead",
+        description="Direct kernel boot vs the full PXE chain (UEFI, TCG): medians, "
+        "difference and ratio per architecture.",
+    )
+    parser.add_argument("--n", type=int, default=3, help="boots each way per arch (default 3)")
+    parser.add_argument(
+        "--arch", action="append", choices=ARCHES, help="architecture (repeatable; default both)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument("--dir", type=Path, help="keep the work directory here (logs, consoles)")
+    args = parser.parse_args(argv)
+    if args.n < 1:
+        parser.error("--n must be at least 1")
+    _common.require_root()
+    with _common.interruptible():
+        results = run(args.n, args.arch or list(ARCHES), args.dir)
+    if args.json:
+        emit_json(results)
+    else:
+        show(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
