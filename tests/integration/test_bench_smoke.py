@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from netlab import leftovers, links, netns_exists
+from netlab import leftovers, links, netns_exists, short_hash
+from pvmlab import spawn
 from pvmlab.home import LabHome
 
 REPO = Path(__file__).resolve().parents[2]
@@ -21,13 +24,15 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.integration
 
 
-def run_bench(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def bench_env() -> dict[str, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("PVMLAB_HOME", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout, check=False,
-    )
+    return env
+
+
+def run_bench(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    proc = spawn.run([sys.executable, "-m", module, *args], cwd=REPO, env=bench_env(),
+                     timeout=timeout, check=False)
     assert proc.returncode == 0, f"{module} {args} exited {proc.returncode}:\n{proc.stderr}"
     return proc
 
@@ -38,14 +43,15 @@ def lab_gone(home: Path) -> None:
     assert lab.bridge not in links()
 
 
-def no_client_namespaces(work: Path) -> None:
-    """The benches name client namespaces from seeds under their workdir: none may remain."""
-    from netlab import short_hash
-
+def client_namespaces(work: Path, dhcp_clients: int = 8) -> list[str]:
+    """The names the bench gives its client namespaces (derived from seeds under its workdir)."""
     lab_ns = LabHome((work / "home").absolute()).netns
-    seeds = [f"{work}/http-client"] + [f"{work}/dhcp/{i}" for i in range(8)]
-    names = [f"pvtest-{short_hash(seed, lab_ns)}" for seed in seeds]
-    assert leftovers(names, [], []) == []
+    seeds = [f"{work}/http-client"] + [f"{work}/dhcp/{i}" for i in range(dhcp_clients)]
+    return [f"pvtest-{short_hash(seed, lab_ns)}" for seed in seeds]
+
+
+def no_client_namespaces(work: Path, dhcp_clients: int = 8) -> None:
+    assert leftovers(client_namespaces(work, dhcp_clients), [], []) == []
 
 
 def test_stack_throughput_tiny(tmp_path: Path) -> None:
@@ -92,6 +98,28 @@ def test_stack_throughput_tables(tmp_path: Path) -> None:
         assert heading in proc.stdout
     lab_gone(work / "home")
     no_client_namespaces(work)
+
+
+def test_stack_throughput_cleans_up_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM while the DHCP client namespaces exist: the bench removes them and the lab."""
+    work = tmp_path / "work"
+    count = 40
+    names = client_namespaces(work, count)
+    argv = [sys.executable, "-m", "bench.stack_throughput", "--skip-http", "--dhcp-clients",
+            str(count), "--idle", "0", "--workdir", str(work)]
+    with (work.parent / "bench.err").open("wb") as err, spawn.spawn(
+        argv, env=bench_env(), stderr=err, grace=120
+    ) as proc:
+        deadline = time.monotonic() + 120
+        while sum(netns_exists(n) for n in names) < 5:  # part-way through making clients
+            assert proc.poll() is None, "the bench ended before its clients existed"
+            assert time.monotonic() < deadline, "no client namespaces appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(120)
+    assert code != 0  # interrupted, not a normal finish
+    assert leftovers(names, [], []) == []
+    lab_gone(work / "home")
 
 
 def test_footprint_tiny(tmp_path: Path) -> None:
