@@ -39,8 +39,10 @@ vm=demo-$arch-$firmware
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "Building a demo kernel + busybox initramfs for $arch from Debian packages (cached)"
-assets=$(.venv/bin/python -m tests.fixtures.bootassets --arch "$arch" --print-dir)
-echo "$assets"
+assets_root="$PVMLAB_HOME-assets"
+.venv/bin/python -m tests.fixtures.bootassets --arch "$arch" --out "$assets_root"
+assets="$assets_root/$arch"
+ls -l "$assets"
 
 step "pvmlab setup"
 $pvmlab setup || true
