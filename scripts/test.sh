@@ -17,7 +17,7 @@ scripts/install-system-deps.sh --with-test-tools
 scripts/venv.sh
 
 echo "== ruff"
-.venv/bin/ruff check src tests bench
+.venv/bin/ruff check src tests bench scripts
 echo "== mypy"
 .venv/bin/mypy
 echo "== pytest"
