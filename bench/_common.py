@@ -35,7 +35,9 @@ __all__ = [
     "interruptible",
     "machine",
     "netlab",
+    "one_line_errors",
     "process_tree",
+    "require_programs",
     "require_root",
     "rss_kib",
     "table",
@@ -49,6 +51,25 @@ def require_root() -> None:
     if os.geteuid() != 0:
         sys.exit("this benchmark creates network namespaces: run it as root "
                  "(sudo .venv/bin/python -m bench.…)")
+
+
+def require_programs(*names: str) -> None:
+    """Stop with a one-line message when a program the benchmark drives is not installed."""
+    missing = [n for n in names if shutil.which(n) is None]
+    if missing:
+        sys.exit(f"missing program(s): {', '.join(missing)} "
+                 "(hint: scripts/install-system-deps.sh --with-test-tools)")
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """A benchmark that fails says why in one line (pvmlab's errors, our RuntimeErrors)."""
+    from pvmlab.errors import PvmlabError
+
+    try:
+        yield
+    except (PvmlabError, RuntimeError) as exc:
+        sys.exit(f"benchmark failed: {exc}")
 
 
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:

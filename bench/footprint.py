@@ -30,6 +30,8 @@ from bench._common import (
     interruptible,
     machine,
     netlab,
+    one_line_errors,
+    require_programs,
     require_root,
     rss_kib,
     table,
@@ -160,8 +162,13 @@ def main(vms: int, runs: int, idle: float, skip_stack: bool, with_imports: bool,
     """The stack's idle RSS and the wall time of `pvmlab --help` and `pvmlab vm list`."""
     if not skip_stack:
         require_root()
+        require_programs("ip", "dnsmasq")
     result: dict[str, Any] = {"machine": machine()}
-    with interruptible(), make_workdir(workdir, "pvmlab-bench-footprint-") as work:
+    with (
+        one_line_errors(),
+        interruptible(),
+        make_workdir(workdir, "pvmlab-bench-footprint-") as work,
+    ):
         if not skip_stack:
             result["idle_rss"] = idle_rss(work, idle)
         cli_home = work / "cli-home"

@@ -44,7 +44,9 @@ from bench._common import (
     interruptible,
     machine,
     netlab,
+    one_line_errors,
     process_tree,
+    require_programs,
     require_root,
     rss_kib,
     table,
@@ -365,11 +367,13 @@ def main(
     if nginx_workers != "auto" and not nginx_workers.isdigit():
         raise click.BadParameter("a number or 'auto'", param_hint="--nginx-workers")
     require_root()
+    require_programs("ip", "dnsmasq", "busybox", *(() if skip_http else ("nginx", "curl")))
     result: dict[str, Any] = {"machine": machine(), "rss_kib": {}}
     if aiohttp_nosendfile:  # inherited by the supervisor that `provisioner start` launches
         os.environ["AIOHTTP_NOSENDFILE"] = "1"
         result["aiohttp_nosendfile"] = True
     with (
+        one_line_errors(),
         interruptible(),
         make_workdir(workdir, "pvmlab-bench-throughput-") as work,
         netlab.running_lab(work / "home") as lab,
