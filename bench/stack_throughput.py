@@ -13,7 +13,7 @@ One run:
 3. a client namespace joins the lab bridge by veth and takes a DHCP lease; from there one
    ``curl --parallel`` process (C, one event loop: not the bottleneck) opens ``--clients``
    connections at once, each fetching the kernel and the initrd; rounds alternate ours and
-   nginx (A B A B …) so machine noise hits both; MB/s = bytes / wall time of the round;
+   nginx (A B, B A, …) so machine noise hits both; MB/s = bytes / wall time of the round;
 4. ``--dhcp-clients`` namespaces join the bridge, each runs busybox ``udhcpc`` at the same
    moment; the wall time until every one is bound is printed.
 
@@ -201,8 +201,9 @@ def http_bench(
         for base, pids in servers.values():  # warm-up: page cache, first connections
             fetch_round(client, base, min(clients, 4), pids())
         results: dict[str, list[dict[str, Any]]] = {name: [] for name in servers}
-        for _ in range(rounds):
-            for name, (base, pids) in servers.items():
+        for i in range(rounds):  # A B, B A, A B, …: neither server always goes first
+            order = list(servers.items()) if i % 2 == 0 else list(reversed(servers.items()))
+            for name, (base, pids) in order:
                 results[name].append(fetch_round(client, base, clients, pids()))
     medians = {name: statistics.median(r["mb_s"] for r in rs) for name, rs in results.items()}
     return {
