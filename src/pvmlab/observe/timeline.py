@@ -370,8 +370,13 @@ def build(
     if ready is not None:
         found["ready"] = Phase("ready", ready.t, 0.0, {"line": ready.text[:120]})
 
+    # The chain's steps happen in this order; the console is stamped every 20 ms while the
+    # HTTP server's times are exact, so a step seen on the console may look a few ms late:
+    # keep the real order and let such a start move up to its predecessor's.
     order = list(LABELS)
-    phases = sorted(found.values(), key=lambda p: (p.start, order.index(p.name)))
+    phases = sorted(found.values(), key=lambda p: order.index(p.name))
+    for prev, cur in itertools.pairwise(phases):
+        cur.start = max(cur.start, prev.start)
     end = ready.t if ready is not None else console.exit
     for cur, nxt in itertools.pairwise(phases):
         cur.duration = max(0.0, nxt.start - cur.start)
