@@ -81,6 +81,11 @@ def test_timeline_after_real_pxe_boot(tmp_path: Path, boot_assets: dict[str, Boo
             assert listed[0]["name"] == "tl1"
             argv = json.loads((home / "vms" / "tl1" / "runtime.json").read_text())["argv"]
             assert "virtio-rng-pci" in argv
+
+            # the console record goes with the VM
+            assert (home / "logs" / "tl1.console.jsonl").exists()
+            run_pvmlab("vm", "clean", "tl1", home=home)
+            assert not list((home / "logs").glob("tl1.*"))
         finally:
             run_pvmlab("clean", home=home, check=False)
 

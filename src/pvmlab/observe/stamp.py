@@ -140,7 +140,7 @@ def start_watcher(log: Path, pid: int, t0: float) -> None:
     """Start the watcher detached; it ends by itself when QEMU (``pid``) exits."""
     from pvmlab import spawn
 
-    spawn.start_detached(argv(log, pid, t0), log_file=stamps_path(log).with_suffix(".err"))
+    spawn.start_detached(argv(log, pid, t0))
 
 
 def main(args: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ def remove_files(home: LabHome, name: str) -> None:
         home.vm_log(name).with_name(f"{name}.log.1"),
         state.qemu_log(home, name),
         state.qemu_log(home, name).with_name(f"{name}.qemu.log.1"),
+        home.logs / f"{name}.console.jsonl",  # console times (pvmlab.observe.stamp)
     ):
         _unlink(path)
     state.remove_runtime_files(home, name)
