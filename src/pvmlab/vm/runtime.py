@@ -224,7 +224,9 @@ def _run_interactive(
 ) -> Started:
     """QEMU in the foreground with the console on this terminal; cleans up when it exits."""
     try:
+        t0 = time.time()
         with spawn.spawn(argv, netns=home.netns, stdin=None, stdout=None, stderr=None) as proc:
+            stamp.start_watcher(home.vm_log(vm.name), proc.pid, t0)  # for `vm timeline`
             proc.wait()
         return Started(vm=vm, accel=chosen, pid=proc.pid, argv=argv, proc=proc)
     finally:
