@@ -174,13 +174,23 @@ def start_detached(
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process.
+
+    A zombie (exited, not yet reaped by its parent) counts as gone: it has finished its work.
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # no /proc (macOS): kill(0) is all we know
+    return stat.rsplit(")", 1)[-1].split()[0:1] != ["Z"]
 
 
 def pid_cmdline(pid: int) -> list[str]:

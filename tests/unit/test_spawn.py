@@ -147,3 +147,20 @@ def test_pid_alive_false_for_a_reaped_child() -> None:
     child.wait()
     assert _wait_gone(child.pid)
     assert not spawn.pid_alive(child.pid)
+
+
+def test_pid_alive_treats_a_zombie_as_gone() -> None:
+    """A child that exited but was not reaped yet has finished: it must not count as running."""
+    proc = subprocess.Popen(["true"])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            stat = Path(f"/proc/{proc.pid}/stat").read_text()
+            if stat.rsplit(")", 1)[-1].split()[0] == "Z":
+                break
+            time.sleep(0.01)
+        else:
+            raise AssertionError("child never became a zombie")
+        assert not spawn.pid_alive(proc.pid)
+    finally:
+        proc.wait()

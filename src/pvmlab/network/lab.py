@@ -19,7 +19,6 @@ All changes go through iproute2's ``ip`` (run by ``pvmlab.spawn``).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import ipaddress
 import json
@@ -27,13 +26,12 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pvmlab import spawn
 from pvmlab.errors import StateError
-from pvmlab.home import LabHome, write_json
+from pvmlab.home import LabHome, file_lock, write_json
 from pvmlab.network.privilege import require_net_admin
 from pvmlab.spec import validate
 from pvmlab.spec.models import LabSpec
@@ -65,17 +63,9 @@ def _record_path(home: LabHome) -> Path:
     return home.stack / "network.json"
 
 
-@contextlib.contextmanager
-def _locked(home: LabHome) -> Iterator[None]:
+def _locked(home: LabHome) -> contextlib.AbstractContextManager[None]:
     """Serialise network changes of one home (its own lock: callers may hold ``home.locked``)."""
-    home.stack.mkdir(parents=True, exist_ok=True)
-    fd = os.open(home.stack / ".network.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return file_lock(home.stack / ".network.lock")
 
 
 def _load_record(home: LabHome) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import IO
 
+from pvmlab import spawn
 from pvmlab.observe.console import clean
 
 POLL = 0.02
@@ -38,21 +39,6 @@ POLL = 0.02
 def stamps_path(log: Path) -> Path:
     """``logs/NAME.log`` -> ``logs/NAME.console.jsonl``."""
     return log.with_name(log.name.removesuffix(".log") + ".console.jsonl")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie still answers kill(0); it has exited as far as the console goes
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0:1] != ["Z"]
 
 
 class Stamper:
@@ -103,7 +89,7 @@ def watch(log: Path, out_path: Path, pid: int, t0: float, poll: float = POLL) ->
         fh: IO[bytes] | None = None
         try:
             while True:
-                alive = _alive(pid)
+                alive = spawn.pid_alive(pid)
                 if fh is None:
                     try:
                         fh = log.open("rb")

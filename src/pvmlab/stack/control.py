@@ -15,7 +15,6 @@ supervisor of this very home, or the dnsmasq reading this home's configuration.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -23,13 +22,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pvmlab import errors, spawn
 from pvmlab.errors import DependencyError, ProcessError, PvmlabError, StateError
-from pvmlab.home import LabHome
+from pvmlab.home import LabHome, file_lock
 from pvmlab.network import lab as netlab
 from pvmlab.network.privilege import require_net_admin
 from pvmlab.spec import store
@@ -96,17 +94,9 @@ def is_running(home: LabHome) -> bool:
     return supervisor_pid(home) is not None
 
 
-@contextlib.contextmanager
-def _control_lock(home: LabHome) -> Iterator[None]:
+def _control_lock(home: LabHome) -> contextlib.AbstractContextManager[None]:
     """One start or stop at a time per home (its own lock: callers may hold ``home.locked``)."""
-    home.stack.mkdir(parents=True, exist_ok=True)
-    fd = os.open(home.stack / ".control.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return file_lock(home.stack / ".control.lock")
 
 
 def _stop_orphans(home: LabHome) -> list[int]:
@@ -216,26 +206,15 @@ def _terminate(pid: int, timeout: float) -> bool:
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not spawn.pid_alive(pid):
             return True
         time.sleep(0.05)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and _alive(pid):
+    while time.monotonic() < deadline and spawn.pid_alive(pid):
         time.sleep(0.05)
-    return not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    """Alive and not a zombie (a zombie child of ours has finished its work)."""
-    if not spawn.pid_alive(pid):
-        return False
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    return not spawn.pid_alive(pid)
 
 
 def stop(home: LabHome) -> dict[str, Any]:

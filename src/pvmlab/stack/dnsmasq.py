@@ -19,11 +19,9 @@ newline in a name, a MAC or a path must never become configuration. Decisions:
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import ipaddress
-import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import jinja2
 
 from pvmlab.assets import ipxe
 from pvmlab.errors import ValidationError
-from pvmlab.home import LabHome, write_atomic
+from pvmlab.home import LabHome, file_lock, write_atomic
 from pvmlab.network import lab as netlab
 from pvmlab.spec import store, validate
 from pvmlab.spec.models import LabSpec, VMSpec
@@ -181,17 +179,9 @@ def render_hosts(lab: LabSpec, vms: Sequence[VMSpec]) -> str:
     return _env().get_template("dhcp-hosts.j2").render(hosts=reservations(lab, vms))
 
 
-@contextlib.contextmanager
-def _render_lock(home: LabHome) -> Iterator[None]:
+def _render_lock(home: LabHome) -> contextlib.AbstractContextManager[None]:
     """Serialise renders, so the last file written always reflects the newest VM records."""
-    home.configs.mkdir(parents=True, exist_ok=True)
-    fd = os.open(home.configs / ".render.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+    return file_lock(home.configs / ".render.lock")
 
 
 def write_configs(home: LabHome, lab: LabSpec | None = None) -> tuple[Path, Path]:
