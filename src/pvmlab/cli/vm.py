@@ -109,10 +109,14 @@ def create_cmd(
 @click.argument("name")
 @click.option(
     "--boot",
-    type=click.Choice(["pxe", "disk"]),
+    type=click.Choice(["pxe", "disk", "ipxe"]),
     default="pxe",
     show_default=True,
-    help="pxe: network first (disk second); disk: disk first, network as fallback.",
+    help=(
+        "pxe: network first (disk second); disk: disk first, network as fallback; ipxe (UEFI"
+        " only): iPXE from a local virtual drive, then the same HTTP chain, skipping the"
+        " firmware's PXE and its ~4 s DHCP (network and disk as fallbacks)."
+    ),
 )
 @click.option("--wait", is_flag=True, help="Return only when the console shows --wait-for.")
 @click.option(

@@ -14,8 +14,13 @@ the firmware's own network stack does PXE (QEMU's bundled efi-virtio.rom is an o
 pre-empts it); under SeaBIOS the NIC ROM *is* the PXE stack, so QEMU's default stays.
 
 Boot order is set with ``bootindex``: ``pxe`` puts the NIC first (the seed's ``-boot n``) and a
-disk, if any, second; ``disk`` puts the disk first with the network as fallback. A direct kernel
-(``kernel``/``initrd``/``append``, for test fixtures and benchmarks) bypasses both.
+disk, if any, second; ``disk`` puts the disk first with the network as fallback; ``ipxe`` (UEFI
+only) puts a small read-only FAT drive first that holds iPXE as the removable-media boot file
+(``EFI/BOOT/BOOTX64.EFI`` / ``BOOTAA64.EFI``) and its ``autoexec.ipxe``, the way an iPXE USB stick
+boots real hardware: the firmware never does DHCP itself (its PXE waits a fixed ~4 s for offers),
+iPXE does, then runs the same HTTP chain. The drive is QEMU's ``vvfat`` view of the directory
+``ipxe_media`` (no image tools needed); the NIC follows as fallback, then the disk. A direct
+kernel (``kernel``/``initrd``/``append``, for test fixtures and benchmarks) bypasses all three.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from typing import Literal
 Arch = Literal["aarch64", "x86_64"]
 FirmwareKind = Literal["uefi", "bios"]
 AccelName = Literal["kvm", "hvf", "tcg"]
-Boot = Literal["pxe", "disk"]
+Boot = Literal["pxe", "disk", "ipxe"]
 
 MACHINES: dict[tuple[str, str], str] = {
     ("x86_64", "uefi"): "q35",
@@ -58,6 +63,7 @@ class QemuConfig:
     kernel: Path | None = None
     initrd: Path | None = None
     append: str | None = None
+    ipxe_media: Path | None = None  # boot="ipxe": directory with EFI/BOOT/BOOT*.EFI (vvfat)
 
 
 def machine_type(arch: str, firmware: str) -> str:
@@ -108,13 +114,17 @@ def _serial(cfg: QemuConfig) -> list[str]:
     return ["-chardev", chardev, "-serial", "chardev:serial0"]
 
 
-def _boot_indexes(cfg: QemuConfig) -> tuple[int | None, int | None]:
-    """(nic, disk) bootindex values."""
+def _boot_indexes(cfg: QemuConfig) -> tuple[int | None, int | None, int | None]:
+    """(nic, disk, ipxe media) bootindex values."""
     if cfg.kernel is not None:
-        return None, None
+        return None, None, None
+    if cfg.boot == "ipxe":
+        if cfg.firmware != "uefi" or cfg.ipxe_media is None:
+            raise ValueError("boot=ipxe needs UEFI firmware and ipxe_media")
+        return 1, (2 if cfg.disk is not None else None), 0
     if cfg.boot == "disk" and cfg.disk is not None:
-        return 1, 0
-    return 0, (1 if cfg.disk is not None else None)
+        return 1, 0, None
+    return 0, (1 if cfg.disk is not None else None), None
 
 
 def _rng(cfg: QemuConfig) -> list[str]:
@@ -161,6 +171,17 @@ def _disk(cfg: QemuConfig, bootindex: int | None) -> list[str]:
     ]  # fmt: skip
 
 
+def _ipxe_media(cfg: QemuConfig, bootindex: int | None) -> list[str]:
+    """The iPXE boot media: QEMU's read-only FAT view of a directory, as a virtio disk (the
+    firmware's removable-media fallback boots ``EFI/BOOT/BOOT<arch>.EFI`` from it)."""
+    if cfg.ipxe_media is None or bootindex is None:
+        return []
+    return [
+        "-drive", f"if=none,id=ipxemedia,driver=vvfat,dir={_opt(cfg.ipxe_media)},read-only=on",
+        "-device", f"virtio-blk-pci,drive=ipxemedia,bootindex={bootindex}",
+    ]  # fmt: skip
+
+
 def _direct_kernel(cfg: QemuConfig) -> list[str]:
     if cfg.kernel is None:
         return []
@@ -180,7 +201,7 @@ def _opt(path: Path) -> str:
 def build_argv(cfg: QemuConfig) -> list[str]:
     """The full argv (program first) for ``cfg``."""
     machine = machine_type(cfg.arch, cfg.firmware)
-    nic_index, disk_index = _boot_indexes(cfg)
+    nic_index, disk_index, media_index = _boot_indexes(cfg)
     return [
         binary(cfg.arch),
         "-name", cfg.name,
@@ -198,6 +219,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         *_rng(cfg),
         *_boot_menu(cfg),
         *_nic(cfg, nic_index),
+        *_ipxe_media(cfg, media_index),
         *_disk(cfg, disk_index),
         *_direct_kernel(cfg),
     ]  # fmt: skip

@@ -3,7 +3,8 @@
 Start: the stack must run (the VM would find no DHCP otherwise) and the VM must not; the
 accelerator is chosen and said; UEFI firmware comes from QEMU's descriptors and the VM keeps its
 own vars file (``vms/NAME/efivars.fd``, copied once from the template and kept across starts,
-like NVRAM on real hardware); the tap is created in the lab namespace on the bridge; QEMU runs
+like NVRAM on real hardware); ``--boot ipxe`` rebuilds the VM's iPXE boot media
+(``pvmlab.vm.ipxemedia``); the tap is created in the lab namespace on the bridge; QEMU runs
 detached in the namespace. The previous console log is kept as ``logs/NAME.log.1`` and the new
 one starts empty, so ``--wait`` never matches text of an earlier boot.
 
@@ -34,7 +35,7 @@ from pvmlab.qemu import qmp
 from pvmlab.qemu.argv import QemuConfig, build_argv, machine_type
 from pvmlab.spec import store
 from pvmlab.spec.models import VMSpec
-from pvmlab.vm import state
+from pvmlab.vm import ipxemedia, state
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ def config_for(
     boot: str,
     tap: str,
     interactive: bool,
+    ipxe_media: Path | None = None,
 ) -> QemuConfig:
     code = vars_path = None
     if vm.firmware == "uefi":
@@ -123,6 +125,7 @@ def config_for(
         boot=boot,  # type: ignore[arg-type]
         disk=disk if disk.exists() else None,
         interactive=interactive,
+        ipxe_media=ipxe_media,
     )
 
 
@@ -146,9 +149,11 @@ def start(
     """Start VM ``name``. Interactive starts return after QEMU exits."""
     home.require()
     vm = store.load_vm(home, name)
-    store.load_lab(home)
-    if boot not in ("pxe", "disk"):
-        raise StateError(f"unknown boot order {boot!r}", "choose pxe or disk")
+    lab = store.load_lab(home)
+    if boot not in ("pxe", "disk", "ipxe"):
+        raise StateError(f"unknown boot order {boot!r}", "choose pxe, disk or ipxe")
+    if boot == "ipxe":
+        ipxemedia.check(vm.arch, vm.firmware)
     if boot == "disk" and not disk_file(home, name).exists():
         raise StateError(
             f"VM {name!r} has no disk to boot from",
@@ -164,8 +169,11 @@ def start(
         say(str(chosen))
         from pvmlab.network import lab as network
 
+        media = ipxemedia.build(home, name, vm.arch, lab) if boot == "ipxe" else None
         tap = network.ensure_tap(home, name)
-        cfg = config_for(home, vm, chosen.name, boot=boot, tap=tap, interactive=interactive)
+        cfg = config_for(
+            home, vm, chosen.name, boot=boot, tap=tap, interactive=interactive, ipxe_media=media
+        )
         argv = build_argv(cfg)
         for d in (home.logs, home.pids, home.monitors):
             d.mkdir(parents=True, exist_ok=True)

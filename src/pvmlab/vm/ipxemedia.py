@@ -1,0 +1,64 @@
+"""The local boot media of ``vm start --boot ipxe``: iPXE on a virtual FAT drive.
+
+A UEFI firmware boots ``EFI/BOOT/BOOTX64.EFI`` (x86_64) or ``BOOTAA64.EFI`` (aarch64) from any
+FAT drive that has no boot entry of its own (the removable-media fallback), so a directory with
+the lab's staged iPXE under that name, handed to QEMU as a ``vvfat`` drive, boots iPXE without
+the firmware doing any network step: no firmware DHCP (EDK2's PXE collects offers for a fixed
+~4 s), no TFTP. iPXE started from a disk reads ``autoexec.ipxe`` from the directory it was loaded
+from (its console says ``file:autoexec.ipxe... ok``) and runs it at once, so there is no Ctrl-B
+prompt either; the script is the one the stack serves over TFTP (``pvmlab.stack.autoexec``:
+DHCP, then chain ``boot.ipxe``), so the rest of the chain is the network boot's.
+
+The directory is ``vms/NAME/ipxe-media/``, rebuilt from ``tftp/`` at each start (the stack
+stages the binaries there when it starts), so it always holds what the stack serves.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from pvmlab.assets.ipxe import FIRST_STAGES
+from pvmlab.errors import StateError
+from pvmlab.home import LabHome, write_atomic
+from pvmlab.spec.models import LabSpec
+from pvmlab.stack import autoexec
+
+# arch -> (first-stage role in tftp/, the removable-media boot file name UEFI looks for)
+BOOT_FILES: dict[str, tuple[str, str]] = {
+    "x86_64": ("efi-x86_64", "BOOTX64.EFI"),
+    "aarch64": ("efi-arm64", "BOOTAA64.EFI"),
+}
+
+BIOS_PROBLEM = "legacy BIOS targets already boot iPXE from the NIC ROM; use --boot pxe"
+
+
+def media_dir(home: LabHome, name: str) -> Path:
+    return home.vm_dir(name) / "ipxe-media"
+
+
+def check(arch: str, firmware: str) -> None:
+    """Refuse what the mode cannot do, before anything is touched."""
+    if firmware != "uefi":
+        raise StateError(BIOS_PROBLEM, "start it with `pvmlab vm start NAME --boot pxe`")
+    if arch not in BOOT_FILES:
+        raise StateError(f"no iPXE boot media for {arch}", "use --boot pxe")
+
+
+def build(home: LabHome, name: str, arch: str, lab: LabSpec) -> Path:
+    """(Re)build VM ``name``'s media directory from the staged iPXE; returns the directory."""
+    role, boot_name = BOOT_FILES[arch]
+    staged = home.tftp / FIRST_STAGES[role]
+    if not staged.is_file():
+        raise StateError(
+            f"the stack has no iPXE for {arch} staged ({staged} is missing)",
+            "restart the provisioner (`pvmlab provisioner start`) or see `pvmlab distro ipxe`",
+        )
+    root = media_dir(home, name)
+    shutil.rmtree(root, ignore_errors=True)
+    boot_dir = root / "EFI" / "BOOT"
+    boot_dir.mkdir(parents=True)
+    shutil.copyfile(staged, boot_dir / boot_name)
+    # Next to the binary: iPXE looks there first, then at the root of the drive.
+    write_atomic(boot_dir / autoexec.NAME, autoexec.render(lab))
+    return root
