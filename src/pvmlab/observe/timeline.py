@@ -29,7 +29,10 @@ slowest one is where the time went. Transfers also carry their own ``transfer_s`
     ready          the awaited text (``--wait-for``, default a login prompt)
 
 A boot without some step (legacy BIOS has no firmware DHCP of its own; a direct kernel boot
-has no network at all) simply has no such phase.
+has no network at all) simply has no such phase. A ``vm start --boot ipxe`` boot starts iPXE
+from a local drive: no firmware DHCP, no TFTP, so ``vm-start`` runs until iPXE starts (it is
+labelled so) and ``ipxe-start`` says where ``autoexec.ipxe`` came from (``media``: iPXE printed
+``file:autoexec.ipxe... ok``; ``tftp``: the lab's TFTP server).
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ _NBP_SIZE = re.compile(r"NBP filesize is (\d+) Bytes")
 _NBP_START = re.compile(r"Downloading NBP file")
 _NBP_DONE = re.compile(r"NBP file downloaded successfully")
 _IPXE_START = re.compile(r"iPXE initialising devices|^iPXE \(https?://ipxe\.org\)")
+_AUTOEXEC = re.compile(r"^(?P<file>file:)?\S*autoexec\.ipxe\.\.\. ok")
 _IPXE_DHCP = re.compile(r"Configuring \(net\d")
 _KERNEL = re.compile(r"EFI stub: |Linux version \d|Booting Linux on physical CPU|^\[\s*\d+\.\d+\] ")
 _DNSMASQ_TIME = re.compile(r"^(?P<stamp>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) ")
@@ -204,10 +208,11 @@ class Phase:
     start: float  # seconds since the VM start
     duration: float | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    title: str | None = None  # a label for this boot's variant of the phase
 
     @property
     def label(self) -> str:
-        return LABELS.get(self.name, self.name)
+        return self.title or LABELS.get(self.name, self.name)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -317,6 +322,10 @@ def build(
     ipxe_start = console.first(_IPXE_START)
     if ipxe_start is not None:
         found["ipxe-start"] = Phase("ipxe-start", ipxe_start.t)
+        script = console.first(_AUTOEXEC, ipxe_start.t)
+        if script is not None:
+            from_media = _AUTOEXEC.search(script.text).group("file")  # type: ignore[union-attr]
+            found["ipxe-start"].detail["autoexec"] = "media" if from_media else "tftp"
     after = ipxe_start.t if ipxe_start is not None else 0.0
     ipxe_dhcp = console.first(_IPXE_DHCP, after)
     if ipxe_dhcp is not None or ipxe_ex is not None:
@@ -355,6 +364,14 @@ def build(
                 "mb_per_s": _rate(rec.get("bytes"), secs),
             },
         )
+    started = found.get("ipxe-start")
+    if (
+        started is not None
+        and started.detail.get("autoexec") == "media"
+        and "firmware-dhcp" not in found
+        and "tftp" not in found
+    ):
+        found["vm-start"].title = "VM start -> iPXE (local media)"
     last_fetch = max((float(r["end"]) - t0 for r in files if "end" in r), default=None)
     if last_fetch is not None:
         found["handover"] = Phase("handover", last_fetch)
@@ -448,6 +465,8 @@ def details(p: Phase) -> str:
         parts.append(str(d["ip"]))
     if d.get("file"):
         parts.append(str(d["file"]))
+    if d.get("autoexec"):
+        parts.append(f"autoexec.ipxe from {'local media' if d['autoexec'] == 'media' else 'TFTP'}")
     if d.get("requests"):
         parts.append(", ".join(d["requests"]))
     if d.get("bytes") is not None and p.name != "http-script":

@@ -37,10 +37,10 @@ def media_dir(home: LabHome, name: str) -> Path:
     return home.vm_dir(name) / "ipxe-media"
 
 
-def check(arch: str, firmware: str) -> None:
+def check(arch: str, firmware: str, name: str = "NAME") -> None:
     """Refuse what the mode cannot do, before anything is touched."""
     if firmware != "uefi":
-        raise StateError(BIOS_PROBLEM, "start it with `pvmlab vm start NAME --boot pxe`")
+        raise StateError(BIOS_PROBLEM, f"start it with `pvmlab vm start {name} --boot pxe`")
     if arch not in BOOT_FILES:
         raise StateError(f"no iPXE boot media for {arch}", "use --boot pxe")
 

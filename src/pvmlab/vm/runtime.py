@@ -153,7 +153,7 @@ def start(
     if boot not in ("pxe", "disk", "ipxe"):
         raise StateError(f"unknown boot order {boot!r}", "choose pxe, disk or ipxe")
     if boot == "ipxe":
-        ipxemedia.check(vm.arch, vm.firmware)
+        ipxemedia.check(vm.arch, vm.firmware, vm.name)
     if boot == "disk" and not disk_file(home, name).exists():
         raise StateError(
             f"VM {name!r} has no disk to boot from",
