@@ -182,6 +182,8 @@ def test_cli_import_ls_rm(tmp_path: Path) -> None:
         ["distro", "import", "ok", "--arch", "x86_64", "--kernel", "K"],
         ["distro", "import", "ok", "--arch", "x86_64", "--kernel", "K", "--initrd", "EMPTY"],
         ["distro", "rm", "nothere", "--arch", "x86_64"],
+        ["distro", "ipxe", "--dir", "MISSING"],
+        ["distro", "ipxe", "--dir", "EMPTYDIR"],
     ],
 )
 def test_cli_bad_input_one_line(tmp_path: Path, args: list[str]) -> None:
@@ -193,11 +195,13 @@ def test_cli_bad_input_one_line(tmp_path: Path, args: list[str]) -> None:
         "I": str(i),
         "MISSING": str(tmp_path / "nope"),
         "EMPTY": str(tmp_path / "empty"),
+        "EMPTYDIR": str(tmp_path),
     }
     proc = run_pvmlab(*[subst.get(a, a) for a in args], home=home, check=False)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
+    assert not home.exists(), "bad input must leave the lab untouched (here: not even created)"
     assert lines[0].startswith("pvmlab: error:")
     assert "Traceback" not in proc.stderr
     assert _tree(home / "images") == {}

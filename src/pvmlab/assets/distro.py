@@ -115,15 +115,20 @@ def verify(home: LabHome, assets: DistroAssets) -> bool:
     return sha256_file(k) == assets.kernel_sha256 and sha256_file(i) == assets.initrd_sha256
 
 
+def _not_in_lab(name: str, arch: str) -> StateError:
+    return StateError(f"distro {name!r} ({arch}) is not in the lab", "see `pvmlab distro ls`")
+
+
 def remove(home: LabHome, name: str, arch: str) -> DistroAssets:
     name = validate.distro_name(name)
     arch = validate.arch(arch)
+    # Checked before taking the lock too: the lock file would create a home that is not there.
+    if store.load_distro(home, name, arch) is None:
+        raise _not_in_lab(name, arch)
     with home.locked():
         assets = store.load_distro(home, name, arch)
         if assets is None:
-            raise StateError(
-                f"distro {name!r} ({arch}) is not in the lab", "see `pvmlab distro ls`"
-            )
+            raise _not_in_lab(name, arch)
         shutil.rmtree(store.distro_dir(home, name, arch))
         parent = home.images / name
         if parent.is_dir() and not any(parent.iterdir()):

@@ -328,8 +328,8 @@ def ipxe(
     if directory is not None and forget_dir:
         raise ValidationError("--dir and --forget-dir exclude each other", "give one of them")
     if directory is not None or forget_dir:
+        ip.set_user_dir(h, None if forget_dir else directory)  # checks DIR before writing
         h.ensure()
-        ip.set_user_dir(h, None if forget_dir else directory)
     if download:
         h.ensure()
         ip.download_official(h, roles or None, progress=not as_json and sys.stderr.isatty())
