@@ -33,7 +33,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 def test_import_copies_and_records(tmp_path: Path) -> None:
     h = LabHome(tmp_path / "home")
     k, i = _files(tmp_path)
-    a = distro.import_files(h, "demo", "arm64", k, i, "console=ttyAMA0 quiet")
+    a = distro.import_result(h, "demo", "arm64", k, i, "console=ttyAMA0 quiet").assets
     d = h.images / "demo" / "aarch64"
     assert (d / "vmlinuz").read_bytes() == k.read_bytes()
     assert (d / "initrd").read_bytes() == i.read_bytes()
@@ -51,7 +51,7 @@ def test_reimport_replaces(tmp_path: Path) -> None:
     h = LabHome(tmp_path / "home")
     k1, i1 = _files(tmp_path, "one")
     k2, i2 = _files(tmp_path, "two")
-    distro.import_files(h, "demo", "x86_64", k1, i1, None)
+    distro.import_result(h, "demo", "x86_64", k1, i1, None)
     res = distro.import_result(h, "demo", "x86_64", k2, i2, "console=ttyS0")
     assert res.replaced is not None
     assert (h.images / "demo/x86_64/vmlinuz").read_bytes() == k2.read_bytes()
@@ -63,25 +63,25 @@ def test_unsafe_names_refused(tmp_path: Path, name: str) -> None:
     h = LabHome(tmp_path / "home")
     k, i = _files(tmp_path)
     with pytest.raises(ValidationError):
-        distro.import_files(h, name, "x86_64", k, i, None)
+        distro.import_result(h, name, "x86_64", k, i, None)
     assert not h.images.exists()
 
 
 def test_failure_leaves_previous_import(tmp_path: Path) -> None:
     h = LabHome(tmp_path / "home")
     k, i = _files(tmp_path)
-    distro.import_files(h, "demo", "x86_64", k, i, None)
+    distro.import_result(h, "demo", "x86_64", k, i, None)
     before = _tree(h.root)
     k2, _ = _files(tmp_path, "new")
     empty = tmp_path / "empty"
     empty.write_bytes(b"")
     for bad in (empty, tmp_path / "missing", tmp_path):
         with pytest.raises(ValidationError):
-            distro.import_files(h, "demo", "x86_64", k2, bad, None)
+            distro.import_result(h, "demo", "x86_64", k2, bad, None)
     with pytest.raises(ValidationError):
-        distro.import_files(h, "demo", "x86_64", k2, i, "two\nlines")
+        distro.import_result(h, "demo", "x86_64", k2, i, "two\nlines")
     with pytest.raises(ValidationError):
-        distro.import_files(h, "demo", "riscv64", k2, i, None)
+        distro.import_result(h, "demo", "riscv64", k2, i, None)
     assert _tree(h.root) == before
 
 
@@ -92,7 +92,7 @@ def test_copy_error_midway_keeps_nothing_new(
     leaves no temporary file and the previous import intact."""
     h = LabHome(tmp_path / "home")
     k, i = _files(tmp_path)
-    distro.import_files(h, "demo", "x86_64", k, i, None)
+    distro.import_result(h, "demo", "x86_64", k, i, None)
     before = _tree(h.root)
     real = distro.copy_hashed
     calls = {"n": 0}
@@ -106,15 +106,15 @@ def test_copy_error_midway_keeps_nothing_new(
     monkeypatch.setattr(distro, "copy_hashed", failing)
     k2, i2 = _files(tmp_path, "new")
     with pytest.raises(OSError):
-        distro.import_files(h, "demo", "x86_64", k2, i2, None)
+        distro.import_result(h, "demo", "x86_64", k2, i2, None)
     assert _tree(h.root) == before
 
 
 def test_remove(tmp_path: Path) -> None:
     h = LabHome(tmp_path / "home")
     k, i = _files(tmp_path)
-    distro.import_files(h, "demo", "x86_64", k, i, None)
-    distro.import_files(h, "demo", "aarch64", k, i, None)
+    distro.import_result(h, "demo", "x86_64", k, i, None)
+    distro.import_result(h, "demo", "aarch64", k, i, None)
     distro.remove(h, "demo", "x86_64")
     assert [(d.name, d.arch) for d in distro.list_assets(h)] == [("demo", "aarch64")]
     distro.remove(h, "demo", "aarch64")

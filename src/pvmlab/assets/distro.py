@@ -1,6 +1,6 @@
 """Distro boot assets in the lab home: ``images/NAME/ARCH/{vmlinuz,initrd,distro.json}``.
 
-``import_files`` is the single way files get there (``distro import``, ``distro pull`` and
+``import_result`` is the single way files get there (``distro import``, ``distro pull`` and
 ``distro import --from-image`` all end in it): both files are copied to temporary names in the
 target directory and hashed while copied; only when both copies succeeded are they renamed into
 place and ``distro.json`` written. An error leaves the previous import (if any) as it was.
@@ -33,24 +33,6 @@ def _source_file(path: Path, what: str) -> Path:
     return p
 
 
-def import_files(
-    home: LabHome,
-    name: str,
-    arch: str,
-    kernel: Path,
-    initrd: Path,
-    cmdline: str | None,
-    *,
-    source: str = "import",
-    version: str | None = None,
-    origin: str | None = None,
-) -> DistroAssets:
-    """Copy a kernel and initrd into the lab home and record them (see ``import_result``)."""
-    return import_result(
-        home, name, arch, kernel, initrd, cmdline, source=source, version=version, origin=origin
-    ).assets
-
-
 def import_result(
     home: LabHome,
     name: str,
@@ -63,6 +45,7 @@ def import_result(
     version: str | None = None,
     origin: str | None = None,
 ) -> ImportResult:
+    """Copy a kernel and initrd into the lab home and record them; says what was replaced."""
     name = validate.distro_name(name)
     arch_v: Arch = validate.arch(arch)  # type: ignore[assignment]
     line = validate.cmdline(cmdline.strip()) if cmdline else ""

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvmlab import __version__
-from pvmlab.assets.files import CHUNK
+from pvmlab.assets.files import CHUNK, digests
 from pvmlab.errors import PvmlabError
 
 TIMEOUT = 30.0
@@ -204,23 +204,10 @@ class _Cut(Exception):
     pass
 
 
-def _hashes(path: Path, algorithm: str) -> tuple[str, str, int]:
-    sha = hashlib.sha256()
-    other = hashlib.new(algorithm) if algorithm != "sha256" else None
-    size = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            sha.update(chunk)
-            if other is not None:
-                other.update(chunk)
-            size += len(chunk)
-    return sha.hexdigest(), (other.hexdigest() if other else sha.hexdigest()), size
-
-
 def hash_matches(path: Path, expected: Checksum) -> bool:
     """Whether ``path`` has the expected checksum (False when it cannot be read)."""
     try:
-        return _hashes(path, expected.algorithm)[1] == expected.digest
+        return digests(path, expected.algorithm)[1] == expected.digest
     except OSError:
         return False
 
@@ -241,7 +228,7 @@ def fetch(
     dest.parent.mkdir(parents=True, exist_ok=True)
     algorithm = expected.algorithm if expected else "sha256"
     if expected is not None and dest.is_file():
-        sha, digest, size = _hashes(dest, algorithm)
+        sha, digest, size = digests(dest, algorithm)
         if digest == expected.digest:
             return Fetched(dest, sha, size, downloaded=False)
     part = dest.with_name(dest.name + ".part")
@@ -258,7 +245,7 @@ def fetch(
                         f"download of {url} was cut ({cut}) {attempt} times",
                         "run the command again: it resumes where it stopped",
                     ) from None
-    sha, digest, size = _hashes(part, algorithm)
+    sha, digest, size = digests(part, algorithm)
     if expected is not None and digest != expected.digest:
         part.unlink(missing_ok=True)
         raise DownloadError(

@@ -25,20 +25,23 @@ class Hashed:
     size: int
 
 
+def digests(path: Path, algorithm: str = "sha256") -> tuple[str, str, int]:
+    """``path``'s SHA-256, its ``algorithm`` digest (the same when that is sha256) and its size,
+    from one read of the file."""
+    sha = hashlib.sha256()
+    other = hashlib.new(algorithm) if algorithm != "sha256" else None
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            sha.update(chunk)
+            if other is not None:
+                other.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), (other.hexdigest() if other else sha.hexdigest()), size
+
+
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def hash_file(path: Path, algorithm: str = "sha256") -> str:
-    digest = hashlib.new(algorithm)
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return digests(path)[0]
 
 
 @contextlib.contextmanager
