@@ -11,8 +11,9 @@ them again when a file is read back, so a hand-edited file cannot smuggle bad va
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -21,18 +22,29 @@ from pvmlab.spec import validate
 
 Arch = Literal["aarch64", "x86_64"]
 Firmware = Literal["uefi", "bios"]
-BootOrder = Literal["pxe", "disk"]
 
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _check(fn: object, value: str) -> str:
+V = TypeVar("V")
+R = TypeVar("R")
+
+
+def _check(fn: Callable[[V], R], value: V) -> R:
+    """``fn(value)``, its ValidationError turned into the ValueError pydantic reports."""
     try:
-        return fn(value)  # type: ignore[operator, no-any-return]
+        return fn(value)
     except ValidationError as exc:
         raise ValueError(str(exc)) from None
+
+
+def _ipv4(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise ValueError(f"invalid IPv4 address {value!r}") from None
 
 
 class Record(BaseModel):
@@ -48,25 +60,16 @@ class LabSpec(Record):
     @field_validator("address")
     @classmethod
     def _address(cls, v: str) -> str:
-        try:
-            return str(validate.ipv4_interface(v))
-        except ValidationError as exc:
-            raise ValueError(str(exc)) from None
+        return str(_check(validate.ipv4_interface, v))
 
     @field_validator("dhcp_start", "dhcp_end")
     @classmethod
     def _range_ends(cls, v: str) -> str:
-        try:
-            return str(ipaddress.IPv4Address(v))
-        except ValueError:
-            raise ValueError(f"invalid IPv4 address {v!r}") from None
+        return _ipv4(v)
 
     @model_validator(mode="after")
     def _range_in_subnet(self) -> LabSpec:
-        try:
-            validate.dhcp_range(f"{self.dhcp_start},{self.dhcp_end}", self.iface)
-        except ValidationError as exc:
-            raise ValueError(str(exc)) from None
+        _check(lambda r: validate.dhcp_range(r, self.iface), f"{self.dhcp_start},{self.dhcp_end}")
         return self
 
     @property
@@ -126,26 +129,17 @@ class VMSpec(Record):
     @field_validator("memory_mib")
     @classmethod
     def _memory(cls, v: int) -> int:
-        try:
-            return validate.memory_mib(v)
-        except ValidationError as exc:
-            raise ValueError(str(exc)) from None
+        return _check(validate.memory_mib, v)
 
     @field_validator("cpus")
     @classmethod
     def _cpus(cls, v: int) -> int:
-        try:
-            return validate.cpus(v)
-        except ValidationError as exc:
-            raise ValueError(str(exc)) from None
+        return _check(validate.cpus, v)
 
     @field_validator("ip")
     @classmethod
     def _ip(cls, v: str) -> str:
-        try:
-            return str(ipaddress.IPv4Address(v))
-        except ValueError:
-            raise ValueError(f"invalid IPv4 address {v!r}") from None
+        return _ipv4(v)
 
 
 class DistroAssets(Record):
