@@ -4,7 +4,8 @@ Argv lists only (never a shell). Every command is logged with ``shlex.join`` at 
 ``run`` waits for a program and turns a failure into a ProcessError carrying the command, its
 exit code and the tail of its stderr. ``spawn`` is a context manager around a running child that
 always terminates (then kills) it on the way out. ``start_detached`` starts a program that
-outlives pvmlab (the stack supervisor, QEMU) in its own session.
+outlives pvmlab (the stack supervisor, QEMU) in its own session; ``terminate`` stops such a
+program by PID (SIGTERM, then SIGKILL).
 
 ``netns`` runs the program inside a network namespace through ``ip netns exec``, which execs the
 program, so the PID we get is the program's own.
@@ -18,6 +19,7 @@ import os
 import shlex
 import signal
 import subprocess
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
@@ -32,6 +34,13 @@ def in_netns(argv: Sequence[str], netns: str | None) -> list[str]:
     if netns is None:
         return list(argv)
     return ["ip", "netns", "exec", netns, *argv]
+
+
+def _not_found(program: str) -> DependencyError:
+    return DependencyError(
+        f"program not found: {program}",
+        "run `pvmlab setup` to see what is missing and how to install it",
+    )
 
 
 def _tail(text: str, lines: int = 8) -> str:
@@ -65,10 +74,7 @@ def run(
             check=False,
         )
     except FileNotFoundError as exc:
-        raise DependencyError(
-            f"program not found: {full[0]}",
-            "run `pvmlab setup` to see what is missing and how to install it",
-        ) from exc
+        raise _not_found(full[0]) from exc
     except subprocess.TimeoutExpired as exc:  # run() has already killed the child
         raise ProcessError(
             f"`{shlex.join(full)}` did not finish within {timeout} s", argv=full
@@ -123,10 +129,7 @@ def spawn(
             pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError as exc:
-        raise DependencyError(
-            f"program not found: {full[0]}",
-            "run `pvmlab setup` to see what is missing and how to install it",
-        ) from exc
+        raise _not_found(full[0]) from exc
     try:
         yield proc
     finally:
@@ -164,13 +167,34 @@ def start_detached(
             close_fds=True,
         )
     except FileNotFoundError as exc:
-        raise DependencyError(
-            f"program not found: {full[0]}",
-            "run `pvmlab setup` to see what is missing and how to install it",
-        ) from exc
+        raise _not_found(full[0]) from exc
     finally:
         if not isinstance(out, int):
             out.close()
+
+
+def terminate(pids: Sequence[int], grace: float = 5.0, kill_wait: float = 5.0) -> bool:
+    """Stop processes pvmlab started (by PID): SIGTERM, up to ``grace`` s, then SIGKILL and up to
+    ``kill_wait`` s more. True when all of them are gone."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    if _wait_gone(pids, grace):
+        return True
+    for pid in pids:
+        if pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return _wait_gone(pids, kill_wait)
+
+
+def _wait_gone(pids: Sequence[int], timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(p) for p in pids):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 def pid_alive(pid: int) -> bool:
@@ -200,3 +224,12 @@ def pid_cmdline(pid: int) -> list[str]:
     except OSError:
         return []
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def read_pid_file(path: Path) -> int | None:
+    """The PID written in ``path`` (None when it is missing, unreadable or not a number)."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None

@@ -90,15 +90,17 @@ def test_spawn_stops_the_child_on_error() -> None:
     assert p.returncode == -signal.SIGTERM
 
 
+_IGNORES_TERM = (
+    "import signal, time, pathlib, sys\n"
+    "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+    "pathlib.Path(sys.argv[1]).touch()\n"
+    "time.sleep(600)\n"
+)
+
+
 def test_spawn_kills_a_child_that_ignores_sigterm(tmp_path: Path) -> None:
     ready = tmp_path / "ready"
-    code = (
-        "import signal, time, pathlib, sys\n"
-        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-        "pathlib.Path(sys.argv[1]).touch()\n"
-        "time.sleep(600)\n"
-    )
-    with spawn.spawn([PY, "-c", code, str(ready)], grace=0.5) as proc:
+    with spawn.spawn([PY, "-c", _IGNORES_TERM, str(ready)], grace=0.5) as proc:
         deadline = time.monotonic() + 30
         while not ready.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -164,3 +166,34 @@ def test_pid_alive_treats_a_zombie_as_gone() -> None:
         assert not spawn.pid_alive(proc.pid)
     finally:
         proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("ignores_term", "signal_seen"), [(False, signal.SIGTERM), (True, signal.SIGKILL)]
+)
+def test_terminate_by_pid(tmp_path: Path, ignores_term: bool, signal_seen: int) -> None:
+    """SIGTERM first; a process that ignores it is killed once the grace time is over."""
+    ready = tmp_path / "ready"
+    code = _IGNORES_TERM if ignores_term else _IGNORES_TERM.replace("SIG_IGN", "SIG_DFL")
+    with spawn.spawn([PY, "-c", code, str(ready)], grace=30) as proc:
+        _wait_for(ready.exists)
+        assert ready.exists()
+        assert spawn.terminate([proc.pid], grace=0.5)
+        assert proc.wait(30) == -signal_seen
+
+
+def test_terminate_of_nothing_and_of_a_gone_pid() -> None:
+    assert spawn.terminate([])
+    child = subprocess.Popen([PY, "-c", "pass"])
+    child.wait()
+    assert spawn.terminate([child.pid], grace=0.1)
+
+
+def test_read_pid_file(tmp_path: Path) -> None:
+    f = tmp_path / "x.pid"
+    assert spawn.read_pid_file(f) is None
+    f.write_text("1234\n")
+    assert spawn.read_pid_file(f) == 1234
+    for junk in ("", "abc\n", "-5\n", "12 13\n"):
+        f.write_text(junk)
+        assert spawn.read_pid_file(f) is None

@@ -24,8 +24,6 @@ import ipaddress
 import json
 import logging
 import os
-import signal
-import time
 from pathlib import Path
 from typing import Any
 
@@ -250,16 +248,7 @@ def _stop_stragglers(netns: str, grace: float = 5.0) -> list[int]:
     if not pids:
         return []
     log.warning("stopping processes left in %s: %s", netns, pids)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(spawn.pid_alive(p) for p in pids):
-        time.sleep(0.05)
-    for pid in pids:
-        if spawn.pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+    spawn.terminate(pids, grace)
     return pids
 
 

@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,26 +69,24 @@ def _pid(state: dict[str, Any], key: str) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _first_ours(candidates: list[int | None], ours: Callable[[int], bool]) -> int | None:
+    return next((pid for pid in candidates if pid is not None and ours(pid)), None)
+
+
 def supervisor_pid(home: LabHome) -> int | None:
     """The running supervisor of this home, from state.json or the pid file."""
-    candidates = [_pid(read_state(home), "supervisor_pid")]
-    with contextlib.suppress(OSError, ValueError):
-        candidates.append(int(pid_file(home).read_text().strip()))
-    for pid in candidates:
-        if pid is not None and is_our_supervisor(pid, home):
-            return pid
-    return None
+    return _first_ours(
+        [_pid(read_state(home), "supervisor_pid"), spawn.read_pid_file(pid_file(home))],
+        lambda pid: is_our_supervisor(pid, home),
+    )
 
 
 def dnsmasq_pid(home: LabHome) -> int | None:
     """The running dnsmasq of this home, from state.json or dnsmasq's own pid file."""
-    candidates = [_pid(read_state(home), "dnsmasq_pid")]
-    with contextlib.suppress(OSError, ValueError):
-        candidates.append(int(dnsmasq.pid_path(home).read_text().strip()))
-    for pid in candidates:
-        if pid is not None and dnsmasq.is_our_dnsmasq(spawn.pid_cmdline(pid), home):
-            return pid
-    return None
+    return _first_ours(
+        [_pid(read_state(home), "dnsmasq_pid"), spawn.read_pid_file(dnsmasq.pid_path(home))],
+        lambda pid: dnsmasq.is_our_dnsmasq(spawn.pid_cmdline(pid), home),
+    )
 
 
 def is_running(home: LabHome) -> bool:
@@ -107,7 +106,7 @@ def _stop_orphans(home: LabHome) -> list[int]:
     stopped = []
     for pid in netlab.netns_pids(home.netns):
         if is_our_supervisor(pid, home) or dnsmasq.is_our_dnsmasq(spawn.pid_cmdline(pid), home):
-            _terminate(pid, STOP_TIMEOUT)
+            spawn.terminate([pid], STOP_TIMEOUT)
             stopped.append(pid)
     return stopped
 
@@ -189,7 +188,7 @@ def _launch(home: LabHome, was_up: bool, timeout: float) -> dict[str, Any]:
             break
         time.sleep(0.05)
     # Undo what this call did: the supervisor, and the network if it was not up before.
-    _terminate(proc.pid, STOP_TIMEOUT)
+    spawn.terminate([proc.pid], STOP_TIMEOUT)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(1)
     if not was_up:
@@ -200,23 +199,6 @@ def _launch(home: LabHome, was_up: bool, timeout: float) -> dict[str, Any]:
 # --- stop -------------------------------------------------------------------------------------
 
 
-def _terminate(pid: int, timeout: float) -> bool:
-    """SIGTERM, wait, SIGKILL. True when the process is gone."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not spawn.pid_alive(pid):
-            return True
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and spawn.pid_alive(pid):
-        time.sleep(0.05)
-    return not spawn.pid_alive(pid)
-
-
 def stop(home: LabHome) -> dict[str, Any]:
     """Stop the stack and remove the lab network; return what was stopped."""
     require_net_admin("stopping the lab")
@@ -224,11 +206,11 @@ def stop(home: LabHome) -> dict[str, Any]:
         stopped: list[dict[str, Any]] = []
         sup = supervisor_pid(home)
         if sup is not None:
-            _terminate(sup, STOP_TIMEOUT)
+            spawn.terminate([sup], STOP_TIMEOUT)
             stopped.append({"name": "supervisor", "pid": sup})
         dns = dnsmasq_pid(home)
         if dns is not None:  # the supervisor was killed without a chance to stop it
-            _terminate(dns, STOP_TIMEOUT)
+            spawn.terminate([dns], STOP_TIMEOUT)
             stopped.append({"name": "dnsmasq", "pid": dns})
         stragglers = netlab.down(home)
         for path in (state_path(home), pid_file(home), dnsmasq.pid_path(home)):

@@ -299,9 +299,8 @@ class Supervisor:
         with contextlib.suppress(OSError, ValueError):
             if json.loads(state_path(self.home).read_text()).get("supervisor_pid") == os.getpid():
                 state_path(self.home).unlink()
-        with contextlib.suppress(OSError, ValueError):
-            if int(pid_file(self.home).read_text().strip()) == os.getpid():
-                pid_file(self.home).unlink()
+        if spawn.read_pid_file(pid_file(self.home)) == os.getpid():
+            pid_file(self.home).unlink(missing_ok=True)
 
 
 def report_failure(home: LabHome, exc: BaseException) -> None:
