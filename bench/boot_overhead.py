@@ -1,19 +1,25 @@
-"""What network booting costs: the same kernel booted directly and through the full PXE chain.
+"""What network booting costs: the same kernel booted directly and through the network chain.
 
-    sudo .venv/bin/python -m bench.boot_overhead [--n 3] [--arch x86_64 --arch aarch64] [--json]
+    sudo .venv/bin/python -m bench.boot_overhead [--n 3] [--arch x86_64 --arch aarch64]
+        [--mode pxe|ipxe|both] [--json]
 
-For each architecture (UEFI firmware, TCG), N boots each way, alternating the order each round:
+For each architecture (UEFI firmware, TCG), N boots each way, the order rotating each round:
 
     direct  QEMU with the VM's machine, firmware (its own copy of the vars template) and memory,
             ``-kernel/-initrd/-append``, no NIC: firmware -> kernel -> marker
     pxe     ``pvmlab vm start`` of a VM in a lab started with the real CLI: firmware DHCP ->
             TFTP iPXE -> iPXE DHCP -> HTTP scripts, kernel, initrd -> marker
+    ipxe    ``pvmlab vm start --boot ipxe`` of the same VM: iPXE from a local virtual drive (no
+            firmware DHCP, no TFTP) -> iPXE DHCP -> HTTP scripts, kernel, initrd -> marker
+
+``--mode`` chooses which network ways run next to direct (default both).
 
 The guest is the test fixture (tests/fixtures/bootassets.py): a Debian cloud kernel and a busybox
 initramfs printing ``PVMLAB-BOOT-OK`` then powering off. Each boot is timed from the moment QEMU
 is launched (pxe: the moment ``vm start`` is called, so pvmlab's own start work counts against
-it) to the marker on the serial console. Prints the medians, PXE minus direct, the ratio, and the
-median of each phase of the PXE boots (``pvmlab vm timeline``). Target: PXE - direct <= 2 s.
+it) to the marker on the serial console. Prints the medians side by side, each network way minus
+direct, the ratio, and the median of each phase of the network boots (``pvmlab vm timeline``).
+Target: network - direct <= 2 s.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ MARKER = "PVMLAB-BOOT-OK"
 TARGET_S = 2.0
 TIMEOUT = 240.0
 ARCHES = ("x86_64", "aarch64")
+MODES = {"pxe": ("pxe",), "ipxe": ("ipxe",), "both": ("pxe", "ipxe")}
 
 
 def _vm_name(arch: str) -> str:
@@ -86,19 +93,22 @@ def boot_direct(home: Path, arch: str, assets: Any, run: int) -> float:
     return elapsed
 
 
-def boot_pxe(home: Path, name: str) -> tuple[float, dict[str, Any]]:
-    """One PXE boot of VM ``name``; seconds from ``vm start`` to the marker, and its timeline."""
+def boot_network(home: Path, name: str, boot: str) -> tuple[float, dict[str, Any]]:
+    """One network boot of VM ``name`` (``boot``: pxe or ipxe); seconds from ``vm start`` to
+    the marker, and its timeline."""
     from pvmlab.home import LabHome
     from pvmlab.observe import timeline
     from pvmlab.vm import runtime
 
     h = LabHome(home)
     t0 = time.monotonic()
-    started = runtime.start(h, name, requested_accel="tcg")
+    started = runtime.start(h, name, boot=boot, requested_accel="tcg")
     try:
         elapsed = _wait_marker(h.vm_log(name), started.alive)
         if elapsed is None:
-            raise RuntimeError(f"PXE boot of {name} did not reach {MARKER}: see {h.vm_log(name)}")
+            raise RuntimeError(
+                f"{boot} boot of {name} did not reach {MARKER}: see {h.vm_log(name)}"
+            )
         elapsed = time.monotonic() - t0
         deadline = time.monotonic() + 30
         while started.alive() and time.monotonic() < deadline:  # the guest powers off itself
@@ -113,12 +123,26 @@ def _median(values: list[float]) -> float:
     return round(statistics.median(values), 2)
 
 
-def run(n: int, arches: list[str], keep: Path | None) -> dict[str, Any]:
+def _order(ways: list[str], i: int) -> list[str]:
+    """Round ``i``'s order: rotated each round, so no way always boots first."""
+    k = i % len(ways)
+    return ways[k:] + ways[:k]
+
+
+def run(n: int, arches: list[str], keep: Path | None, mode: str = "both") -> dict[str, Any]:
     from conftest import run_pvmlab  # type: ignore[import-not-found]
     from fixtures import bootassets  # type: ignore[import-not-found]
 
     assets = {arch: bootassets.build(arch) for arch in arches}
-    results: dict[str, Any] = {"machine": _common.machine(), "n": n, "arches": {}}
+    nets = list(MODES[mode])
+    ways = ["direct", *nets]
+    results: dict[str, Any] = {
+        "machine": _common.machine(),
+        "n": n,
+        "mode": mode,
+        "ways": ways,
+        "arches": {},
+    }
     with _common.workdir(keep, "pvmlab-boot-overhead-") as work:
         home = (work / "home").absolute()
         with _common.netlab.running_lab(home):
@@ -133,79 +157,106 @@ def run(n: int, arches: list[str], keep: Path | None) -> dict[str, Any]:
                         "vm", "create", _vm_name(arch), "--arch", arch, "--firmware", "uefi",
                         "--distro", "tiny", home=home,
                     )  # fmt: skip
-                times: dict[str, dict[str, list[float]]] = {
-                    arch: {"direct": [], "pxe": []} for arch in arches
-                }
-                timelines: dict[str, list[dict[str, Any]]] = {arch: [] for arch in arches}
+                times = {arch: {w: list[float]() for w in ways} for arch in arches}
+                timelines = {arch: {w: list[dict[str, Any]]() for w in nets} for arch in arches}
                 for i in range(n):
                     for arch in arches:
-                        ways = ["direct", "pxe"] if i % 2 == 0 else ["pxe", "direct"]
-                        for way in ways:
+                        for way in _order(ways, i):
                             if way == "direct":
                                 secs = boot_direct(work, arch, assets[arch], i)
                             else:
-                                secs, tl = boot_pxe(home, _vm_name(arch))
-                                timelines[arch].append(tl)
+                                secs, tl = boot_network(home, _vm_name(arch), way)
+                                timelines[arch][way].append(tl)
                             times[arch][way].append(round(secs, 2))
                             print(f"{arch} {way} #{i + 1}: {secs:.2f} s", file=sys.stderr)
             finally:
                 run_pvmlab("clean", home=home, check=False)
         for arch in arches:
-            direct, pxe = _median(times[arch]["direct"]), _median(times[arch]["pxe"])
-            phases: dict[str, list[float]] = {}
-            for tl in timelines[arch]:
-                for p in tl["phases"]:
-                    if p["duration"] is not None:
-                        phases.setdefault(p["name"], []).append(p["duration"])
-            results["arches"][arch] = {
-                "direct_s": times[arch]["direct"],
-                "pxe_s": times[arch]["pxe"],
-                "direct_median_s": direct,
-                "pxe_median_s": pxe,
-                "difference_s": round(pxe - direct, 2),
-                "ratio": round(pxe / direct, 2) if direct else None,
-                "target_s": TARGET_S,
-                "target_met": pxe - direct <= TARGET_S,
-                "pxe_phase_medians_s": {k: _median(v) for k, v in phases.items()},
-                "last_pxe_timeline": timelines[arch][-1] if timelines[arch] else None,
-            }
+            results["arches"][arch] = _summarise(times[arch], timelines[arch])
     return results
 
 
+def _summarise(
+    times: dict[str, list[float]], timelines: dict[str, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """One arch's figures: each way's runs and median; each network way against direct."""
+    direct = _median(times["direct"])
+    out: dict[str, Any] = {"direct_s": times["direct"], "direct_median_s": direct}
+    for way, tls in timelines.items():
+        median = _median(times[way])
+        phases: dict[str, list[float]] = {}
+        for tl in tls:
+            for p in tl["phases"]:
+                if p["duration"] is not None:
+                    phases.setdefault(p["name"], []).append(p["duration"])
+        out[way] = {
+            "runs_s": times[way],
+            "median_s": median,
+            "difference_s": round(median - direct, 2),
+            "ratio": round(median / direct, 2) if direct else None,
+            "target_s": TARGET_S,
+            "target_met": median - direct <= TARGET_S,
+            "phase_medians_s": {k: _median(v) for k, v in phases.items()},
+            "last_timeline": tls[-1] if tls else None,
+        }
+    return out
+
+
 def show(results: dict[str, Any]) -> None:
+    nets = [w for w in results["ways"] if w != "direct"]
     rows = []
     for arch, r in results["arches"].items():
-        rows.append(
-            [
-                f"{arch} uefi",
-                f"{r['direct_median_s']:.2f}",
-                f"{r['pxe_median_s']:.2f}",
-                f"{r['difference_s']:.2f}",
-                f"{r['ratio']:.2f}x",
-                "yes" if r["target_met"] else "no",
-            ]
-        )
+        rows.append([arch, "direct", _runs(r["direct_s"]), _cell(r["direct_median_s"])])
+        for way in nets:
+            w = r[way]
+            rows.append(
+                [
+                    "",
+                    way,
+                    _runs(w["runs_s"]),
+                    _cell(w["median_s"]),
+                    f"{w['difference_s']:+.2f}",
+                    f"{w['ratio']:.2f}x",
+                    "yes" if w["target_met"] else "no",
+                ]
+            )
+    rows = [row + [""] * (7 - len(row)) for row in rows]
     table(
-        f"boot to marker, TCG, median of {results['n']} (alternating)",
-        ["target", "direct s", "PXE s", "PXE - direct s", "ratio", f"<= {TARGET_S:.0f} s"],
+        f"UEFI boot to marker, TCG, {results['n']} boots each, order rotating",
+        ["arch", "way", "runs s", "median s", "- direct", "ratio", f"<= {TARGET_S:.0f} s"],
         rows,
     )
     for arch, r in results["arches"].items():
-        phases = r["pxe_phase_medians_s"]
+        names = list(dict.fromkeys(k for way in nets for k in r[way]["phase_medians_s"]))
         table(
-            f"{arch} PXE phases (median s)",
-            ["phase", "median s"],
-            [[k, f"{v:.2f}"] for k, v in phases.items()],
+            f"{arch} network boot phases (median s)",
+            ["phase", *nets],
+            [[k, *(_cell(r[way]["phase_medians_s"].get(k)) for way in nets)] for k in names],
         )
     m = results["machine"]
     print(f"machine: {m['cpu']}, {m['nproc']} cores, kernel {m['kernel']}, {m['date']}")
 
 
+def _runs(values: list[float]) -> str:
+    return " ".join(f"{v:.2f}" for v in values)
+
+
+def _cell(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.boot_overhead",
-        description="Direct kernel boot vs the full PXE chain (UEFI, TCG): medians, "
-        "difference and ratio per architecture.",
+        description="Direct kernel boot vs network boots (firmware PXE and/or iPXE from local "
+        "media; UEFI, TCG): medians, differences and ratios per architecture.",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=list(MODES),
+        default="both",
+        help="network boots to compare with direct: pxe (firmware PXE -> TFTP iPXE), ipxe "
+        "(vm start --boot ipxe: iPXE from a local drive) or both (default)",
     )
     parser.add_argument("--n", type=int, default=3, help="boots each way per arch (default 3)")
     parser.add_argument(
@@ -218,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--n must be at least 1")
     _common.require_root()
     with _common.interruptible():
-        results = run(args.n, args.arch or list(ARCHES), args.dir)
+        results = run(args.n, args.arch or list(ARCHES), args.dir, args.mode)
     if args.json:
         emit_json(results)
     else:
