@@ -25,21 +25,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import jinja2
-
 from pvmlab.assets import ipxe
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome, file_lock, write_atomic
 from pvmlab.network import lab as netlab
 from pvmlab.spec import store, validate
 from pvmlab.spec.models import LabSpec, VMSpec
+from pvmlab.stack import render
 
-TEMPLATES = Path(__file__).parent / "templates"
 LEASE_TIME = "12h"
 
 # client-arch tag -> first stage in the TFTP root (names fixed in docs/architecture.md)
 FIRST_STAGES: tuple[tuple[str, str], ...] = tuple(ipxe.FIRST_STAGES.items())
-# option 93 value -> tag, as matched in the template
+# option 93 value -> tag (each tag is a key of FIRST_STAGES); the template's dhcp-match lines
 CLIENT_ARCH_TAGS = {0: "bios", 7: "efi-x86_64", 9: "efi-x86_64", 11: "efi-arm64"}
 
 _IFNAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
@@ -135,15 +133,7 @@ def reservations(lab: LabSpec, vms: Sequence[VMSpec]) -> list[Reservation]:
 # --- rendering --------------------------------------------------------------------------------
 
 
-def _env() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=False,  # noqa: S701 - dnsmasq configuration, not HTML; values validated above
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
+_ENV = render.environment(trim_blocks=True, lstrip_blocks=True)  # values validated above
 
 
 def render_conf(
@@ -156,7 +146,7 @@ def render_conf(
         ipv6 = netlab.ipv6_address(home)
     if ipv6 is not None:
         ipaddress.IPv6Interface(ipv6)  # a ValueError here is a bug, not user input
-    return _env().get_template("dnsmasq.conf.j2").render(
+    return _ENV.get_template("dnsmasq.conf.j2").render(
         router_advertisements=ipv6 is not None,
         home_root=_safe_path(home.root.absolute()),
         bridge=_ifname(bridge or home.bridge),
@@ -167,8 +157,9 @@ def render_conf(
         lease_time=LEASE_TIME,
         lease_file=_safe_path(lease_path(home).absolute()),
         hosts_file=_safe_path(hosts_path(home).absolute()),
+        client_arch_tags=sorted(CLIENT_ARCH_TAGS.items()),
         first_stages=FIRST_STAGES,
-        boot_url=f"http://{iface.ip}/boot.ipxe",
+        boot_url=boot_url(lab),
         tftp_root=_safe_path(home.tftp.absolute()),
         pid_file=_safe_path(pid_path(home).absolute()),
         log_file=_safe_path(log_path(home).absolute()),
@@ -176,7 +167,7 @@ def render_conf(
 
 
 def render_hosts(lab: LabSpec, vms: Sequence[VMSpec]) -> str:
-    return _env().get_template("dhcp-hosts.j2").render(hosts=reservations(lab, vms))
+    return _ENV.get_template("dhcp-hosts.j2").render(hosts=reservations(lab, vms))
 
 
 def _render_lock(home: LabHome) -> contextlib.AbstractContextManager[None]:

@@ -44,7 +44,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
@@ -52,6 +51,7 @@ from pvmlab.errors import PvmlabError, StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.spec import validate
 from pvmlab.spec.models import LabSpec
+from pvmlab.stack import render
 from pvmlab.stack.bootconfig import BootConfig, boot_config
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,7 @@ def _one_line(value: Any) -> Any:
     return value
 
 
-_ENV = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=False,  # noqa: S701 - iPXE scripts, not HTML
-    undefined=jinja2.StrictUndefined,
-    keep_trailing_newline=True,
-    finalize=_one_line,
-)
+_ENV = render.environment(finalize=_one_line)
 
 
 def echo_text(text: str) -> str:
