@@ -210,6 +210,7 @@ def test_status_and_logs_show_the_running_stack(
     names = {s["name"]: s for s in st["services"]}
     assert names["supervisor"]["running"] and names["dnsmasq"]["running"]
     assert names["http"]["url"] == "http://192.168.105.1/"
+    assert names["http"]["boot_url"] == "http://192.168.105.1/boot.ipxe"
     assert any(lease_["ip"] == lease["ip"] for lease_ in st["leases"])
     text = run_pvmlab("provisioner", "status", home=lab.home).stdout
     assert "running" in text and lease["ip"] in text and st["netns"] in text
