@@ -22,9 +22,8 @@ from pydantic import ValidationError as PydanticError
 from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.spec import validate
-from pvmlab.spec.models import Arch
+from pvmlab.spec.models import SERIAL_CONSOLE, Arch
 
-CONSOLES: dict[str, str] = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
 USER_FILE = "catalog.toml"
 
 
@@ -190,8 +189,8 @@ def resolve(
             )
         files[role] = (url(rel), key(rel))
     parts = [
-        entry.cmdline.format(console=CONSOLES[arch], **fields),
-        spec.cmdline.format(console=CONSOLES[arch], mirror=base, **fields),
+        entry.cmdline.format(console=SERIAL_CONSOLE[arch], **fields),
+        spec.cmdline.format(console=SERIAL_CONSOLE[arch], mirror=base, **fields),
     ]
     return Resolved(
         entry=entry,

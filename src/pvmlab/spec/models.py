@@ -23,6 +23,9 @@ from pvmlab.spec import validate
 Arch = Literal["aarch64", "x86_64"]
 Firmware = Literal["uefi", "bios"]
 
+# The serial console of each arch's QEMU machine (x86: 16550 ttyS0; arm virt: PL011 ttyAMA0).
+SERIAL_CONSOLE: dict[str, str] = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
+
 
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")

@@ -23,11 +23,9 @@ from pydantic import BaseModel, ConfigDict
 from pvmlab.errors import PvmlabError
 from pvmlab.home import LabHome
 from pvmlab.spec import store, validate
-from pvmlab.spec.models import Arch, DistroAssets, Firmware, LabSpec, VMSpec
+from pvmlab.spec.models import SERIAL_CONSOLE, Arch, DistroAssets, Firmware, LabSpec, VMSpec
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CONSOLE: dict[str, str] = {"aarch64": "console=ttyAMA0", "x86_64": "console=ttyS0"}
 
 # A file name we are willing to put into a URL and serve: no separators, no dot-dot.
 _SAFE_FILE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
@@ -81,7 +79,7 @@ def compose_cmdline(base: str, arch: str, initrd_name: str) -> str:
     if not any(t.startswith("initrd=") for t in tokens):
         tokens.append(f"initrd={initrd_name}")
     if not any(t.startswith("console=") for t in tokens):
-        tokens.append(DEFAULT_CONSOLE[arch])
+        tokens.append(f"console={SERIAL_CONSOLE[arch]}")
     return " ".join(tokens)
 
 
