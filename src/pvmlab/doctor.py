@@ -128,11 +128,9 @@ def check_program(name: str, version_args: tuple[str, ...], apt: str, brew: str 
 def check_uefi(arch: str) -> Check:
     name = f"UEFI firmware {arch}"
     hint = install_hint(UEFI_PACKAGES[arch], "qemu")
-    try:
-        from pvmlab.qemu.argv import machine_type
-        from pvmlab.qemu.firmware import find_uefi
-    except ImportError:
-        return Check(name, False, "cannot check: pvmlab.qemu.firmware is not available", hint)
+    from pvmlab.qemu.argv import machine_type
+    from pvmlab.qemu.firmware import find_uefi
+
     try:
         fw = find_uefi(arch, machine_type(arch, "uefi"))
     except PvmlabError as exc:
@@ -172,37 +170,29 @@ def check_seabios() -> Check:
     )
 
 
-def _find_ipxe(home: LabHome) -> dict[str, Any]:
-    from pvmlab.assets import ipxe
-
-    found: dict[str, Any] = ipxe.find_binaries(home)
-    return found
-
-
 def check_ipxe(home: LabHome) -> list[Check]:
     other = "or name a directory / download the official builds: pvmlab distro ipxe --help"
     hint_any = install_hint("ipxe", None, note=other)
     hint_arm = install_hint("ipxe", None, note=f"Debian 12 lacks the arm64 build: {DEPS_SCRIPT} "
                             f"fetches Debian 13's ipxe into /usr/local/lib/ipxe; {other}")
+    from pvmlab.assets import ipxe
+
     try:
-        found = _find_ipxe(home)
-    except ImportError:
-        return [Check("iPXE binaries", False, "cannot check: pvmlab.assets.ipxe is not available",
-                      hint_any)]
+        found = ipxe.find_binaries(home)
     except PvmlabError as exc:
         return [Check("iPXE binaries", False, exc.problem, exc.hint or hint_any)]
     checks: list[Check] = []
     for role, binary in found.items():
         if binary is None:
             name = f"iPXE {role}"
-            hint = hint_arm if "arm" in str(role) else hint_any
+            hint = hint_arm if "arm" in role else hint_any
             checks.append(Check(name, False, "no binary found", hint))
             continue
         checks.append(Check(
             f"iPXE {binary.tftp_name}", True,
             f"{binary.path} ({binary.source}) sha256 {binary.sha256[:12]}…",
-            data={"role": str(role), "tftp_name": binary.tftp_name, "path": str(binary.path),
-                  "source": str(binary.source), "sha256": binary.sha256},
+            data={"role": role, "tftp_name": binary.tftp_name, "path": str(binary.path),
+                  "source": binary.source, "sha256": binary.sha256},
         ))
     return checks
 
@@ -212,11 +202,8 @@ def check_ipxe(home: LabHome) -> list[Check]:
 
 def check_privileges() -> Check:
     name = "root or CAP_NET_ADMIN"
-    try:
-        from pvmlab.network.privilege import effective_caps, missing_caps
-    except ImportError:
-        return Check(name, False, "cannot check: pvmlab.network.privilege is not available",
-                     "run pvmlab with sudo")
+    from pvmlab.network.privilege import effective_caps, missing_caps
+
     missing = missing_caps(effective_caps())
     if not missing:
         who = "root" if os.geteuid() == 0 else f"uid {os.geteuid()} with capabilities"
