@@ -19,17 +19,33 @@ def emit_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, default=str))
 
 
-def table(title: str | None, columns: list[str], rows: list[list[str]]) -> None:
-    """Print a table with rich (imported here, only by commands that print tables)."""
+def table(
+    title: str | None, columns: list[str], rows: list[list[str]], *, plain: bool = False
+) -> None:
+    """Print a table with rich (imported here, only by commands that print tables).
+
+    Cells fold to fit the terminal. ``plain``: borderless and never folded instead, and as wide
+    as a row needs when not on a terminal, so each row stays one line for grep.
+    """
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=title, show_lines=False, header_style="bold")
+    console = Console(file=sys.stdout, soft_wrap=False)
+    if plain and not console.is_terminal:
+        console = Console(file=sys.stdout, soft_wrap=False, width=400)
+    if plain:
+        t = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
+    else:
+        t = Table(title=title, header_style="bold")
     for c in columns:
-        t.add_column(c, overflow="fold")
+        if plain:
+            t.add_column(c, no_wrap=True)
+        else:
+            t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(*r)
-    Console(file=sys.stdout, soft_wrap=False).print(t)
+    console.print(t)
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")

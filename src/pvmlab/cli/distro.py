@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pvmlab.cli.common import emit_json, home, json_option
+from pvmlab.cli.common import emit_json, home, json_option, table
 from pvmlab.errors import ValidationError
 from pvmlab.spec import validate
 
@@ -166,7 +166,8 @@ def ls(installed: bool, as_json: bool) -> None:
     if not rows:
         click.echo("no distros (see `pvmlab distro import` and `pvmlab distro pull`)")
         return
-    _print_table(
+    table(
+        None,
         ["NAME", "ARCH", "STATUS", "METHOD", "VERSION", "KERNEL", "INITRD", "SHA-256 (kernel)"],
         [
             [
@@ -181,24 +182,8 @@ def ls(installed: bool, as_json: bool) -> None:
             ]
             for r in rows
         ],
+        plain=True,
     )
-
-
-def _print_table(columns: list[str], rows: list[list[str]]) -> None:
-    """A borderless table that never folds cells (wide when not on a terminal, for grep)."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=400)
-    t = Table(box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for c in columns:
-        t.add_column(c, no_wrap=True)
-    for r in rows:
-        t.add_row(*r)
-    console.print(t)
 
 
 @distro.command("pull")
@@ -337,7 +322,8 @@ def ipxe(
     if as_json:
         emit_json({r: (b.as_json() if b else None) for r, b in found.items()})
         return
-    _print_table(
+    table(
+        None,
         ["ROLE", "TFTP NAME", "SOURCE", "PATH", "SHA-256"],
         [
             [
@@ -349,6 +335,7 @@ def ipxe(
             ]
             for r, b in found.items()
         ],
+        plain=True,
     )
     missing = [r for r, b in found.items() if b is None]
     if missing:
