@@ -75,30 +75,29 @@ def pull(
     """Fetch (or reuse) and import NAME for ARCH. Everything is validated before any request."""
     entry = catalog.get(home, name)
     r = catalog.resolve(entry, arch, method, mirror)
-    line = validate.cmdline(cmdline) if cmdline is not None else r.cmdline
-    validate.cmdline(line)
+    line = validate.cmdline(cmdline if cmdline is not None else r.cmdline)
     cache = cache_dir(home, entry.name, r.arch, r.method)
     wanted = {role: cache / _file_name(key) for role, (_url, key) in r.files.items()}
     keys = {role: key for role, (_url, key) in r.files.items()}
     result_downloaded: list[str] = []
 
     sums = None if refresh else _cached_sums(cache, r.checksums_url)
+    fresh: str | None = None
     if sums is None or not _all_present(sums, wanted, keys):
-        text = download.fetch_text(r.checksums_url)
+        fresh = download.fetch_text(r.checksums_url)
         result_downloaded.append(r.checksums_url)
-        sums = download.parse_checksums(text)
+        sums = download.parse_checksums(fresh)
         if not sums:
             raise DownloadError(
                 f"{r.checksums_url} holds no checksums pvmlab can read",
                 "check the mirror (--mirror) or the catalog entry",
             )
-        # Every wanted entry must be there before anything is downloaded or written.
-        expected = {role: download.lookup(sums, key, r.checksums_url) for role, key in keys.items()}
+    # Every wanted entry must be there before anything is downloaded or written.
+    expected = {role: download.lookup(sums, key, r.checksums_url) for role, key in keys.items()}
+    if fresh is not None:
         cache.mkdir(parents=True, exist_ok=True)
-        write_atomic(cache / "checksums.txt", text)
+        write_atomic(cache / "checksums.txt", fresh)
         write_json(cache / "checksums.json", {"url": r.checksums_url})
-    else:
-        expected = {role: download.lookup(sums, key, r.checksums_url) for role, key in keys.items()}
 
     cached: list[str] = []
     for role, (url, _key) in r.files.items():
