@@ -96,10 +96,7 @@ def import_(
             )
         from pvmlab.assets import extract
 
-        image_p = validate.existing_file(image, "image")
-        if cmdline is not None:
-            validate.cmdline(cmdline)
-        result = extract.import_from_image(h, name, arch, image_p, cmdline)
+        result = extract.import_from_image(h, name, arch, image, cmdline)  # checks its input
         note = result.note
         res = result.imported
     else:
