@@ -92,29 +92,28 @@ def netns_exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
 
+def _ip_json(netns: str, *args: str) -> list[dict[str, Any]]:
+    """The objects ``ip -n NETNS -j ARGS`` prints ([] when it fails or prints nothing usable)."""
+    proc = spawn.run(["ip", "-n", netns, "-j", *args], check=False)
+    if proc.returncode != 0:
+        return []
+    try:
+        data = json.loads(proc.stdout or "[]")
+    except json.JSONDecodeError:
+        return []
+    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
+
+
 def link_names(netns: str) -> list[str]:
     """Names of the network interfaces inside ``netns`` ([] when it does not exist)."""
     if not netns_exists(netns):
         return []
-    proc = spawn.run(["ip", "-n", netns, "-j", "link", "show"], check=False)
-    if proc.returncode != 0:
-        return []
-    try:
-        links = json.loads(proc.stdout or "[]")
-    except json.JSONDecodeError:
-        return []
-    return [str(link["ifname"]) for link in links if "ifname" in link]
+    return [str(link["ifname"]) for link in _ip_json(netns, "link", "show") if "ifname" in link]
 
 
 def _link(netns: str, name: str) -> dict[str, Any] | None:
-    proc = spawn.run(["ip", "-n", netns, "-j", "addr", "show", "dev", name], check=False)
-    if proc.returncode != 0:
-        return None
-    try:
-        data = json.loads(proc.stdout or "[]")
-    except json.JSONDecodeError:
-        return None
-    return data[0] if data and isinstance(data[0], dict) else None
+    links = _ip_json(netns, "addr", "show", "dev", name)
+    return links[0] if links else None
 
 
 def _addresses(link: dict[str, Any]) -> list[str]:
