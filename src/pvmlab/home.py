@@ -30,6 +30,7 @@ from typing import Any
 from pvmlab.errors import StateError
 
 SUBDIRS = ("images", "vms", "configs", "tftp", "logs", "pids", "monitors", "stack")
+TAP_PREFIX = "pvt"  # every VM tap is this + 8 hex digits (11 characters, under IFNAMSIZ)
 
 
 def default_root() -> Path:
@@ -63,7 +64,7 @@ class LabHome:
 
     def tap(self, vm: str) -> str:
         digest = hashlib.sha256(f"{self.lab_id}/{vm}".encode()).hexdigest()[:8]
-        return f"pvt{digest}"
+        return f"{TAP_PREFIX}{digest}"
 
     # --- layout -----------------------------------------------------------------------------
     @property

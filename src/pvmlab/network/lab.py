@@ -29,7 +29,7 @@ from typing import Any
 
 from pvmlab import spawn
 from pvmlab.errors import StateError
-from pvmlab.home import LabHome, file_lock, write_json
+from pvmlab.home import TAP_PREFIX, LabHome, file_lock, write_json
 from pvmlab.network.privilege import require_net_admin
 from pvmlab.spec import validate
 from pvmlab.spec.models import LabSpec
@@ -51,7 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NETNS_DIR = Path("/run/netns")
-TAP_PREFIX = "pvt"
 
 
 # --- the record of what was made ------------------------------------------------------------
