@@ -173,3 +173,16 @@ def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object as ``write_json`` left it; {} when it is missing, unreadable or not an object.
+
+    For the lab's own bookkeeping files (state, records), where "nothing there" is a valid
+    answer; user records are read through ``pvmlab.spec.store``, which reports a bad file.
+    """
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return raw if isinstance(raw, dict) else {}

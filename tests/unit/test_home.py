@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pvmlab.errors import StateError
-from pvmlab.home import SUBDIRS, LabHome, default_root, write_atomic, write_json
+from pvmlab.home import SUBDIRS, LabHome, default_root, read_json, write_atomic, write_json
 
 IFNAMSIZ = 15  # longest interface name Linux accepts
 
@@ -103,3 +103,13 @@ def test_write_atomic_failure_keeps_old_content(tmp_path: Path) -> None:
         write_atomic(target, 42)  # type: ignore[arg-type]
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["f"]
+
+
+def test_read_json_gives_an_object_or_nothing(tmp_path: Path) -> None:
+    f = tmp_path / "state.json"
+    assert read_json(f) == {}  # missing
+    write_json(f, {"pid": 7, "name": "x"})
+    assert read_json(f) == {"pid": 7, "name": "x"}
+    for junk in (b"", b"{not json", b"[1, 2]", b'"text"', b"\xff\xfe"):
+        f.write_bytes(junk)
+        assert read_json(f) == {}

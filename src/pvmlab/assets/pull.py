@@ -11,14 +11,13 @@ import           -> "files": kernel + initrd imported as they are;
 
 from __future__ import annotations
 
-import json
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pvmlab.assets import catalog, distro, download
 from pvmlab.assets.download import Checksum, DownloadError
-from pvmlab.home import LabHome, write_atomic, write_json
+from pvmlab.home import LabHome, read_json, write_atomic, write_json
 from pvmlab.spec import validate
 
 
@@ -42,11 +41,11 @@ def _file_name(key: str) -> str:
 
 def _cached_sums(cache: Path, url: str) -> dict[str, Checksum] | None:
     meta, text = cache / "checksums.json", cache / "checksums.txt"
+    if read_json(meta).get("url") != url:
+        return None
     try:
-        if json.loads(meta.read_text()).get("url") != url:
-            return None
         return download.parse_checksums(text.read_text())
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):
         return None
 
 

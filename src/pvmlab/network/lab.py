@@ -29,7 +29,7 @@ from typing import Any
 
 from pvmlab import spawn
 from pvmlab.errors import StateError
-from pvmlab.home import TAP_PREFIX, LabHome, file_lock, write_json
+from pvmlab.home import TAP_PREFIX, LabHome, file_lock, read_json, write_json
 from pvmlab.network.privilege import require_net_admin
 from pvmlab.spec import validate
 from pvmlab.spec.models import LabSpec
@@ -66,11 +66,7 @@ def _locked(home: LabHome) -> contextlib.AbstractContextManager[None]:
 
 
 def _load_record(home: LabHome) -> dict[str, Any]:
-    try:
-        raw = json.loads(_record_path(home).read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
+    return read_json(_record_path(home))
 
 
 def _save_record(home: LabHome, record: dict[str, Any]) -> None:

@@ -15,7 +15,6 @@ supervisor of this very home, or the dnsmasq reading this home's configuration.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -28,7 +27,7 @@ from typing import Any
 
 from pvmlab import errors, spawn
 from pvmlab.errors import DependencyError, ProcessError, PvmlabError, StateError
-from pvmlab.home import LabHome, file_lock
+from pvmlab.home import LabHome, file_lock, read_json
 from pvmlab.network import lab as netlab
 from pvmlab.network.privilege import require_net_admin
 from pvmlab.spec import store
@@ -45,11 +44,7 @@ SUPERVISOR_MODULE = "pvmlab.stack.supervisor"
 
 
 def read_state(home: LabHome) -> dict[str, Any]:
-    try:
-        raw = json.loads(state_path(home).read_text())
-    except (OSError, ValueError):
-        return {}
-    return raw if isinstance(raw, dict) else {}
+    return read_json(state_path(home))
 
 
 def _same_home(arg: str, home: LabHome) -> bool:
@@ -133,9 +128,8 @@ def _preflight(home: LabHome) -> None:
 
 
 def _start_error(home: LabHome) -> PvmlabError | None:
-    try:
-        raw = json.loads(error_path(home).read_text())
-    except (OSError, ValueError):
+    raw = read_json(error_path(home))
+    if not raw:
         return None
     cls = getattr(errors, str(raw.get("type")), None)
     if not (isinstance(cls, type) and issubclass(cls, PvmlabError)):

@@ -37,7 +37,7 @@ from typing import Any
 
 from pvmlab import spawn
 from pvmlab.errors import PvmlabError, StateError
-from pvmlab.home import LabHome, write_json
+from pvmlab.home import LabHome, read_json, write_json
 from pvmlab.spec import store
 from pvmlab.spec.models import LabSpec
 from pvmlab.stack import dnsmasq
@@ -296,9 +296,8 @@ class Supervisor:
 
     def cleanup_files(self) -> None:
         """Remove state.json and the pid file, if they are still this process's."""
-        with contextlib.suppress(OSError, ValueError):
-            if json.loads(state_path(self.home).read_text()).get("supervisor_pid") == os.getpid():
-                state_path(self.home).unlink()
+        if read_json(state_path(self.home)).get("supervisor_pid") == os.getpid():
+            state_path(self.home).unlink(missing_ok=True)
         if spawn.read_pid_file(pid_file(self.home)) == os.getpid():
             pid_file(self.home).unlink(missing_ok=True)
 
