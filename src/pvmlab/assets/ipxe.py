@@ -28,7 +28,6 @@ import json
 import os
 import struct
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +284,7 @@ def download_official(
     checked; an EFI build is still refused when its machine type is not the expected one.
     """
     from pvmlab.assets.download import DownloadError, fetch
+    from pvmlab.spec.models import utc_now
 
     base = (base_url or official_base()).rstrip("/")
     wanted = roles if roles is not None else tuple(FIRST_STAGES)
@@ -308,7 +308,7 @@ def download_official(
             "url": url,
             "sha256": result.sha256,
             "size": result.size,
-            "fetched": datetime.now(UTC).isoformat(timespec="seconds"),
+            "fetched": utc_now(),
         }
         got.append(IpxeBinary(role, FIRST_STAGES[role], dst, "download", result.sha256))
     with home.locked():

@@ -27,7 +27,8 @@ Firmware = Literal["uefi", "bios"]
 SERIAL_CONSOLE: dict[str, str] = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
 
 
-def _now() -> str:
+def utc_now() -> str:
+    """Now, as the lab's records write times: ISO 8601, UTC, whole seconds."""
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
@@ -58,7 +59,7 @@ class LabSpec(Record):
     address: str = "192.168.105.1/24"
     dhcp_start: str
     dhcp_end: str
-    created: str = Field(default_factory=_now)
+    created: str = Field(default_factory=utc_now)
 
     @field_validator("address")
     @classmethod
@@ -107,7 +108,7 @@ class VMSpec(Record):
     memory_mib: int = 1024
     cpus: int = 1
     disk_bytes: int | None = None
-    created: str = Field(default_factory=_now)
+    created: str = Field(default_factory=utc_now)
 
     @field_validator("name")
     @classmethod
@@ -160,7 +161,7 @@ class DistroAssets(Record):
     source: str = "import"  # import | cloud-image | netboot
     version: str | None = None
     origin: str | None = None  # where the files came from (path or URL)
-    added: str = Field(default_factory=_now)
+    added: str = Field(default_factory=utc_now)
 
     @field_validator("name")
     @classmethod

@@ -31,7 +31,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from pvmlab import spawn
 from pvmlab.errors import PvmlabError, StateError
 from pvmlab.home import LabHome, read_json, write_json
 from pvmlab.spec import store
-from pvmlab.spec.models import LabSpec
+from pvmlab.spec.models import LabSpec, utc_now
 from pvmlab.stack import dnsmasq
 
 log = logging.getLogger("pvmlab.supervisor")
@@ -65,10 +64,6 @@ def stderr_path(home: LabHome) -> Path:
     return home.stack / "dnsmasq.stderr"
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def bound_udp_ports() -> set[int]:
     """UDP ports with a bound socket in this process's network namespace."""
     ports: set[int] = set()
@@ -91,7 +86,7 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
-        self.started = _now()
+        self.started = utc_now()
         self.dnsmasq_started = ""
 
     # --- state ------------------------------------------------------------------------------
@@ -207,7 +202,7 @@ class Supervisor:
                         raise
                     log.error("dnsmasq failed to come back: %s", exc)
                 else:
-                    self.dnsmasq_started = _now()
+                    self.dnsmasq_started = utc_now()
                     self.write_state()
                     log.info("dnsmasq serving (pid %d)", proc.pid)
                     if not ready.done():
