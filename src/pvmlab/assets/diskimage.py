@@ -71,6 +71,7 @@ class DiskImage:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._info_data: dict[str, object] | None = None
         try:
             with path.open("rb") as fh:
                 magic = fh.read(4)
@@ -113,6 +114,12 @@ class DiskImage:
         return fmt if re.fullmatch(r"[a-z0-9_-]+", fmt) else "raw"
 
     def _info(self) -> dict[str, object]:
+        """``qemu-img info`` of the image (asked once: format probing and size both use it)."""
+        if self._info_data is None:
+            self._info_data = self._ask_info()
+        return self._info_data
+
+    def _ask_info(self) -> dict[str, object]:
         try:
             proc = spawn.run(
                 [_qemu_img(), "info", "--output=json", "--", str(self.path)], timeout=60
