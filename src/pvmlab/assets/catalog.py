@@ -14,6 +14,7 @@ import re
 import tomllib
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,7 +72,7 @@ def _packaged() -> dict[str, Any]:
     return tomllib.loads(text)
 
 
-def user_file(home: LabHome) -> Any:
+def user_file(home: LabHome) -> Path:
     return home.root / USER_FILE
 
 
