@@ -194,6 +194,14 @@ def _note(request: web.Request, **fields: Any) -> None:
     request[EXTRA].update(fields)
 
 
+async def _boot_config(request: web.Request, mac: str) -> BootConfig | None:
+    """What ``mac`` boots, read from the lab home off the event loop (the records are files)."""
+    app = request.app
+    return await asyncio.to_thread(
+        boot_config, app[HOME_KEY], app[LAB_KEY], mac, base_url=app[URL_KEY]["base"]
+    )
+
+
 async def boot_ipxe(request: web.Request) -> web.Response:
     return _script(render_boot_script(request.app[URL_KEY]["base"]), "chain")
 
@@ -213,10 +221,7 @@ async def machine_ipxe(request: web.Request) -> web.Response:
         _note(request, outcome="refused")
         return _script(render_refusal("the MAC parameter is not a unicast MAC address"), "refused")
     _note(request, mac=mac)
-    cfg = await asyncio.to_thread(
-        boot_config, request.app[HOME_KEY], request.app[LAB_KEY], mac,
-        base_url=request.app[URL_KEY]["base"],
-    )
+    cfg = await _boot_config(request, mac)
     if cfg is None:
         _note(request, outcome="unknown")
         return _script(
@@ -234,10 +239,7 @@ async def config_json(request: web.Request) -> web.Response:
     except ValidationError as exc:
         return web.json_response({"error": exc.problem}, status=400)
     _note(request, mac=mac)
-    cfg = await asyncio.to_thread(
-        boot_config, request.app[HOME_KEY], request.app[LAB_KEY], mac,
-        base_url=request.app[URL_KEY]["base"],
-    )
+    cfg = await _boot_config(request, mac)
     if cfg is None:
         return web.json_response({"error": f"no VM has MAC {mac}", "mac": mac}, status=404)
     _note(request, vm=cfg.vm)
