@@ -184,6 +184,7 @@ def test_cli_import_ls_rm(tmp_path: Path) -> None:
         ["distro", "rm", "nothere", "--arch", "x86_64"],
         ["distro", "ipxe", "--dir", "MISSING"],
         ["distro", "ipxe", "--dir", "EMPTYDIR"],
+        ["distro", "ipxe", "--role", "bios"],
     ],
 )
 def test_cli_bad_input_one_line(tmp_path: Path, args: list[str]) -> None:

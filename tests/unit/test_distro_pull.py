@@ -114,6 +114,7 @@ def test_debian_netboot_pull_then_cached(mirror: Mirror, tmp_path: Path, arch: s
         ).stdout
     )
     assert again["downloaded"] == [] and len(again["cached"]) == 2
+    assert again["replaced"]  # the same key as `distro import --json`
     assert len(mirror.state.requests) == before  # a second pull makes no request at all
 
     rows = json.loads(run_pvmlab("distro", "ls", "--json", home=home).stdout)

@@ -24,6 +24,7 @@ def _name(_ctx: click.Context, _param: click.Parameter, value: str) -> str:
 arch_option = click.option(
     "--arch",
     required=True,
+    metavar="ARCH",
     callback=_arch,
     help="Architecture: aarch64 or x86_64 (arm64 and amd64 are accepted).",
 )
@@ -69,7 +70,7 @@ def distro() -> None:
     help="Extract the newest kernel and its initrd from a disk image (qcow2 or raw; GPT or "
     "MBR; ext2/3/4), without root.",
 )
-@click.option("--cmdline", help="Kernel command line to boot it with (one line).")
+@click.option("--cmdline", metavar="LINE", help="Kernel command line to boot it with (one line).")
 @json_option
 def import_(
     name: str,
@@ -188,16 +189,20 @@ def ls(installed: bool, as_json: bool) -> None:
 @arch_option
 @click.option(
     "--method",
+    metavar="METHOD",
     help="How to get the files: cloud-image (extract from the cloud image), netboot (the "
     "distro's network installer), kernel (Ubuntu's published cloud kernel); default: the "
     "catalog's first method for that distro.",
 )
 @click.option(
     "--mirror",
+    metavar="URL",
     help="Base URL replacing the catalog's mirror for this method (also: "
     "PVMLAB_MIRROR_<NAME>_<METHOD> or PVMLAB_MIRROR_<NAME>, e.g. PVMLAB_MIRROR_DEBIAN_12).",
 )
-@click.option("--cmdline", help="Kernel command line instead of the catalog's default.")
+@click.option(
+    "--cmdline", metavar="LINE", help="Kernel command line instead of the catalog's default."
+)
 @click.option(
     "--refresh", is_flag=True, help="Fetch the checksum list again even when the cache is complete."
 )
@@ -238,6 +243,7 @@ def pull(
                 "downloaded": res.downloaded,
                 "cached": res.cached,
                 "note": res.note,
+                "replaced": res.imported.replaced is not None,
             }
         )
         return
@@ -309,6 +315,8 @@ def ipxe(
     h = home()
     if directory is not None and forget_dir:
         raise ValidationError("--dir and --forget-dir exclude each other", "give one of them")
+    if roles and not download:
+        raise ValidationError("--role only narrows --download", "add --download, or drop --role")
     if directory is not None or forget_dir:
         ip.set_user_dir(h, None if forget_dir else directory)  # checks DIR before writing
         h.ensure()
