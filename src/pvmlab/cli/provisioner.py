@@ -190,13 +190,12 @@ def _follow(path: Path, offset: int, prefix: str) -> int:
     with path.open("rb") as fh:
         fh.seek(offset)
         chunk = fh.read()
-    text = chunk.decode(errors="replace")
-    complete = text.rsplit("\n", 1)[0] if "\n" in text else ""
-    if not complete:
+    end = chunk.rfind(b"\n")  # whole lines only; offsets count bytes, whatever the encoding
+    if end < 0:
         return offset
-    for line in complete.split("\n"):
+    for line in chunk[:end].decode(errors="replace").split("\n"):
         click.echo(prefix + line)
-    return offset + len(complete.encode(errors="replace")) + 1
+    return offset + end + 1
 
 
 @provisioner.command()
