@@ -16,8 +16,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -55,13 +53,7 @@ def links(netns: str | None = None) -> list[str]:
 
 def kill_pid(pid: int, grace: float = 5.0) -> None:
     """SIGTERM then SIGKILL one process (started by the test or found in its own namespace)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and spawn.pid_alive(pid):
-        time.sleep(0.05)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
+    spawn.terminate([pid], grace)
 
 
 def remove_netns(name: str) -> None:
