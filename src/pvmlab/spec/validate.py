@@ -183,17 +183,14 @@ def default_dhcp_range(
     /24 gives .100-.199 (as in the seed's 192.168.105.0/24); other sizes scale.
     """
     net = iface.network
+    first = int(net.network_address) + 1  # the first host address
+    hosts = net.num_addresses - 2
     if net.prefixlen == 24:
-        base = int(net.network_address)
-        start, end = ipaddress.IPv4Address(base + 100), ipaddress.IPv4Address(base + 199)
+        start, end = ipaddress.IPv4Address(first + 99), ipaddress.IPv4Address(first + 198)
     else:
-        hosts = net.num_addresses - 2
-        first = int(net.network_address) + 1
         start = ipaddress.IPv4Address(first + hosts // 2)
         end = ipaddress.IPv4Address(first + hosts - 1)
     if start <= iface.ip <= end:  # provisioner sits in the upper half: use the lower half
-        first = int(net.network_address) + 1
-        hosts = net.num_addresses - 2
         start = ipaddress.IPv4Address(first)
         end = ipaddress.IPv4Address(first + hosts // 2 - 1)
         if start <= iface.ip <= end:
