@@ -36,7 +36,7 @@ from typing import Any
 
 from pvmlab import spawn
 from pvmlab.errors import PvmlabError, StateError
-from pvmlab.home import LabHome, read_json, write_json
+from pvmlab.home import LabHome, read_json, write_atomic, write_json
 from pvmlab.spec import store
 from pvmlab.spec.models import LabSpec, utc_now
 from pvmlab.stack import dnsmasq
@@ -276,8 +276,7 @@ class Supervisor:
             try:
                 await ready
                 self.write_state()
-                pid_file(self.home).parent.mkdir(parents=True, exist_ok=True)
-                pid_file(self.home).write_text(f"{os.getpid()}\n")
+                write_atomic(pid_file(self.home), f"{os.getpid()}\n")
                 log.info("stack ready: %s", json.dumps(self.state()))
                 await keeper
             finally:
