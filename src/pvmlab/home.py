@@ -122,8 +122,18 @@ class LabHome:
         return self.root.is_dir()
 
     def ensure(self) -> None:
-        for sub in SUBDIRS:
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        """Create the home and its subdirectories (StateError when it cannot be made)."""
+        try:
+            for sub in SUBDIRS:
+                (self.root / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._unusable(exc) from None
+
+    def _unusable(self, exc: OSError) -> StateError:
+        return StateError(
+            f"cannot create the lab home {self.root}: {exc.strerror or exc}",
+            "choose a writable place with --home or PVMLAB_HOME",
+        )
 
     def require(self) -> None:
         if not self.exists():
@@ -133,7 +143,14 @@ class LabHome:
             )
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
-        """Exclusive lock over the lab's state (VM definitions, lab record, reservations)."""
+        """Exclusive lock over the lab's state (VM definitions, lab record, reservations).
+
+        The lock file lives in the home, so taking the lock creates the home if needed.
+        """
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._unusable(exc) from None
         return file_lock(self.root / ".lock")
 
 

@@ -86,6 +86,26 @@ def test_setup_without_qemu_names_each_missing_one(
     assert by_name["busybox (tests)"]["required"] is False  # missing here, but optional
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["provisioner", "create"],
+        ["distro", "import", "x", "--arch", "x86_64", "--kernel", "F", "--initrd", "F"],
+        ["distro", "ipxe", "--forget-dir"],
+    ],
+)
+def test_commands_that_make_the_home_say_when_they_cannot(
+    tmp_path: Path, args: list[str]
+) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    args = [str(blocker) if a == "F" else a for a in args]
+    proc = run_pvmlab(*args, home=blocker / "home", check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("pvmlab: error: cannot create the lab home"), proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_setup_with_unusable_home_is_one_line(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")

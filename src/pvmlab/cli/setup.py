@@ -7,7 +7,6 @@ import sys
 import click
 
 from pvmlab.cli import common
-from pvmlab.errors import StateError
 
 
 @click.command(
@@ -24,13 +23,7 @@ def setup(as_json: bool) -> None:
     from pvmlab import doctor
 
     home = common.home()
-    try:
-        home.ensure()
-    except OSError as exc:
-        raise StateError(
-            f"cannot create the lab home {home.root}: {exc.strerror or exc}",
-            "choose a writable place with --home or PVMLAB_HOME",
-        ) from None
+    home.ensure()
     checks = doctor.run_checks(home)
     ok = doctor.all_required_ok(checks)
     if as_json:
