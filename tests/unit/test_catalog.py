@@ -110,3 +110,25 @@ def test_bad_user_file_is_one_line(tmp_path: Path, text: str) -> None:
     assert "\n" not in str(err.value)
     proc = run_pvmlab("distro", "ls", home=h.root, check=False)
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("mirror", "http://m/{bad"), ("kernel", "{nope}/linux"), ("cmdline", "x={0}")],
+)
+def test_bad_placeholder_in_user_file_is_one_line(tmp_path: Path, field: str, value: str) -> None:
+    h = LabHome(tmp_path / "home")
+    h.ensure()
+    method = {"kind": "files", "mirror": "http://m", "kernel": "k", "initrd": "i", "checksums": "S"}
+    method[field] = value
+    lines = "\n".join(f"{k} = {json.dumps(v)}" for k, v in method.items())
+    (h.root / "catalog.toml").write_text(
+        f'[distros.mine]\narches = ["x86_64"]\n[distros.mine.methods.m]\n{lines}\n'
+    )
+    with pytest.raises(StateError, match="catalog entry mine: cannot fill in") as err:
+        catalog.resolve(catalog.get(h, "mine"), "x86_64")
+    assert "{darch}, {version}, {arch}" in (err.value.hint or "")
+    proc = run_pvmlab("distro", "pull", "mine", "--arch", "x86_64", home=h.root, check=False)
+    assert proc.returncode == 1 and proc.stderr.startswith("pvmlab: error: catalog entry mine")
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (h.root / "cache").exists()

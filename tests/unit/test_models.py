@@ -125,8 +125,11 @@ def test_hand_edited_file_is_refused_on_read(tmp_path: Path) -> None:
     home.ensure()
     raw = {**VM, "mac": "52:54:00:12:34:56", "name": "t1", "cmdline": "quiet\nchain http://evil"}
     home.vm_file("t1").write_text(json.dumps(raw))
-    with pytest.raises(StateError, match="invalid"):
+    with pytest.raises(StateError, match="invalid") as err:
         store.load_vm(home, "t1")
+    # the field and the reason, not pydantic's "1 validation error for VMSpec" headline
+    assert "cmdline: kernel command line contains a newline" in err.value.problem
+    assert "validation error" not in err.value.problem
     home.lab_file.write_text(json.dumps({**LAB, "dhcp_end": "10.0.0.1"}))
     with pytest.raises(StateError):
         store.load_lab(home)

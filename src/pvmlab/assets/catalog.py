@@ -23,7 +23,7 @@ from pydantic import ValidationError as PydanticError
 from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.spec import validate
-from pvmlab.spec.models import SERIAL_CONSOLE, Arch
+from pvmlab.spec.models import SERIAL_CONSOLE, Arch, first_problem
 
 USER_FILE = "catalog.toml"
 
@@ -91,9 +91,8 @@ def load(home: LabHome | None = None) -> dict[str, Entry]:
             validate.distro_name(name)
             out[name] = Entry.model_validate({"name": name, **raw})
         except (PydanticError, ValidationError) as exc:
-            first = str(exc).splitlines()[0]
             raise StateError(
-                f"catalog entry {name!r} is invalid: {first}",
+                f"catalog entry {name!r} is invalid: {first_problem(exc)}",
                 f"fix it in {user_file(home) if home else 'the packaged catalog'}",
             ) from None
     return out
@@ -139,6 +138,19 @@ def _check_url(url: str, what: str) -> str:
     return url.rstrip("/")
 
 
+def _fill(template: str, values: dict[str, str], entry: Entry, what: str) -> str:
+    """``template`` with its ``{placeholders}`` filled; a catalog typo is a one-line error."""
+    try:
+        return template.format(**values)
+    except (KeyError, IndexError, ValueError, AttributeError) as exc:
+        known = ", ".join("{" + name + "}" for name in values)
+        raise StateError(
+            f"catalog entry {entry.name}: cannot fill in the {what} {template!r} "
+            f"({type(exc).__name__}: {exc})",
+            f"its placeholders can be {known}; fix the catalog ({USER_FILE} in the lab home)",
+        ) from None
+
+
 def resolve(
     entry: Entry, arch: str, method: str | None = None, mirror: str | None = None
 ) -> Resolved:
@@ -168,17 +180,9 @@ def resolve(
             break
     if mirror:
         base = _check_url(mirror, "mirror URL")
-    base = base.format(**fields).rstrip("/")
-
-    def url(rel: str) -> str:
-        return f"{base}/{rel.format(**fields).lstrip('/')}"
-
-    sums_rel = spec.checksums.format(**fields).lstrip("/")
+    base = _fill(base, fields, entry, "mirror").rstrip("/")
+    sums_rel = _fill(spec.checksums, fields, entry, "checksum list").lstrip("/")
     sums_dir = posixpath.dirname(sums_rel)
-
-    def key(rel: str) -> str:
-        path = rel.format(**fields).lstrip("/")
-        return posixpath.relpath(path, sums_dir) if sums_dir else path
 
     roles = ("image",) if spec.kind == "image" else ("kernel", "initrd")
     files: dict[str, tuple[str, str]] = {}
@@ -188,10 +192,12 @@ def resolve(
             raise StateError(
                 f"catalog entry {entry.name} method {chosen} lacks {role!r}", "fix the catalog"
             )
-        files[role] = (url(rel), key(rel))
+        path = _fill(rel, fields, entry, role).lstrip("/")
+        files[role] = (f"{base}/{path}", posixpath.relpath(path, sums_dir) if sums_dir else path)
+    console = {**fields, "console": SERIAL_CONSOLE[arch]}
     parts = [
-        entry.cmdline.format(console=SERIAL_CONSOLE[arch], **fields),
-        spec.cmdline.format(console=SERIAL_CONSOLE[arch], mirror=base, **fields),
+        _fill(entry.cmdline, console, entry, "command line"),
+        _fill(spec.cmdline, {**console, "mirror": base}, entry, "command line"),
     ]
     return Resolved(
         entry=entry,
@@ -199,7 +205,7 @@ def resolve(
         method=chosen,
         spec=spec,
         mirror=base,
-        checksums_url=url(spec.checksums),
+        checksums_url=f"{base}/{sums_rel}",
         files=files,
         cmdline=" ".join(p for p in parts if p).strip(),
     )

@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticError
 
-from pvmlab.errors import ValidationError
+from pvmlab.errors import PvmlabError, ValidationError
 from pvmlab.spec import validate
 
 Arch = Literal["aarch64", "x86_64"]
@@ -36,12 +37,17 @@ V = TypeVar("V")
 R = TypeVar("R")
 
 
+def _inline(exc: PvmlabError) -> str:
+    """An error as a clause inside another message (which brings its own "hint:")."""
+    return f"{exc.problem} ({exc.hint})" if exc.hint else exc.problem
+
+
 def _check(fn: Callable[[V], R], value: V) -> R:
     """``fn(value)``, its ValidationError turned into the ValueError pydantic reports."""
     try:
         return fn(value)
     except ValidationError as exc:
-        raise ValueError(str(exc)) from None
+        raise ValueError(_inline(exc)) from None
 
 
 def _ipv4(value: str) -> str:
@@ -49,6 +55,21 @@ def _ipv4(value: str) -> str:
         return str(ipaddress.IPv4Address(value))
     except ValueError:
         raise ValueError(f"invalid IPv4 address {value!r}") from None
+
+
+def first_problem(exc: Exception) -> str:
+    """One line saying what is wrong with a record: the first field pydantic refused and why
+    (not its "1 validation error for VMSpec" headline), else the exception's first line."""
+    if isinstance(exc, PydanticError) and exc.errors():
+        errors = exc.errors()
+        where = ".".join(str(part) for part in errors[0]["loc"]) or "the record"
+        msg = errors[0]["msg"].removeprefix("Value error, ")
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        return f"{where}: {msg}{more}"
+    if isinstance(exc, PvmlabError):
+        return _inline(exc)
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Record(BaseModel):

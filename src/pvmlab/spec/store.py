@@ -14,7 +14,7 @@ from pydantic import ValidationError as PydanticError
 
 from pvmlab.errors import StateError
 from pvmlab.home import LabHome, write_json
-from pvmlab.spec.models import DistroAssets, LabSpec, VMSpec
+from pvmlab.spec.models import DistroAssets, LabSpec, VMSpec, first_problem
 
 R = TypeVar("R", LabSpec, VMSpec, DistroAssets)
 
@@ -24,9 +24,8 @@ def _load(path: Path, model: type[R]) -> R:
         raw = json.loads(path.read_text())
         return model.model_validate(raw)
     except (OSError, json.JSONDecodeError, PydanticError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise StateError(
-            f"{path} is unreadable or invalid: {first}",
+            f"{path} is unreadable or invalid: {first_problem(exc)}",
             "fix or remove the file (it is plain JSON)",
         ) from None
 
