@@ -13,9 +13,9 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticError
 
 from pvmlab.errors import PvmlabError, ValidationError
@@ -57,6 +57,24 @@ def _ipv4(value: str) -> str:
         raise ValueError(f"invalid IPv4 address {value!r}") from None
 
 
+def _checked(fn: Callable[[V], R]) -> AfterValidator:
+    """A pydantic check that runs ``fn`` (a ``pvmlab.spec.validate`` function) on the value."""
+    return AfterValidator(lambda value: _check(fn, value))
+
+
+# Field types: the values of every record pass the same edge checks again when read back.
+VMName = Annotated[str, _checked(validate.vm_name)]
+DistroName = Annotated[str, _checked(validate.distro_name)]
+MAC = Annotated[str, _checked(validate.mac)]
+IPv4 = Annotated[str, AfterValidator(_ipv4)]
+Cmdline = Annotated[str, _checked(validate.cmdline)]
+FileName = Annotated[str, _checked(validate.file_name)]
+SHA256 = Annotated[str, _checked(validate.sha256)]
+MemoryMiB = Annotated[int, _checked(validate.memory_mib)]
+CPUs = Annotated[int, _checked(validate.cpus)]
+Interface = Annotated[str, _checked(lambda value: str(validate.ipv4_interface(value)))]
+
+
 def first_problem(exc: Exception) -> str:
     """One line saying what is wrong with a record: the first field pydantic refused and why
     (not its "1 validation error for VMSpec" headline), else the exception's first line."""
@@ -77,20 +95,10 @@ class Record(BaseModel):
 
 
 class LabSpec(Record):
-    address: str = "192.168.105.1/24"
-    dhcp_start: str
-    dhcp_end: str
+    address: Interface = "192.168.105.1/24"
+    dhcp_start: IPv4
+    dhcp_end: IPv4
     created: str = Field(default_factory=utc_now)
-
-    @field_validator("address")
-    @classmethod
-    def _address(cls, v: str) -> str:
-        return str(_check(validate.ipv4_interface, v))
-
-    @field_validator("dhcp_start", "dhcp_end")
-    @classmethod
-    def _range_ends(cls, v: str) -> str:
-        return _ipv4(v)
 
     @model_validator(mode="after")
     def _range_in_subnet(self) -> LabSpec:
@@ -119,87 +127,32 @@ class LabSpec(Record):
 
 
 class VMSpec(Record):
-    name: str
+    name: VMName
     arch: Arch
     firmware: Firmware = "uefi"
-    mac: str
-    ip: str
-    distro: str | None = None
-    cmdline: str | None = None
-    memory_mib: int = 1024
-    cpus: int = 1
+    mac: MAC
+    ip: IPv4
+    distro: DistroName | None = None
+    cmdline: Cmdline | None = None
+    memory_mib: MemoryMiB = 1024
+    cpus: CPUs = 1
     disk_bytes: int | None = None
     created: str = Field(default_factory=utc_now)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _check(validate.vm_name, v)
-
-    @field_validator("mac")
-    @classmethod
-    def _mac(cls, v: str) -> str:
-        return _check(validate.mac, v)
-
-    @field_validator("distro")
-    @classmethod
-    def _distro(cls, v: str | None) -> str | None:
-        return None if v is None else _check(validate.distro_name, v)
-
-    @field_validator("cmdline")
-    @classmethod
-    def _cmdline(cls, v: str | None) -> str | None:
-        return None if v is None else _check(validate.cmdline, v)
-
-    @field_validator("memory_mib")
-    @classmethod
-    def _memory(cls, v: int) -> int:
-        return _check(validate.memory_mib, v)
-
-    @field_validator("cpus")
-    @classmethod
-    def _cpus(cls, v: int) -> int:
-        return _check(validate.cpus, v)
-
-    @field_validator("ip")
-    @classmethod
-    def _ip(cls, v: str) -> str:
-        return _ipv4(v)
 
 
 class DistroAssets(Record):
     """A kernel and initrd ready to serve, under images/NAME/ARCH/."""
 
-    name: str
+    name: DistroName
     arch: Arch
-    kernel: str = "vmlinuz"
-    initrd: str = "initrd"
-    kernel_sha256: str
-    initrd_sha256: str
+    kernel: FileName = "vmlinuz"
+    initrd: FileName = "initrd"
+    kernel_sha256: SHA256
+    initrd_sha256: SHA256
     kernel_size: int
     initrd_size: int
-    cmdline: str = ""
+    cmdline: Cmdline = ""
     source: str = "import"  # import | cloud-image | netboot
     version: str | None = None
     origin: str | None = None  # where the files came from (path or URL)
     added: str = Field(default_factory=utc_now)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _check(validate.distro_name, v)
-
-    @field_validator("cmdline")
-    @classmethod
-    def _cmdline(cls, v: str) -> str:
-        return _check(validate.cmdline, v)
-
-    @field_validator("kernel", "initrd")
-    @classmethod
-    def _file(cls, v: str) -> str:
-        return _check(validate.file_name, v)
-
-    @field_validator("kernel_sha256", "initrd_sha256")
-    @classmethod
-    def _sha(cls, v: str) -> str:
-        return _check(validate.sha256, v)
