@@ -52,16 +52,17 @@ def create(address: str, dhcp_range: str | None, as_json: bool) -> None:
     else:
         start, end = validate.dhcp_range(dhcp_range, iface)
     h = home()
+    already = StateError(
+        f"a lab is already defined in {h.root}",
+        "use it as it is, `pvmlab provisioner destroy` it first, or pick another home "
+        "with PVMLAB_HOME",
+    )
     if h.lab_file.exists():
-        raise StateError(
-            f"a lab is already defined in {h.root}",
-            "use it as it is, `pvmlab provisioner destroy` it first, or pick another home "
-            "with PVMLAB_HOME",
-        )
+        raise already
     h.ensure()
     with h.locked():
-        if h.lab_file.exists():
-            raise StateError(f"a lab is already defined in {h.root}", "use it as it is")
+        if h.lab_file.exists():  # created meanwhile by another `provisioner create`
+            raise already
         lab = LabSpec(address=str(iface), dhcp_start=str(start), dhcp_end=str(end))
         store.save_lab(h, lab)
     if as_json:
