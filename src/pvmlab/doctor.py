@@ -2,8 +2,9 @@
 
 Each check yields a ``Check``: what was looked for, whether it is there (with version, path or
 source), and when it is not, the command that installs it on this platform (apt package names on
-Debian/Ubuntu, Homebrew on macOS). Checks marked ``required=False`` (KVM, busybox for the tests)
-are reported but do not fail setup: without KVM the lab runs under TCG, only slower.
+Debian/Ubuntu, Homebrew on macOS). Checks marked ``required=False`` (KVM, busybox for the tests,
+debugfs for cloud images) are reported but do not fail setup: without KVM the lab runs under TCG,
+only slower; without debugfs kernels can still be imported as files or pulled as netboot files.
 """
 
 from __future__ import annotations
@@ -119,6 +120,21 @@ def check_program(name: str, version_args: tuple[str, ...], apt: str, brew: str 
                      required=required)
     version = program_version([path, *version_args])
     return Check(what, True, f"{version} {path}", required=required,
+                 data={"path": path, "version": version})
+
+
+def check_debugfs() -> Check:
+    """e2fsprogs' debugfs: how `distro import --from-image` and cloud-image pulls read ext4."""
+    from pvmlab.assets.extfs import debugfs_path
+
+    name = "debugfs (cloud images)"
+    try:
+        path = debugfs_path()  # also finds /sbin and Homebrew's keg-only e2fsprogs
+    except PvmlabError:
+        return Check(name, False, "debugfs not found: kernels cannot be taken out of disk images",
+                     install_hint("e2fsprogs", "e2fsprogs"), required=False)
+    version = program_version([path, "-V"])
+    return Check(name, True, f"{version} {path}", required=False,
                  data={"path": path, "version": version})
 
 
@@ -282,6 +298,7 @@ def _iter_checks(home: LabHome) -> Iterator[Check]:
         if name == "ip" and sys.platform == "darwin":
             continue
         yield check_program(name, version_args, apt, brew, required)
+    yield check_debugfs()
     yield check_uefi("x86_64")
     yield check_uefi("aarch64")
     yield check_seabios()

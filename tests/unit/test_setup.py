@@ -48,6 +48,8 @@ def test_setup_on_this_machine_finds_everything(lab_home: Path) -> None:
         if c["name"] in QEMU_PROGRAMS:
             assert c["data"]["version"][0].isdigit()
             assert Path(c["data"]["path"]).is_file()
+    debugfs = next(c for c in report["checks"] if c["name"] == "debugfs (cloud images)")
+    assert debugfs["ok"] and debugfs["data"]["version"][0].isdigit() and not debugfs["required"]
 
 
 def _path_without_qemu(tmp_path: Path) -> Path:

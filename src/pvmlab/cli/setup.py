@@ -13,8 +13,9 @@ from pvmlab.cli import common
     "setup",
     help=(
         "Create the lab home (images/, vms/, configs/, logs/, ...) and check every dependency: "
-        "QEMU per architecture, qemu-img, dnsmasq, iproute2, UEFI firmware, SeaBIOS, iPXE "
-        "binaries, privileges, /dev/kvm and /dev/net/tun. Each missing one is printed with the "
+        "QEMU per architecture, qemu-img, dnsmasq, iproute2, debugfs (e2fsprogs, for cloud "
+        "images), UEFI firmware, SeaBIOS, iPXE binaries, privileges, /dev/kvm and /dev/net/tun. "
+        "Each missing one is printed with the "
         "command that installs it. Exits 0 when everything needed is there, 1 otherwise."
     ),
 )
