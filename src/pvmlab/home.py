@@ -1,6 +1,8 @@
 """The lab home: where one lab keeps everything (default ~/.pvmlab, override PVMLAB_HOME).
 
     lab.json        the lab network (``provisioner create``)
+    catalog.toml    the user's own distro catalog entries (optional)
+    ipxe.json       iPXE settings (``distro ipxe --dir``, official downloads)
     vms/            NAME.json per VM, NAME/ for its firmware vars and disk
     images/         NAME/ARCH/{vmlinuz,initrd,distro.json}
     configs/        rendered dnsmasq configuration and DHCP reservations
@@ -9,6 +11,7 @@
     pids/           pid files (supervisor, VMs)
     monitors/       QMP sockets
     stack/          the stack's runtime state (state.json, dnsmasq leases)
+    cache/          downloads (``distro pull``, official iPXE builds)
 
 Every kernel object the lab creates (network namespace, bridge, taps) is named from a short
 hash of the home's real path, so two homes are two labs that never clash.

@@ -1,7 +1,7 @@
 """``distro pull``: a catalog entry fetched, verified, cached and imported.
 
 catalog.resolve  -> URLs of the files and of the published checksum list
-cache            -> images/../cache/downloads/NAME/ARCH/METHOD/ (files under their names)
+cache            -> cache/downloads/NAME/ARCH/METHOD/ in the lab home (files under their names)
 checksum list    -> reused from the cache only when every wanted file is already there
                     and matches it (then no request at all); otherwise fetched fresh
 download.fetch   -> resumable, verified against the list; a mismatch keeps nothing
