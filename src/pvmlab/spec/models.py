@@ -13,16 +13,15 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticError
 
 from pvmlab.errors import PvmlabError, ValidationError
 from pvmlab.spec import validate
-
-Arch = Literal["aarch64", "x86_64"]
-Firmware = Literal["uefi", "bios"]
+from pvmlab.spec.validate import Arch as Arch
+from pvmlab.spec.validate import Firmware as Firmware
 
 # The serial console of each arch's QEMU machine (x86: 16550 ttyS0; arm virt: PL011 ttyAMA0).
 SERIAL_CONSOLE: dict[str, str] = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}

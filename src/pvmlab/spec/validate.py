@@ -12,11 +12,14 @@ import re
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal, get_args
 
 from pvmlab.errors import ValidationError
 
-ARCHES = ("aarch64", "x86_64")
-FIRMWARES = ("uefi", "bios")
+Arch = Literal["aarch64", "x86_64"]
+Firmware = Literal["uefi", "bios"]
+ARCHES: tuple[str, ...] = get_args(Arch)
+FIRMWARES: tuple[str, ...] = get_args(Firmware)
 
 _VM_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _DISTRO_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62})")
