@@ -19,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, run_pvmlab
-from fixtures.bootassets import _Apt, _locked, cache_root
+from fixtures.bootassets import _Apt, cache_root
 from mirror import trees
 from mirror.server import serve
 from netlab import kill_pid, running_lab
+from pvmlab.home import file_lock
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,7 @@ def installer() -> tuple[bytes, bytes]:
     """The real installer kernel and initrd, cached by package version."""
     root = cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    with _locked(root / ".d-i.lock"):
+    with file_lock(root / ".d-i.lock"):
         apt = _Apt(root, "amd64", "bookworm")
         if not apt.has_lists():
             apt.update()

@@ -17,25 +17,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import jinja2
-
 from pvmlab.home import LabHome, write_atomic
-from pvmlab.spec import validate
 from pvmlab.spec.models import LabSpec
+from pvmlab.stack import dnsmasq
+from pvmlab.stack import render as render_env
 
 NAME = "autoexec.ipxe"
-_TEMPLATES = Path(__file__).parent / "templates"
 
 
 def render(lab: LabSpec) -> str:
-    ip = validate.ipv4_interface(str(lab.address)).ip
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(_TEMPLATES),
-        autoescape=False,  # noqa: S701 - an iPXE script, not HTML; the address is validated
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
+    return (
+        render_env.environment()
+        .get_template("autoexec.ipxe.j2")
+        .render(boot_url=dnsmasq.boot_url(lab))
     )
-    return env.get_template("autoexec.ipxe.j2").render(boot_url=f"http://{ip}/boot.ipxe")
 
 
 def write(home: LabHome, lab: LabSpec) -> Path:

@@ -34,7 +34,7 @@ from pvmlab.qemu import firmware as firmware_mod
 from pvmlab.qemu import qmp
 from pvmlab.qemu.argv import QemuConfig, build_argv, machine_type
 from pvmlab.spec import store
-from pvmlab.spec.models import VMSpec
+from pvmlab.spec.models import VMSpec, utc_now
 from pvmlab.vm import ipxemedia, state
 
 log = logging.getLogger(__name__)
@@ -180,7 +180,7 @@ def start(
         state.remove_runtime_files(home, name)
         rotate_log(home.vm_log(name))
         home.vm_log(name).touch()
-        record = state.RuntimeRecord(accel=chosen.name, boot=boot, started=state.now(), argv=argv)
+        record = state.RuntimeRecord(accel=chosen.name, boot=boot, started=utc_now(), argv=argv)
         state.save_runtime(home, name, record)
         if not interactive:
             # Still under the lock, so two `vm start NAME` at once cannot both launch QEMU.
@@ -216,7 +216,7 @@ def _await_startup(home: LabHome, name: str, proc: subprocess.Popen[bytes]) -> N
         # still fail there); QMP answers only from the main loop, after that.
         if (
             home.vm_qmp(name).exists()
-            and state.read_pid_file(home.vm_pid(name)) == proc.pid
+            and spawn.read_pid_file(home.vm_pid(name)) == proc.pid
             and qmp.status(home.vm_qmp(name)) is not None
         ):
             return

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +42,6 @@ def qemu_log(home: LabHome, name: str) -> Path:
     return home.logs / f"{name}.qemu.log"
 
 
-def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
 def save_runtime(home: LabHome, name: str, rec: RuntimeRecord) -> None:
     write_json(runtime_file(home, name), rec.model_dump(mode="json"))
 
@@ -59,14 +54,6 @@ def load_runtime(home: LabHome, name: str) -> RuntimeRecord | None:
         return None
 
 
-def read_pid_file(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return int(text) if text.isdigit() else None
-
-
 def is_vm_process(home: LabHome, name: str, pid: int) -> bool:
     """Whether ``pid`` is the QEMU of VM ``name`` in this lab home."""
     argv = spawn.pid_cmdline(pid)  # empty for a process that is gone (or a zombie)
@@ -77,7 +64,7 @@ def is_vm_process(home: LabHome, name: str, pid: int) -> bool:
 
 
 def running_pid(home: LabHome, name: str) -> int | None:
-    pid = read_pid_file(home.vm_pid(name))
+    pid = spawn.read_pid_file(home.vm_pid(name))
     if pid is None or not is_vm_process(home, name, pid):
         return None
     return pid
