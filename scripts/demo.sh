@@ -35,7 +35,7 @@ scripts/venv.sh
 
 export PVMLAB_HOME=${PVMLAB_HOME:-$HOME/.pvmlab-demo}
 pvmlab=.venv/bin/pvmlab
-vm=demo-$arch-$firmware
+vm=demo-${arch//_/-}-$firmware   # VM names allow letters, digits and -
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 step "Building a demo kernel + busybox initramfs for $arch from Debian packages (cached)"
@@ -66,11 +66,13 @@ step "Creating target VM $vm"
 $pvmlab vm list --json | grep -q "\"name\": \"$vm\"" || \
   $pvmlab vm create "$vm" --arch "$arch" --firmware "$firmware" --distro demo
 
-step "PXE-booting $vm (TCG emulation takes about half a minute)"
+step "PXE-booting $vm (under TCG emulation this takes 5-30 s)"
 $pvmlab vm start "$vm" --wait --wait-for PVMLAB-BOOT-OK --timeout 300
 
 step "What the console printed"
 grep -a -m1 -A1 PVMLAB-BOOT-OK "$PVMLAB_HOME/logs/$vm.log" || true
+step "Where the seconds went"
+$pvmlab vm timeline "$vm" || true
 step "The lab"
 $pvmlab provisioner status
 $pvmlab vm list

@@ -70,9 +70,12 @@ def test_timeline_after_real_pxe_boot(tmp_path: Path, boot_assets: dict[str, Boo
                 assert by[name]["transfer_s"] >= 0
             assert MARKER in by["ready"]["line"]
 
-            # the table for people
-            table = run_pvmlab("vm", "timeline", "tl1", "--wait-for", MARKER, home=home).stdout
+            # the table for people; without --wait-for it uses the pattern the start waited for
+            table = run_pvmlab("vm", "timeline", "tl1", home=home).stdout
             assert "iPXE DHCP" in table and "HTTP kernel" in table and "total" in table
+            assert "not seen on the console" not in table
+            again = json.loads(run_pvmlab("vm", "timeline", "tl1", "--json", home=home).stdout)
+            assert [p["name"] for p in again["phases"]] == PHASES
 
             # the mechanism of the fixes (see docs/performance.md, "Boot overhead")
             console = (home / "logs" / "tl1.log").read_text(errors="replace")

@@ -170,7 +170,13 @@ def start_cmd(
     h = home()
     t0 = time.monotonic()
     started = runtime.start(
-        h, name, boot=boot, requested_accel=accel, interactive=interactive, say=_say
+        h,
+        name,
+        boot=boot,
+        requested_accel=accel,
+        interactive=interactive,
+        wait_for=wait_for if pattern is not None else None,
+        say=_say,
     )
     if interactive:
         return
@@ -210,16 +216,21 @@ def _say_timeline(name: str, pattern: Any) -> None:
 @click.argument("name")
 @click.option(
     "--wait-for",
-    default=DEFAULT_WAIT_FOR,
-    show_default=True,
-    help="Regular expression marking the end of the boot on the console.",
+    help=(
+        "Regular expression marking the end of the boot on the console (default: the"
+        f" --wait-for of the last `vm start --wait`, else {DEFAULT_WAIT_FOR!r})."
+    ),
 )
 @json_option
-def timeline_cmd(name: str, wait_for: str, as_json: bool) -> None:
+def timeline_cmd(name: str, wait_for: str | None, as_json: bool) -> None:
     """Show where the seconds of VM NAME's last boot went, phase by phase."""
     from pvmlab.observe import console, timeline
+    from pvmlab.vm import state
 
     name = _name(name)
+    if wait_for is None:
+        record = state.load_runtime(home(), name)
+        wait_for = (record.wait_for if record else None) or DEFAULT_WAIT_FOR
     tl = timeline.for_vm(home(), name, console.compile_pattern(wait_for))
     if as_json:
         emit_json(tl.as_dict())

@@ -144,6 +144,7 @@ def start(
     boot: str = "pxe",
     requested_accel: str | None = None,
     interactive: bool = False,
+    wait_for: str | None = None,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> Started:
     """Start VM ``name``. Interactive starts return after QEMU exits."""
@@ -180,7 +181,9 @@ def start(
         state.remove_runtime_files(home, name)
         rotate_log(home.vm_log(name))
         home.vm_log(name).touch()
-        record = state.RuntimeRecord(accel=chosen.name, boot=boot, started=utc_now(), argv=argv)
+        record = state.RuntimeRecord(
+            accel=chosen.name, boot=boot, started=utc_now(), argv=argv, wait_for=wait_for
+        )
         state.save_runtime(home, name, record)
         if not interactive:
             # Still under the lock, so two `vm start NAME` at once cannot both launch QEMU.

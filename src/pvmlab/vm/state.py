@@ -27,6 +27,7 @@ class RuntimeRecord(BaseModel):
     pid: int | None = None
     started: str = ""
     argv: list[str] = []
+    wait_for: str | None = None  # the --wait-for pattern of this start, for `vm timeline`
 
 
 def runtime_file(home: LabHome, name: str) -> Path:
