@@ -86,6 +86,14 @@ if [ "${#missing[@]}" -gt 0 ]; then
       apt-get install -y -q --no-install-recommends "$p" || echo "install-system-deps: could not install $p" >&2
     done
   fi
+  # Debian starts nginx on the host's port 80 when it is installed; the benchmark only needs the
+  # binary (it runs its own nginx inside a lab namespace), so undo the side effect we caused.
+  case " ${missing[*]} " in
+    *" nginx-light "*)
+      if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+        systemctl disable --now nginx >/dev/null 2>&1 || true
+      fi ;;
+  esac
 else
   echo "install-system-deps: all system packages present"
 fi
