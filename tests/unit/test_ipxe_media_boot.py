@@ -9,13 +9,10 @@ middle of the kernel's log, like the other timeline cases.
 from __future__ import annotations
 
 import itertools
-import json
-import re
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from samples import qemu_config, timeline_case
 
 from pvmlab.errors import StateError
 from pvmlab.home import LabHome
@@ -25,30 +22,12 @@ from pvmlab.spec.models import LabSpec
 from pvmlab.stack import autoexec
 from pvmlab.vm import ipxemedia
 
-DATA = Path(__file__).parent / "data" / "timeline"
-MARKER = re.compile("PVMLAB-BOOT-OK")
 MEDIA = Path("/home/vms/t1/ipxe-media")
 LAB = LabSpec(address="192.168.105.1/24", dhcp_start="192.168.105.100", dhcp_end="192.168.105.200")
 
 
 def cfg(**over: object) -> QemuConfig:
-    base: dict[str, object] = {
-        "name": "t1",
-        "arch": "x86_64",
-        "firmware": "uefi",
-        "accel": "tcg",
-        "mac": "0e:00:00:00:00:01",
-        "tap": "pvt12345678",
-        "serial_log": Path("/home/logs/t1.log"),
-        "qmp_socket": Path("/home/monitors/t1.qmp"),
-        "pid_file": Path("/home/pids/t1.pid"),
-        "uefi_code": Path("/fw/CODE.fd"),
-        "uefi_vars": Path("/home/vms/t1/efivars.fd"),
-        "boot": "ipxe",
-        "ipxe_media": MEDIA,
-    }
-    base.update(over)
-    return QemuConfig(**base)  # type: ignore[arg-type]
+    return qemu_config(**{"boot": "ipxe", "ipxe_media": MEDIA, **over})
 
 
 def devices(argv: list[str]) -> list[str]:
@@ -145,31 +124,12 @@ def test_build_media_without_a_staged_binary_says_so(tmp_path: Path) -> None:
         ipxemedia.build(home, "t1", "aarch64", lab)
 
 
-@pytest.fixture
-def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """dnsmasq wrote local time on a UTC machine; read it back the same way."""
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
 @pytest.mark.usefixtures("utc")
 @pytest.mark.parametrize(
     ("case", "client_arch"), [("x86_64-uefi-ipxe", 7), ("aarch64-uefi-ipxe", 11)]
 )
 def test_timeline_of_a_real_ipxe_media_boot(case: str, client_arch: int) -> None:
-    d = DATA / case
-    vm = json.loads((d / "vm.json").read_text())
-    tl = timeline.build(
-        timeline.parse_console((d / "console.jsonl").read_text()),
-        (d / "dnsmasq.log").read_text().splitlines(),
-        (d / "http.log").read_text().splitlines(),
-        vm=vm["name"],
-        mac=vm["mac"],
-        wait_for=MARKER,
-    )
+    tl, vm = timeline_case(case)
     assert [p.name for p in tl.phases] == [
         "vm-start", "ipxe-start", "ipxe-dhcp", "http-script", "http-kernel", "http-initrd",
         "handover", "kernel", "ready",
@@ -192,16 +152,7 @@ def test_timeline_of_a_real_ipxe_media_boot(case: str, client_arch: int) -> None
 
 @pytest.mark.usefixtures("utc")
 def test_timeline_of_a_tftp_autoexec_boot_keeps_its_labels() -> None:
-    d = DATA / "x86_64-uefi"
-    vm = json.loads((d / "vm.json").read_text())
-    tl = timeline.build(
-        timeline.parse_console((d / "console.jsonl").read_text()),
-        (d / "dnsmasq.log").read_text().splitlines(),
-        (d / "http.log").read_text().splitlines(),
-        vm=vm["name"],
-        mac=vm["mac"],
-        wait_for=MARKER,
-    )
+    tl, _ = timeline_case("x86_64-uefi")
     by = {p.name: p for p in tl.phases}
     assert by["vm-start"].label == "VM start -> firmware DHCP"
     assert by["ipxe-start"].detail["autoexec"] == "tftp"

@@ -6,11 +6,10 @@ import itertools
 from pathlib import Path
 
 import pytest
+from samples import CODE, VARS, qemu_config
 
 from pvmlab.qemu.argv import QemuConfig, build_argv, machine_type
 
-CODE = Path("/fw/CODE.fd")
-VARS = Path("/home/vms/t1/efivars.fd")
 COMBOS = [
     (arch, fw)
     for arch, fw in itertools.product(("x86_64", "aarch64"), ("uefi", "bios"))
@@ -18,25 +17,7 @@ COMBOS = [
 ]
 
 
-def cfg(**over: object) -> QemuConfig:
-    base: dict[str, object] = {
-        "name": "t1",
-        "arch": "x86_64",
-        "firmware": "uefi",
-        "accel": "tcg",
-        "mac": "0e:00:00:00:00:01",
-        "tap": "pvt12345678",
-        "serial_log": Path("/home/logs/t1.log"),
-        "qmp_socket": Path("/home/monitors/t1.qmp"),
-        "pid_file": Path("/home/pids/t1.pid"),
-        "console_socket": Path("/home/monitors/t1.console"),
-        "uefi_code": CODE,
-        "uefi_vars": VARS,
-    }
-    base.update(over)
-    if base["firmware"] == "bios":
-        base["uefi_code"] = base["uefi_vars"] = None
-    return QemuConfig(**base)  # type: ignore[arg-type]
+cfg = qemu_config
 
 
 def opt(argv: list[str], flag: str) -> list[str]:

@@ -18,41 +18,17 @@ import io
 import itertools
 import json
 import re
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from samples import BOOT_MARKER as MARKER
+from samples import TIMELINE_DATA as DATA
+from samples import timeline_case as load
 
 from pvmlab.errors import StateError
 from pvmlab.observe import stamp, timeline
 
-DATA = Path(__file__).parent / "data" / "timeline"
-MARKER = re.compile("PVMLAB-BOOT-OK")
-
-
-@pytest.fixture(autouse=True)
-def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """dnsmasq wrote local time on a UTC machine; read it back the same way."""
-    monkeypatch.setenv("TZ", "UTC")
-    time.tzset()
-    yield
-    monkeypatch.undo()
-    time.tzset()
-
-
-def load(case: str) -> tuple[timeline.Timeline, dict[str, str]]:
-    d = DATA / case
-    vm = json.loads((d / "vm.json").read_text())
-    tl = timeline.build(
-        timeline.parse_console((d / "console.jsonl").read_text()),
-        (d / "dnsmasq.log").read_text().splitlines(),
-        (d / "http.log").read_text().splitlines(),
-        vm=vm["name"],
-        mac=vm["mac"],
-        wait_for=MARKER,
-    )
-    return tl, vm
+pytestmark = pytest.mark.usefixtures("utc")  # tests/conftest.py
 
 
 def names(tl: timeline.Timeline) -> list[str]:
