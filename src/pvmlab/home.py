@@ -199,7 +199,7 @@ def read_json(path: Path) -> dict[str, Any]:
     """A JSON object as ``write_json`` left it; {} when it is missing, unreadable or not an object.
 
     For the lab's own bookkeeping files (state, records), where "nothing there" is a valid
-    answer; user records are read through ``pvmlab.spec.store``, which reports a bad file.
+    answer; user records are read through ``pvmlab.records.store``, which reports a bad file.
     """
     try:
         raw = json.loads(path.read_text())

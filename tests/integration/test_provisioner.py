@@ -21,7 +21,7 @@ from conftest import REPO, run_pvmlab
 from pvmlab import spawn
 from pvmlab.home import LabHome
 from pvmlab.network import lab as network
-from pvmlab.spec import store
+from pvmlab.records import store
 
 pytestmark = pytest.mark.integration
 
@@ -121,7 +121,7 @@ def test_non_root_start_gets_the_privilege_error(home: Path) -> None:
 
 def test_start_refuses_clashing_records_before_creating_anything(home: Path) -> None:
     """Two hand-written VM records with one IP: no configuration, no namespace, one line."""
-    from pvmlab.spec.models import VMSpec
+    from pvmlab.records.models import VMSpec
 
     run_pvmlab("provisioner", "create", home=home)
     h = lab_names(home)

@@ -220,8 +220,8 @@ def test_status_and_logs_show_the_running_stack(
 
 
 def _save_vm(home: Path, name: str, mac: str, ip: str) -> None:
-    from pvmlab.spec import store
-    from pvmlab.spec.models import VMSpec
+    from pvmlab.records import store
+    from pvmlab.records.models import VMSpec
 
     store.save_vm(LabHome(home), VMSpec(name=name, arch="x86_64", mac=mac, ip=ip))
 

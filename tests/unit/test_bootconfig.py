@@ -9,8 +9,8 @@ import pytest
 
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome
-from pvmlab.spec import store
-from pvmlab.spec.models import DistroAssets, LabSpec, VMSpec
+from pvmlab.records import store
+from pvmlab.records.models import DistroAssets, LabSpec, VMSpec
 from pvmlab.stack.bootconfig import boot_config, compose_cmdline
 
 LAB = LabSpec(dhcp_start="192.168.105.100", dhcp_end="192.168.105.199")

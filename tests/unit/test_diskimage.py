@@ -15,7 +15,7 @@ from pvmlab.assets import diskimage, extract
 from pvmlab.assets.kernelinfo import kernel_arch
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome
-from pvmlab.spec import store
+from pvmlab.records import store
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("qemu-img") and shutil.which("mkfs.ext4") and shutil.which("debugfs")),

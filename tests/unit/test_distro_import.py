@@ -14,7 +14,7 @@ from conftest import run_pvmlab
 from pvmlab.assets import distro
 from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
-from pvmlab.spec import store
+from pvmlab.records import store
 
 
 def _files(tmp_path: Path, tag: str = "a") -> tuple[Path, Path]:

@@ -26,8 +26,8 @@ from aiohttp import web
 from pvmlab import spawn
 from pvmlab.errors import StateError
 from pvmlab.home import LabHome
-from pvmlab.spec import store
-from pvmlab.spec.models import DistroAssets, LabSpec, VMSpec
+from pvmlab.records import store
+from pvmlab.records.models import DistroAssets, LabSpec, VMSpec
 from pvmlab.stack import http as pvhttp
 
 KERNEL = bytes(range(256)) * 4096 + b"kernel-tail"  # ~1 MiB, every byte value

@@ -18,7 +18,7 @@ from pvmlab.errors import StateError
 from pvmlab.home import LabHome
 from pvmlab.observe import timeline
 from pvmlab.qemu.argv import QemuConfig, build_argv
-from pvmlab.spec.models import LabSpec
+from pvmlab.records.models import LabSpec
 from pvmlab.stack import autoexec
 from pvmlab.vm import ipxemedia
 

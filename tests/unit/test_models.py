@@ -11,8 +11,8 @@ from pydantic import ValidationError as PydanticError
 
 from pvmlab.errors import StateError
 from pvmlab.home import LabHome
-from pvmlab.spec import store
-from pvmlab.spec.models import DistroAssets, LabSpec, VMSpec
+from pvmlab.records import store
+from pvmlab.records.models import DistroAssets, LabSpec, VMSpec
 
 VM: dict[str, Any] = {
     "name": "t1", "arch": "x86_64", "mac": "52-54-00-12-34-56", "ip": "192.168.105.10",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pvmlab.errors import ValidationError
-from pvmlab.spec import validate
+from pvmlab.records import validate
 
 NET24 = ipaddress.IPv4Interface("192.168.105.1/24")
 

@@ -14,8 +14,8 @@ import pytest
 from conftest import run_pvmlab
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome
-from pvmlab.spec import store
-from pvmlab.spec.models import DistroAssets, LabSpec
+from pvmlab.records import store
+from pvmlab.records.models import DistroAssets, LabSpec
 from pvmlab.vm.define import CreateRequest, allocate_ip, create
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from pvmlab.home import LabHome
-from pvmlab.spec import store
-from pvmlab.spec.models import LabSpec, VMSpec
+from pvmlab.records import store
+from pvmlab.records.models import LabSpec, VMSpec
 from pvmlab.vm import runtime, state
 
 

@@ -22,8 +22,8 @@ from pydantic import ValidationError as PydanticError
 
 from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
-from pvmlab.spec import validate
-from pvmlab.spec.models import SERIAL_CONSOLE, Arch, first_problem
+from pvmlab.records import validate
+from pvmlab.records.models import SERIAL_CONSOLE, Arch, first_problem
 
 USER_FILE = "catalog.toml"
 

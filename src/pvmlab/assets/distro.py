@@ -16,8 +16,8 @@ from pvmlab.assets.files import copy_hashed, sha256_file, temp_beside
 from pvmlab.assets.kernelinfo import kernel_arch
 from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
-from pvmlab.spec import store, validate
-from pvmlab.spec.models import Arch, DistroAssets
+from pvmlab.records import store, validate
+from pvmlab.records.models import Arch, DistroAssets
 
 
 @dataclass(frozen=True)

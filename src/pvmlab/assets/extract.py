@@ -28,7 +28,7 @@ from pvmlab.assets.diskimage import DiskImage, FsInfo, Partition
 from pvmlab.assets.extfs import Entry, ExtFs
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome
-from pvmlab.spec import validate
+from pvmlab.records import validate
 
 KERNEL_PREFIXES = ("vmlinuz-", "vmlinux-")
 INITRD_PATTERNS = ("initrd.img-{v}", "initramfs-{v}.img", "initrd-{v}", "initrd-{v}.img")

@@ -284,7 +284,7 @@ def download_official(
     checked; an EFI build is still refused when its machine type is not the expected one.
     """
     from pvmlab.assets.download import DownloadError, fetch
-    from pvmlab.spec.models import utc_now
+    from pvmlab.records.models import utc_now
 
     base = (base_url or official_base()).rstrip("/")
     wanted = roles if roles is not None else tuple(FIRST_STAGES)

@@ -18,7 +18,7 @@ from pathlib import Path
 from pvmlab.assets import catalog, distro, download
 from pvmlab.assets.download import Checksum, DownloadError
 from pvmlab.home import LabHome, read_json, write_atomic, write_json
-from pvmlab.spec import validate
+from pvmlab.records import validate
 
 
 @dataclass

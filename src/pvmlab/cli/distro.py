@@ -10,7 +10,7 @@ import click
 
 from pvmlab.cli.common import emit_json, home, json_option, table
 from pvmlab.errors import ValidationError
-from pvmlab.spec import validate
+from pvmlab.records import validate
 
 
 def _arch(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
@@ -267,7 +267,7 @@ def rm(name: str, arch: str, force: bool) -> None:
     """Remove distro NAME for ARCH from the lab (the download cache is kept)."""
     from pvmlab.assets import distro as assets
     from pvmlab.errors import StateError
-    from pvmlab.spec import store
+    from pvmlab.records import store
 
     h = home()
     if not force:

@@ -10,7 +10,7 @@ import click
 
 from pvmlab.cli.common import emit_json, home, json_option
 from pvmlab.errors import StateError
-from pvmlab.spec import validate
+from pvmlab.records import validate
 
 SERVICES = ("dnsmasq", "http", "supervisor")
 
@@ -43,8 +43,8 @@ def provisioner() -> None:
 @json_option
 def create(address: str, dhcp_range: str | None, as_json: bool) -> None:
     """Record the lab network (address, subnet, dynamic DHCP range) in the lab home."""
-    from pvmlab.spec import store
-    from pvmlab.spec.models import LabSpec
+    from pvmlab.records import store
+    from pvmlab.records.models import LabSpec
 
     iface = validate.ipv4_interface(address)
     if dhcp_range is None:

@@ -10,7 +10,7 @@ import click
 
 from pvmlab.cli.common import emit_json, home, json_option
 from pvmlab.errors import StateError
-from pvmlab.spec import store, validate
+from pvmlab.records import store, validate
 
 DEFAULT_WAIT_FOR = r"login:"
 

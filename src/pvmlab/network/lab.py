@@ -31,8 +31,8 @@ from pvmlab import spawn
 from pvmlab.errors import StateError
 from pvmlab.home import TAP_PREFIX, LabHome, file_lock, read_json, write_json
 from pvmlab.network.privilege import require_net_admin
-from pvmlab.spec import validate
-from pvmlab.spec.models import LabSpec
+from pvmlab.records import validate
+from pvmlab.records.models import LabSpec
 
 __all__ = [
     "down",

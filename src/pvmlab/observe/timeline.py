@@ -419,7 +419,7 @@ def _lines(path: Path) -> list[str]:
 
 def for_vm(home: LabHome, name: str, wait_for: re.Pattern[str]) -> Timeline:
     """The timeline of VM ``name``'s last start, from the files in ``home``."""
-    from pvmlab.spec import store
+    from pvmlab.records import store
 
     spec = store.load_vm(home, name)
     path = stamps_path(home.vm_log(name))

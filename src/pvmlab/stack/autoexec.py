@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pvmlab.home import LabHome, write_atomic
-from pvmlab.spec.models import LabSpec
+from pvmlab.records.models import LabSpec
 from pvmlab.stack import dnsmasq
 from pvmlab.stack import render as render_env
 

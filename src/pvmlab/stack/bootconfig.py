@@ -22,8 +22,8 @@ from pydantic import BaseModel, ConfigDict
 
 from pvmlab.errors import PvmlabError
 from pvmlab.home import LabHome
-from pvmlab.spec import store, validate
-from pvmlab.spec.models import SERIAL_CONSOLE, Arch, DistroAssets, Firmware, LabSpec, VMSpec
+from pvmlab.records import store, validate
+from pvmlab.records.models import SERIAL_CONSOLE, Arch, DistroAssets, Firmware, LabSpec, VMSpec
 
 log = logging.getLogger(__name__)
 

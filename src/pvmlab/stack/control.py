@@ -30,7 +30,7 @@ from pvmlab.errors import DependencyError, ProcessError, PvmlabError, StateError
 from pvmlab.home import LabHome, file_lock, read_json
 from pvmlab.network import lab as netlab
 from pvmlab.network.privilege import require_net_admin
-from pvmlab.spec import store
+from pvmlab.records import store
 from pvmlab.stack import dnsmasq
 from pvmlab.stack.supervisor import error_path, pid_file, state_path
 

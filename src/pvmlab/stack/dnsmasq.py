@@ -29,8 +29,8 @@ from pvmlab.assets import ipxe
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome, file_lock, write_atomic
 from pvmlab.network import lab as netlab
-from pvmlab.spec import store, validate
-from pvmlab.spec.models import LabSpec, VMSpec
+from pvmlab.records import store, validate
+from pvmlab.records.models import LabSpec, VMSpec
 from pvmlab.stack import render
 
 LEASE_TIME = "12h"

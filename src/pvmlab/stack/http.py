@@ -49,8 +49,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from pvmlab.errors import PvmlabError, StateError, ValidationError
 from pvmlab.home import LabHome
-from pvmlab.spec import validate
-from pvmlab.spec.models import LabSpec
+from pvmlab.records import validate
+from pvmlab.records.models import LabSpec
 from pvmlab.stack import render
 from pvmlab.stack.bootconfig import BootConfig, boot_config
 
@@ -362,7 +362,7 @@ def bound_port(runner: web.AppRunner) -> int:
 
 
 def _lab_for(home: LabHome) -> LabSpec:
-    from pvmlab.spec import store
+    from pvmlab.records import store
 
     if home.lab_file.exists():
         return store.load_lab(home)

@@ -37,8 +37,8 @@ from typing import Any
 from pvmlab import spawn
 from pvmlab.errors import PvmlabError, StateError
 from pvmlab.home import LabHome, read_json, write_atomic, write_json
-from pvmlab.spec import store
-from pvmlab.spec.models import LabSpec, utc_now
+from pvmlab.records import store
+from pvmlab.records.models import LabSpec, utc_now
 from pvmlab.stack import dnsmasq
 
 log = logging.getLogger("pvmlab.supervisor")

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pvmlab.errors import StateError
 from pvmlab.home import SUBDIRS, LabHome
-from pvmlab.spec import store
+from pvmlab.records import store
 from pvmlab.vm import runtime, state
 from pvmlab.vm.define import reload_stack
 

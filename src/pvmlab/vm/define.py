@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pvmlab import spawn
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome
-from pvmlab.spec import store, validate
-from pvmlab.spec.models import LabSpec, VMSpec
+from pvmlab.records import store, validate
+from pvmlab.records.models import LabSpec, VMSpec
 
 log = logging.getLogger(__name__)
 

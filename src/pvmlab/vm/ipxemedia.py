@@ -21,7 +21,7 @@ from pathlib import Path
 from pvmlab.assets.ipxe import FIRST_STAGES
 from pvmlab.errors import StateError
 from pvmlab.home import LabHome, write_atomic
-from pvmlab.spec.models import LabSpec
+from pvmlab.records.models import LabSpec
 from pvmlab.stack import autoexec
 
 # arch -> (first-stage role in tftp/, the removable-media boot file name UEFI looks for)

@@ -33,8 +33,8 @@ from pvmlab.qemu import accel as accel_mod
 from pvmlab.qemu import firmware as firmware_mod
 from pvmlab.qemu import qmp
 from pvmlab.qemu.argv import QemuConfig, build_argv, machine_type
-from pvmlab.spec import store
-from pvmlab.spec.models import VMSpec, utc_now
+from pvmlab.records import store
+from pvmlab.records.models import VMSpec, utc_now
 from pvmlab.vm import ipxemedia, state
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@
     vms/NAME.json       VMSpec: one target VM
     images/D/A/distro.json  DistroAssets: a kernel + initrd for distro D, arch A
 
-Values are validated when a command receives them (``pvmlab.spec.validate``); the models check
+Values are validated when a command receives them (``pvmlab.records.validate``); the models check
 them again when a file is read back, so a hand-edited file cannot smuggle bad values in.
 """
 
@@ -19,9 +19,9 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic import ValidationError as PydanticError
 
 from pvmlab.errors import PvmlabError, ValidationError
-from pvmlab.spec import validate
-from pvmlab.spec.validate import Arch as Arch
-from pvmlab.spec.validate import Firmware as Firmware
+from pvmlab.records import validate
+from pvmlab.records.validate import Arch as Arch
+from pvmlab.records.validate import Firmware as Firmware
 
 # The serial console of each arch's QEMU machine (x86: 16550 ttyS0; arm virt: PL011 ttyAMA0).
 SERIAL_CONSOLE: dict[str, str] = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
@@ -57,7 +57,7 @@ def _ipv4(value: str) -> str:
 
 
 def _checked(fn: Callable[[V], R]) -> AfterValidator:
-    """A pydantic check that runs ``fn`` (a ``pvmlab.spec.validate`` function) on the value."""
+    """A pydantic check that runs ``fn`` (a ``pvmlab.records.validate`` function) on the value."""
     return AfterValidator(lambda value: _check(fn, value))
 
 

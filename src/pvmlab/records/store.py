@@ -14,7 +14,7 @@ from pydantic import ValidationError as PydanticError
 
 from pvmlab.errors import StateError
 from pvmlab.home import LabHome, write_json
-from pvmlab.spec.models import DistroAssets, LabSpec, VMSpec, first_problem
+from pvmlab.records.models import DistroAssets, LabSpec, VMSpec, first_problem
 
 R = TypeVar("R", LabSpec, VMSpec, DistroAssets)
 
