@@ -7,6 +7,7 @@ atomically, so readers never need the lock.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -56,8 +57,37 @@ def load_vm(home: LabHome, name: str) -> VMSpec:
     return _load(path, VMSpec)
 
 
+@dataclass(frozen=True)
+class DamagedRecord:
+    """A VM record that cannot be read: named, with the reason, so the rest of the lab goes on."""
+
+    name: str
+    path: Path
+    problem: str
+
+    @property
+    def hint(self) -> str:
+        return (
+            f"fix {self.path} (plain JSON) or remove the VM with `pvmlab vm clean {self.name}`"
+        )
+
+
+def scan_vms(home: LabHome) -> tuple[list[VMSpec], list[DamagedRecord]]:
+    """Every VM record: the readable ones, and the damaged ones with what is wrong with each."""
+    healthy: list[VMSpec] = []
+    damaged: list[DamagedRecord] = []
+    for name in vm_names(home):
+        path = home.vm_file(name)
+        try:
+            healthy.append(_load(path, VMSpec))
+        except StateError as exc:
+            damaged.append(DamagedRecord(name, path, exc.problem))
+    return healthy, damaged
+
+
 def load_vms(home: LabHome) -> list[VMSpec]:
-    return [load_vm(home, n) for n in vm_names(home)]
+    """The readable VM records (see ``scan_vms`` for the damaged ones)."""
+    return scan_vms(home)[0]
 
 
 def save_vm(home: LabHome, vm: VMSpec) -> None:
