@@ -230,7 +230,7 @@ def dhcp_bench(lab: netlab.Lab, work: Path, count: int) -> dict[str, Any]:
     DHCPNAKs that dnsmasq logged during the burst are counted: a NAK sends busybox udhcpc
     into a 3 s pause before it starts over, which shows as a tail in the per-client times.
     """
-    dnsmasq_log = LabHome(lab.home).logs / "dnsmasq.log"
+    dnsmasq_log = LabHome(lab.home).dnsmasq_log
     with contextlib.ExitStack() as stack:
         made = time.monotonic()
         clients = [

@@ -7,11 +7,16 @@
      ├── DependencyError    a program, firmware or binary is missing
      └── ProcessError       a program we ran failed (command, exit code and stderr tail kept)
 
-Anything else reaching the CLI is a bug and is reported as such, with the traceback only under
-``--debug``.
+An OSError the user or the machine causes (a full disk or quota, a read-only filesystem, a
+missing permission) is turned into a StateError by ``from_os_error`` at the CLI's top level:
+one line naming the file and the fix. Anything else reaching the CLI is a bug and is reported
+as such, with the traceback only under ``--debug``.
 """
 
 from __future__ import annotations
+
+import errno
+import os
 
 
 class PvmlabError(Exception):
@@ -56,3 +61,30 @@ class ProcessError(PvmlabError):
         self.argv = argv or []
         self.returncode = returncode
         self.stderr = stderr
+
+
+def from_os_error(exc: OSError, home: str) -> StateError | None:
+    """The one-line error for an OSError the user can act on (None: a bug, report it as such).
+
+    ``home`` is the lab home, named when the error does not say which file it was.
+    """
+    where = exc.filename if exc.filename is not None else f"a file in {home}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StateError(
+            f"no space left writing {where} ({exc.strerror})",
+            f"free space on the filesystem of {home} (`df -h {home}`) and rerun; "
+            "files pvmlab writes are replaced whole, so the lab is as it was",
+        )
+    if exc.errno == errno.EROFS:
+        return StateError(
+            f"cannot write {where}: read-only filesystem",
+            "choose a home on a writable filesystem with --home or PVMLAB_HOME",
+        )
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        hint = (
+            "this command changes the lab: run it as root (sudo pvmlab ...)"
+            if os.geteuid() != 0
+            else f"check the owner and mode of {where}"
+        )
+        return StateError(f"permission denied: {where}", hint)
+    return None

@@ -1,38 +1,55 @@
 """The lab home: where one lab keeps everything (default ~/.pvmlab, override PVMLAB_HOME).
 
     lab.json        the lab network (``provisioner create``)
+    .lock           the state lock (``LabHome.locked``)
     catalog.toml    the user's own distro catalog entries (optional)
     ipxe.json       iPXE settings (``distro ipxe --dir``, official downloads)
-    vms/            NAME.json per VM, NAME/ for its firmware vars and disk
+    vms/            NAME.json per VM; NAME/ holds efivars.fd, disk.qcow2, runtime.json, ipxe-media/
     images/         NAME/ARCH/{vmlinuz,initrd,distro.json}
-    configs/        rendered dnsmasq configuration and DHCP reservations
-    tftp/           the TFTP root (iPXE first stages)
-    logs/           dnsmasq, HTTP, supervisor and per-VM console logs
-    pids/           pid files (supervisor, VMs)
-    monitors/       QMP sockets
-    stack/          the stack's runtime state (state.json, dnsmasq leases)
-    cache/          downloads (``distro pull``, official iPXE builds)
+    configs/        dnsmasq.conf, dhcp-hosts (reservations), .render.lock
+    tftp/           the TFTP root (iPXE first stages, autoexec.ipxe)
+    logs/           dnsmasq.log, http.log, supervisor.log; per VM NAME.log (console),
+                    NAME.qemu.log, NAME.console.jsonl (console times)
+    pids/           supervisor.pid, NAME.pid
+    monitors/       NAME.qmp (QMP), NAME.console (serial socket)
+    stack/          state.json, start-error.json, network.json, dnsmasq.{leases,pid,stderr},
+                    .control.lock, .network.lock
+    cache/          downloads/NAME/ARCH/METHOD/ (``distro pull``), ipxe/ (official iPXE builds)
+
+Every path above is built here, by a property or method of ``LabHome``, and nowhere else.
 
 Every kernel object the lab creates (network namespace, bridge, taps) is named from a short
 hash of the home's real path, so two homes are two labs that never clash.
+
+pvmlab runs as root, so the home is checked the way sshd checks ``~/.ssh`` (StrictModes):
+``LabHome.check_ownership`` refuses a home, or one of its subdirectories, that is owned by
+another user or writable by group/others, or that sits below a directory such a user could
+rename things in (a world-writable directory is accepted only with the sticky bit, like
+``/tmp``). The write helpers here (``write_atomic``, ``file_lock``, ``open_for_writing``)
+open the last path component without following symlinks, relative to a directory opened
+without following one either, so a swapped ``logs/`` or a planted ``dnsmasq.conf`` link never
+makes root write outside the home.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import os
-import tempfile
+import pwd
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pvmlab.errors import StateError
 
 SUBDIRS = ("images", "vms", "configs", "tftp", "logs", "pids", "monitors", "stack")
+CACHE = "cache"  # made on first download, not by ``ensure``
 TAP_PREFIX = "pvt"  # every VM tap is this + 8 hex digits (11 characters, under IFNAMSIZ)
 
 
@@ -121,16 +138,151 @@ class LabHome:
     def vm_qmp(self, name: str) -> Path:
         return self.monitors / f"{name}.qmp"
 
+    # the rest of the layout, each file named once (issue 8: one owner of the layout)
+    @property
+    def state_lock(self) -> Path:
+        return self.root / ".lock"
+
+    @property
+    def user_catalog(self) -> Path:
+        return self.root / "catalog.toml"
+
+    @property
+    def ipxe_settings(self) -> Path:
+        return self.root / "ipxe.json"
+
+    @property
+    def cache(self) -> Path:
+        return self.root / CACHE
+
+    @property
+    def ipxe_cache(self) -> Path:
+        return self.cache / "ipxe"
+
+    def download_cache(self, distro: str, arch: str, method: str) -> Path:
+        return self.cache / "downloads" / distro / arch / method
+
+    def distro_images(self, distro: str) -> Path:
+        """``images/NAME``: one distro, every architecture."""
+        return self.images / distro
+
+    def distro_dir(self, distro: str, arch: str) -> Path:
+        return self.distro_images(distro) / arch
+
+    def distro_file(self, distro: str, arch: str) -> Path:
+        return self.distro_dir(distro, arch) / "distro.json"
+
+    def tftp_file(self, name: str) -> Path:
+        """A file served over TFTP under ``name``."""
+        return self.tftp / name
+
+    @property
+    def dnsmasq_conf(self) -> Path:
+        return self.configs / "dnsmasq.conf"
+
+    @property
+    def dhcp_hosts(self) -> Path:
+        return self.configs / "dhcp-hosts"
+
+    @property
+    def render_lock(self) -> Path:
+        return self.configs / ".render.lock"
+
+    @property
+    def dnsmasq_log(self) -> Path:
+        return self.logs / "dnsmasq.log"
+
+    @property
+    def http_log(self) -> Path:
+        return self.logs / "http.log"
+
+    @property
+    def supervisor_log(self) -> Path:
+        return self.logs / "supervisor.log"
+
+    @property
+    def supervisor_pid(self) -> Path:
+        return self.pids / "supervisor.pid"
+
+    @property
+    def stack_state(self) -> Path:
+        return self.stack / "state.json"
+
+    @property
+    def stack_start_error(self) -> Path:
+        return self.stack / "start-error.json"
+
+    @property
+    def network_record(self) -> Path:
+        return self.stack / "network.json"
+
+    @property
+    def network_lock(self) -> Path:
+        return self.stack / ".network.lock"
+
+    @property
+    def control_lock(self) -> Path:
+        return self.stack / ".control.lock"
+
+    @property
+    def dnsmasq_leases(self) -> Path:
+        return self.stack / "dnsmasq.leases"
+
+    @property
+    def dnsmasq_pid(self) -> Path:
+        return self.stack / "dnsmasq.pid"
+
+    @property
+    def dnsmasq_stderr(self) -> Path:
+        return self.stack / "dnsmasq.stderr"
+
+    def vm_runtime(self, name: str) -> Path:
+        return self.vm_dir(name) / "runtime.json"
+
+    def vm_efivars(self, name: str) -> Path:
+        return self.vm_dir(name) / "efivars.fd"
+
+    def vm_disk(self, name: str) -> Path:
+        return self.vm_dir(name) / "disk.qcow2"
+
+    def vm_ipxe_media(self, name: str) -> Path:
+        return self.vm_dir(name) / "ipxe-media"
+
+    def vm_console_socket(self, name: str) -> Path:
+        return self.monitors / f"{name}.console"
+
+    def vm_qemu_log(self, name: str) -> Path:
+        """QEMU's own stdout/stderr (not the guest's console)."""
+        return self.logs / f"{name}.qemu.log"
+
+    def vm_console_times(self, name: str) -> Path:
+        """The console lines with their times (``pvmlab.observe.stamp``)."""
+        return self.logs / f"{name}.console.jsonl"
+
+    @property
+    def subdirs(self) -> tuple[Path, ...]:
+        """The subdirectories ``ensure`` makes (``clean --purge`` removes them)."""
+        return tuple(self.root / sub for sub in SUBDIRS)
+
+    @property
+    def own_files(self) -> tuple[Path, ...]:
+        """The files pvmlab keeps at the top of the home (``clean --purge`` removes them)."""
+        return (self.lab_file, self.state_lock)
+
     def exists(self) -> bool:
         return self.root.is_dir()
 
     def ensure(self) -> None:
-        """Create the home and its subdirectories (StateError when it cannot be made)."""
+        """Create the home and its subdirectories (StateError when it cannot be made or is not
+        safe for root to use: see ``check_ownership``)."""
+        self.check_ownership()
         try:
-            for sub in SUBDIRS:
-                (self.root / sub).mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
+            for sub in self.subdirs:
+                sub.mkdir(mode=0o755, exist_ok=True)
         except OSError as exc:
             raise self._unusable(exc) from None
+        self.check_ownership()
 
     def _unusable(self, exc: OSError) -> StateError:
         return StateError(
@@ -144,17 +296,160 @@ class LabHome:
                 f"no lab home at {self.root}",
                 "run `pvmlab setup` (PVMLAB_HOME selects another home)",
             )
+        self.check_ownership()
 
     def locked(self) -> contextlib.AbstractContextManager[None]:
         """Exclusive lock over the lab's state (VM definitions, lab record, reservations).
 
         The lock file lives in the home, so taking the lock creates the home if needed.
         """
+        self.check_ownership()
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=0o755, parents=True, exist_ok=True)
         except OSError as exc:
             raise self._unusable(exc) from None
-        return file_lock(self.root / ".lock")
+        return file_lock(self.state_lock)
+
+    def check_ownership(self) -> None:
+        """Refuse a home that another user could tamper with, as sshd's StrictModes does.
+
+        * every directory above the home (along the path as given and along its real path)
+          that exists is owned by root or the effective user and not writable by group or
+          others, unless it has the sticky bit (``/tmp``: others cannot rename our entries);
+        * the home itself and each of its subdirectories that exists is a real directory
+          (not a symlink), owned by root or the effective user, not writable by group/others.
+
+        A missing home passes (``ensure`` creates it and checks again).
+        """
+        euid = os.geteuid()
+        given = self.root.absolute()
+        real = Path(os.path.realpath(self.root))
+        for parent in sorted({*given.parents, *real.parents}, key=lambda p: len(p.parts)):
+            st = _stat_or_none(parent, follow=True)
+            if st is not None:
+                _check_dir(parent, st, euid, above_home=True)
+        st = _stat_or_none(real, follow=True)
+        if st is None:
+            return
+        _check_dir(real, st, euid, above_home=False)
+        for sub in (*SUBDIRS, CACHE):
+            path = real / sub
+            st = _stat_or_none(path, follow=False)
+            if st is not None:
+                _check_dir(path, st, euid, above_home=False)
+
+
+def _stat_or_none(path: Path, *, follow: bool) -> os.stat_result | None:
+    try:
+        return path.stat() if follow else path.lstat()
+    except (FileNotFoundError, NotADirectoryError):
+        return None  # not there (yet): nothing to check
+    except OSError as exc:
+        raise StateError(
+            f"cannot check {path}: {exc.strerror or exc}",
+            "run pvmlab as a user who may read the lab home (usually root)",
+        ) from None
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _check_dir(path: Path, st: os.stat_result, euid: int, *, above_home: bool) -> None:
+    """StateError unless ``path`` (with stat ``st``) is safe for ``euid`` to trust."""
+    elsewhere = "choose a home in a directory only root can change (--home or PVMLAB_HOME)"
+    if above_home and not stat.S_ISDIR(st.st_mode):
+        return  # creating the home below a file fails, and says so (``ensure``)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a directory"
+        raise StateError(
+            f"{path} in the lab home is {what}, so pvmlab would write where it points",
+            f"remove it (`rm {path}`) and run `pvmlab setup`",
+        )
+    if st.st_uid not in (0, euid):
+        problem = f"{path} is owned by {_user(st.st_uid)}"
+        if above_home:
+            raise StateError(f"{problem}, who could replace the lab home below it", elsewhere)
+        raise StateError(
+            f"{problem}, who could make pvmlab write anywhere through it",
+            f"`chown -R {_user(euid)} {path}`, or {elsewhere}",
+        )
+    writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if writable and not (above_home and st.st_mode & stat.S_ISVTX):
+        who = (
+            "group and others"
+            if writable == (stat.S_IWGRP | stat.S_IWOTH)
+            else ("its group" if writable == stat.S_IWGRP else "others")
+        )
+        if above_home:
+            raise StateError(f"{path} is writable by {who} (and not sticky)", elsewhere)
+        raise StateError(f"{path} in the lab home is writable by {who}", f"`chmod go-w {path}`")
+
+
+def _symlink_refused(path: Path) -> StateError:
+    return StateError(
+        f"{path} is a symbolic link or not a directory; pvmlab does not write through links "
+        "in the lab home",
+        f"remove it (`rm {path}`) and rerun",
+    )
+
+
+@contextlib.contextmanager
+def _open_dir(directory: Path) -> Iterator[int]:
+    """An fd of ``directory`` (created if missing), opened without following a symlink and
+    checked to be owned by root or the effective user and not writable by others."""
+    directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise _symlink_refused(directory) from None
+        raise
+    try:
+        st = os.fstat(dfd)
+        writable = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX
+        if st.st_uid not in (0, os.geteuid()) or writable:
+            raise StateError(
+                f"{directory} is owned by {_user(st.st_uid)} or writable by others; "
+                "pvmlab does not write in it",
+                f"`chown {_user(os.geteuid())} {directory} && chmod go-w {directory}`",
+            )
+        yield dfd
+    finally:
+        os.close(dfd)
+
+
+def _with_path(exc: OSError, path: Path) -> OSError:
+    """The same error, naming ``path`` (a failed write() does not say which file it was)."""
+    if exc.filename is not None:
+        return exc
+    return OSError(exc.errno, exc.strerror, str(path))
+
+
+def open_for_writing(
+    path: Path, flags: int = os.O_WRONLY | os.O_CREAT | os.O_APPEND, mode: int = 0o644
+) -> int:
+    """A file descriptor of ``path`` (a file in the lab home) for root to write.
+
+    The last component is opened with O_NOFOLLOW relative to its directory, itself opened
+    with O_NOFOLLOW and checked (``_open_dir``): a symlink planted in place of the file or its
+    directory is refused (StateError), never followed.
+    """
+    with _open_dir(path.parent) as dfd:
+        try:
+            return os.open(path.name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dfd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _symlink_refused(path) from None
+            raise _with_path(exc, path) from None
+
+
+def open_truncated(path: Path) -> IO[bytes]:
+    """``path`` (in the lab home) emptied and open for writing, never through a symlink."""
+    return os.fdopen(open_for_writing(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb")
 
 
 @contextlib.contextmanager
@@ -164,8 +459,7 @@ def file_lock(path: Path) -> Iterator[None]:
     The lab uses a few independent locks (state, network changes, stack start/stop, config
     renders) so that a holder of one may take another without deadlocking on itself.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_for_writing(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -175,20 +469,30 @@ def file_lock(path: Path) -> Iterator[None]:
 
 
 def write_atomic(path: Path, data: str | bytes, mode: int = 0o644) -> None:
-    """Write a file so readers see the old or the new content, never a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a file so readers see the old or the new content, never a half-written one.
+
+    The temporary file is created (O_EXCL, O_NOFOLLOW) and renamed over ``path`` relative to
+    the checked directory fd, so neither a symlink at ``path`` nor a swapped directory is
+    followed; on a full disk the old file stays as it was and no temporary file is left.
+    """
     raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).chmod(mode)
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _open_dir(path.parent) as dfd:
+        tmp = f".{path.name}.{os.urandom(4).hex()}.tmp"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        fd = os.open(tmp, flags, 0o600, dir_fd=dfd)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(raw)
+                fh.flush()
+                os.fsync(fh.fileno())
+                os.fchmod(fh.fileno(), mode)
+            os.replace(tmp, path.name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException as exc:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dfd)
+            if isinstance(exc, OSError):
+                raise _with_path(exc, path) from None
+            raise
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -9,6 +9,13 @@ program by PID (SIGTERM, then SIGKILL).
 
 ``netns`` runs the program inside a network namespace through ``ip netns exec``, which execs the
 program, so the PID we get is the program's own.
+
+pvmlab's own helpers (the stack supervisor, the console stamper) run as child interpreters
+started by ``start_python_module``: ``python -I -m MODULE`` from ``/``. ``-I`` (isolated mode)
+keeps the working directory, PYTHONPATH, PYTHON* variables and the user's site-packages off
+the child's import path, so a ``pvmlab/`` or ``aiohttp.py`` planted in the directory root runs
+pvmlab from is never imported as root. pvmlab must therefore be installed in the
+interpreter's own site-packages (a venv, pipx, the system; editable installs included).
 """
 
 from __future__ import annotations
@@ -19,12 +26,14 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
 from pvmlab.errors import DependencyError, ProcessError
+from pvmlab.home import open_for_writing
 
 log = logging.getLogger(__name__)
 
@@ -143,19 +152,16 @@ def start_detached(
     log_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     stdin_devnull: bool = True,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a long-lived program in its own session (it survives pvmlab's exit).
 
-    Its stdout and stderr go to ``log_file`` (appended) or are discarded.
+    Its stdout and stderr go to ``log_file`` (appended; never through a symlink, see
+    ``pvmlab.home.open_for_writing``) or are discarded.
     """
     full = in_netns(argv, netns)
     log.debug("start: %s", shlex.join(full))
-    out: int | IO[bytes]
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        out = log_file.open("ab")
-    else:
-        out = subprocess.DEVNULL
+    out = open_for_writing(log_file) if log_file is not None else subprocess.DEVNULL
     try:
         return subprocess.Popen(
             full,
@@ -165,12 +171,34 @@ def start_detached(
             start_new_session=True,
             env=dict(env) if env is not None else None,
             close_fds=True,
+            cwd=cwd,
         )
     except FileNotFoundError as exc:
         raise _not_found(full[0]) from exc
     finally:
-        if not isinstance(out, int):
-            out.close()
+        if out != subprocess.DEVNULL:
+            os.close(out)
+
+
+PYTHON_CWD = Path("/")  # the working directory of pvmlab's child interpreters
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """The argv that runs pvmlab's own ``module`` in an isolated child interpreter (``-I``)."""
+    return [sys.executable, "-I", "-m", module, *args]
+
+
+def start_python_module(
+    module: str,
+    *args: str,
+    netns: str | None = None,
+    log_file: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    """``start_detached`` for one of pvmlab's own modules: ``python -I -m MODULE ARGS`` with
+    ``/`` as its working directory, so nothing in the caller's directory can be imported."""
+    return start_detached(
+        python_module(module, *args), netns=netns, log_file=log_file, cwd=PYTHON_CWD
+    )
 
 
 def terminate(pids: Sequence[int], grace: float = 5.0, kill_wait: float = 5.0) -> bool:

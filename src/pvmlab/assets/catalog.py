@@ -73,7 +73,7 @@ def _packaged() -> dict[str, Any]:
 
 
 def user_file(home: LabHome) -> Path:
-    return home.root / USER_FILE
+    return home.user_catalog
 
 
 def load(home: LabHome | None = None) -> dict[str, Entry]:

@@ -113,7 +113,7 @@ def remove(home: LabHome, name: str, arch: str) -> DistroAssets:
         if assets is None:
             raise _not_in_lab(name, arch)
         shutil.rmtree(store.distro_dir(home, name, arch))
-        parent = home.images / name
+        parent = home.distro_images(name)
         if parent.is_dir() and not any(parent.iterdir()):
             parent.rmdir()
     return assets

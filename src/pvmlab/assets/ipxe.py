@@ -98,11 +98,11 @@ class IpxeBinary:
 
 
 def _settings_file(home: LabHome) -> Path:
-    return home.root / "ipxe.json"
+    return home.ipxe_settings
 
 
 def _cache_dir(home: LabHome) -> Path:
-    return home.root / "cache" / "ipxe"
+    return home.ipxe_cache
 
 
 def load_settings(home: LabHome) -> dict[str, Any]:
@@ -257,7 +257,7 @@ def stage_into(
     for role, binary in found.items():
         if binary is None:  # pragma: no cover - excluded above
             continue
-        dst = home.tftp / binary.tftp_name
+        dst = home.tftp_file(binary.tftp_name)
         if not (dst.is_file() and sha256_file(dst) == binary.sha256):
             copy_atomic(binary.path, dst)
         staged.append(IpxeBinary(role, binary.tftp_name, dst, binary.source, binary.sha256))

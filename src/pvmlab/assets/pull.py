@@ -31,7 +31,7 @@ class PullResult:
 
 
 def cache_dir(home: LabHome, name: str, arch: str, method: str) -> Path:
-    return home.root / "cache" / "downloads" / name / arch / method
+    return home.download_cache(name, arch, method)
 
 
 def _file_name(key: str) -> str:

@@ -12,7 +12,10 @@ from pvmlab.home import LabHome
 
 
 def home() -> LabHome:
-    return LabHome.from_env()
+    """The lab home, refused when another user could tamper with it (``check_ownership``)."""
+    lab_home = LabHome.from_env()
+    lab_home.check_ownership()
+    return lab_home
 
 
 def emit_json(obj: Any) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import click
 
 from pvmlab import __version__
-from pvmlab.errors import PvmlabError
+from pvmlab.errors import PvmlabError, from_os_error
+from pvmlab.home import default_root
 
 # command name -> (module, attribute, one-line help shown in `pvmlab --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -112,6 +113,13 @@ def main(argv: list[str] | None = None) -> Any:
         click.echo("pvmlab: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # a bug: say so in one line, traceback only with --debug
+        # ... unless it is a full disk, a read-only home or a missing permission: one line too
+        known = from_os_error(exc, str(default_root())) if isinstance(exc, OSError) else None
+        if known is not None:
+            click.echo(f"pvmlab: error: {known}", err=True)
+            if os.environ.get("PVMLAB_DEBUG"):
+                raise
+            sys.exit(known.exit_code)
         if os.environ.get("PVMLAB_DEBUG"):
             raise
         click.echo(

@@ -57,12 +57,12 @@ NETNS_DIR = Path("/run/netns")
 
 
 def _record_path(home: LabHome) -> Path:
-    return home.stack / "network.json"
+    return home.network_record
 
 
 def _locked(home: LabHome) -> contextlib.AbstractContextManager[None]:
     """Serialise network changes of one home (its own lock: callers may hold ``home.locked``)."""
-    return file_lock(home.stack / ".network.lock")
+    return file_lock(home.network_lock)
 
 
 def _load_record(home: LabHome) -> dict[str, Any]:

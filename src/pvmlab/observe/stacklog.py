@@ -169,11 +169,11 @@ def http_requests(log_lines: list[str], mac: str, ips: list[str]) -> list[str]:
 
 
 def view(home: LabHome, mac: str, ip: str | None = None) -> StackView:
-    dns = _read_lines(home.logs / "dnsmasq.log")
+    dns = _read_lines(home.dnsmasq_log)
     exchanges = dhcp_exchanges(dns, mac)
     sv = StackView(mac=mac, exchanges=exchanges)
-    sv.lease_ip = lease_of(_read_lines(home.stack / "dnsmasq.leases"), mac)
+    sv.lease_ip = lease_of(_read_lines(home.dnsmasq_leases), mac)
     ips = sv.ips + [x for x in (ip, sv.lease_ip) if x and x not in sv.ips]
     sv.tftp = tftp_sent(dns, ips)
-    sv.http = http_requests(_read_lines(home.logs / "http.log"), mac, ips)
+    sv.http = http_requests(_read_lines(home.http_log), mac, ips)
     return sv

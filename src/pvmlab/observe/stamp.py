@@ -116,7 +116,7 @@ def watch(log: Path, out_path: Path, pid: int, t0: float, poll: float = POLL) ->
 def argv(log: Path, pid: int, t0: float) -> list[str]:
     """The watcher's command line (run with ``spawn.start_detached``)."""
     return [
-        sys.executable, "-m", "pvmlab.observe.stamp",
+        *spawn.python_module("pvmlab.observe.stamp"),
         "--log", str(log), "--out", str(stamps_path(log)),
         "--pid", str(pid), "--t0", repr(t0),
     ]  # fmt: skip
@@ -126,7 +126,7 @@ def start_watcher(log: Path, pid: int, t0: float) -> None:
     """Start the watcher detached; it ends by itself when QEMU (``pid``) exits."""
     from pvmlab import spawn
 
-    spawn.start_detached(argv(log, pid, t0))
+    spawn.start_detached(argv(log, pid, t0), cwd=spawn.PYTHON_CWD)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -49,7 +49,6 @@ from typing import Any
 from pvmlab.errors import StateError
 from pvmlab.home import LabHome
 from pvmlab.observe import stacklog
-from pvmlab.observe.stamp import stamps_path
 
 LABELS = {
     "vm-start": "VM start -> firmware DHCP",
@@ -422,7 +421,7 @@ def for_vm(home: LabHome, name: str, wait_for: re.Pattern[str]) -> Timeline:
     from pvmlab.records import store
 
     spec = store.load_vm(home, name)
-    path = stamps_path(home.vm_log(name))
+    path = home.vm_console_times(name)
     try:
         text = path.read_text(errors="replace")
     except FileNotFoundError:
@@ -432,8 +431,8 @@ def for_vm(home: LabHome, name: str, wait_for: re.Pattern[str]) -> Timeline:
         ) from None
     return build(
         parse_console(text),
-        _lines(home.logs / "dnsmasq.log"),
-        _lines(home.logs / "http.log"),
+        _lines(home.dnsmasq_log),
+        _lines(home.http_log),
         vm=name,
         mac=spec.mac,
         wait_for=wait_for,

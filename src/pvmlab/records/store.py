@@ -95,11 +95,11 @@ def save_vm(home: LabHome, vm: VMSpec) -> None:
 
 
 def distro_dir(home: LabHome, name: str, arch: str) -> Path:
-    return home.images / name / arch
+    return home.distro_dir(name, arch)
 
 
 def load_distro(home: LabHome, name: str, arch: str) -> DistroAssets | None:
-    path = distro_dir(home, name, arch) / "distro.json"
+    path = home.distro_file(name, arch)
     if not path.exists():
         return None
     return _load(path, DistroAssets)
@@ -115,4 +115,4 @@ def load_distros(home: LabHome) -> list[DistroAssets]:
 
 
 def save_distro(home: LabHome, d: DistroAssets) -> None:
-    write_json(distro_dir(home, d.name, d.arch) / "distro.json", d.model_dump(mode="json"))
+    write_json(home.distro_file(d.name, d.arch), d.model_dump(mode="json"))

@@ -35,7 +35,7 @@ def render(lab: LabSpec) -> str:
 
 def write(home: LabHome, lab: LabSpec) -> Path:
     """Write ``tftp/autoexec.ipxe`` for the lab (atomically)."""
-    dest = home.tftp / NAME
+    dest = home.tftp_file(NAME)
     home.tftp.mkdir(parents=True, exist_ok=True)
     write_atomic(dest, render(lab))
     return dest

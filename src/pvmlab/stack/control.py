@@ -19,7 +19,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -90,7 +89,7 @@ def is_running(home: LabHome) -> bool:
 
 def _control_lock(home: LabHome) -> contextlib.AbstractContextManager[None]:
     """One start or stop at a time per home (its own lock: callers may hold ``home.locked``)."""
-    return file_lock(home.stack / ".control.lock")
+    return file_lock(home.control_lock)
 
 
 def _stop_orphans(home: LabHome) -> list[int]:
@@ -158,11 +157,11 @@ def _launch(home: LabHome, was_up: bool, timeout: float) -> dict[str, Any]:
     for stale in (state_path(home), error_path(home)):
         with contextlib.suppress(FileNotFoundError):
             stale.unlink()
-    proc = spawn.start_detached(
-        [sys.executable, "-m", SUPERVISOR_MODULE, "--home", str(home.root.absolute())],
+    proc = spawn.start_python_module(
+        SUPERVISOR_MODULE, "--home", str(home.root.absolute()),
         netns=home.netns,
-        log_file=home.logs / "supervisor.log",
-    )
+        log_file=home.supervisor_log,
+    )  # fmt: skip
     deadline = time.monotonic() + timeout
     failure: PvmlabError | None = None
     while True:

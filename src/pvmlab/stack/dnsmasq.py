@@ -45,23 +45,23 @@ _UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f,#\"'\\]")
 
 
 def conf_path(home: LabHome) -> Path:
-    return home.configs / "dnsmasq.conf"
+    return home.dnsmasq_conf
 
 
 def hosts_path(home: LabHome) -> Path:
-    return home.configs / "dhcp-hosts"
+    return home.dhcp_hosts
 
 
 def lease_path(home: LabHome) -> Path:
-    return home.stack / "dnsmasq.leases"
+    return home.dnsmasq_leases
 
 
 def pid_path(home: LabHome) -> Path:
-    return home.stack / "dnsmasq.pid"
+    return home.dnsmasq_pid
 
 
 def log_path(home: LabHome) -> Path:
-    return home.logs / "dnsmasq.log"
+    return home.dnsmasq_log
 
 
 def boot_url(lab: LabSpec) -> str:
@@ -172,7 +172,7 @@ def render_hosts(lab: LabSpec, vms: Sequence[VMSpec]) -> str:
 
 def _render_lock(home: LabHome) -> contextlib.AbstractContextManager[None]:
     """Serialise renders, so the last file written always reflects the newest VM records."""
-    return file_lock(home.configs / ".render.lock")
+    return file_lock(home.render_lock)
 
 
 def write_configs(home: LabHome, lab: LabSpec | None = None) -> tuple[Path, Path]:

@@ -315,7 +315,7 @@ async def start_http(
 
     ``url`` is the base URL written into scripts (default: derived from host and port).
     """
-    request_log = _open_request_log(home.logs / "http.log")
+    request_log = _open_request_log(home.http_log)
 
     async def close_log(_: web.Application) -> None:
         for handler in list(request_log.handlers):

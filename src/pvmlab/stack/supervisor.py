@@ -36,7 +36,7 @@ from typing import Any
 
 from pvmlab import spawn
 from pvmlab.errors import PvmlabError, StateError
-from pvmlab.home import LabHome, read_json, write_atomic, write_json
+from pvmlab.home import LabHome, open_truncated, read_json, write_atomic, write_json
 from pvmlab.records import store
 from pvmlab.records.models import LabSpec, utc_now
 from pvmlab.stack import dnsmasq
@@ -49,19 +49,19 @@ DHCP_PORT, TFTP_PORT = 67, 69
 
 
 def state_path(home: LabHome) -> Path:
-    return home.stack / "state.json"
+    return home.stack_state
 
 
 def error_path(home: LabHome) -> Path:
-    return home.stack / "start-error.json"
+    return home.stack_start_error
 
 
 def pid_file(home: LabHome) -> Path:
-    return home.pids / "supervisor.pid"
+    return home.supervisor_pid
 
 
 def stderr_path(home: LabHome) -> Path:
-    return home.stack / "dnsmasq.stderr"
+    return home.dnsmasq_stderr
 
 
 def bound_udp_ports() -> set[int]:
@@ -191,7 +191,7 @@ class Supervisor:
                     raise
                 log.error("configuration not re-rendered, the previous one is used: %s", exc)
             began = time.monotonic()
-            with stderr_path(self.home).open("wb") as err, spawn.spawn(
+            with open_truncated(stderr_path(self.home)) as err, spawn.spawn(
                 dnsmasq.argv(self.home), stderr=err, grace=5.0
             ) as proc:
                 self.proc = proc

@@ -15,15 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pvmlab.errors import StateError
-from pvmlab.home import SUBDIRS, LabHome
+from pvmlab.home import LabHome
 from pvmlab.records import store
 from pvmlab.vm import runtime, state
 from pvmlab.vm.define import reload_stack
 
 log = logging.getLogger(__name__)
-
-HOME_FILES = ("lab.json", ".lock")
-
 
 def _unlink(path: Path) -> None:
     with contextlib.suppress(FileNotFoundError):
@@ -37,7 +34,7 @@ def remove_files(home: LabHome, name: str) -> None:
         home.vm_log(name).with_name(f"{name}.log.1"),
         state.qemu_log(home, name),
         state.qemu_log(home, name).with_name(f"{name}.qemu.log.1"),
-        home.logs / f"{name}.console.jsonl",  # console times (pvmlab.observe.stamp)
+        home.vm_console_times(name),  # console times (pvmlab.observe.stamp)
     ):
         _unlink(path)
     state.remove_runtime_files(home, name)
@@ -86,10 +83,10 @@ def purge(home: LabHome, *, say: Callable[[str], None] = lambda _m: None) -> Non
     if network.is_up(home):
         network.down(home)
         say("lab network removed")
-    for sub in SUBDIRS:
-        shutil.rmtree(home.root / sub, ignore_errors=True)
-    for f in HOME_FILES:
-        _unlink(home.root / f)
+    for sub in home.subdirs:
+        shutil.rmtree(sub, ignore_errors=True)
+    for f in home.own_files:
+        _unlink(f)
     left = sorted(p.name for p in home.root.iterdir())
     if left:
         say(f"kept {home.root}: it holds files pvmlab did not create ({', '.join(left)})")

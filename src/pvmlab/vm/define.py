@@ -135,7 +135,7 @@ def create(home: LabHome, req: CreateRequest) -> VMSpec:
         try:
             vm_dir.mkdir(parents=True, exist_ok=True)
             if vm.disk_bytes is not None:
-                disk = vm_dir / "disk.qcow2"
+                disk = home.vm_disk(vm.name)
                 spawn.run(
                     ["qemu-img", "create", "-q", "-f", "qcow2", str(disk), str(vm.disk_bytes)]
                 )

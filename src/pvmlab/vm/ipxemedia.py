@@ -34,7 +34,7 @@ BIOS_PROBLEM = "legacy BIOS targets already boot iPXE from the NIC ROM; use --bo
 
 
 def media_dir(home: LabHome, name: str) -> Path:
-    return home.vm_dir(name) / "ipxe-media"
+    return home.vm_ipxe_media(name)
 
 
 def check(arch: str, firmware: str, name: str = "NAME") -> None:
@@ -48,7 +48,7 @@ def check(arch: str, firmware: str, name: str = "NAME") -> None:
 def build(home: LabHome, name: str, arch: str, lab: LabSpec) -> Path:
     """(Re)build VM ``name``'s media directory from the staged iPXE; returns the directory."""
     role, boot_name = BOOT_FILES[arch]
-    staged = home.tftp / FIRST_STAGES[role]
+    staged = home.tftp_file(FIRST_STAGES[role])
     if not staged.is_file():
         raise StateError(
             f"the stack has no iPXE for {arch} staged ({staged} is missing)",

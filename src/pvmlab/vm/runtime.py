@@ -57,11 +57,11 @@ class Started:
 
 
 def vars_file(home: LabHome, name: str) -> Path:
-    return home.vm_dir(name) / "efivars.fd"
+    return home.vm_efivars(name)
 
 
 def disk_file(home: LabHome, name: str) -> Path:
-    return home.vm_dir(name) / "disk.qcow2"
+    return home.vm_disk(name)
 
 
 def ensure_vars(home: LabHome, name: str, template: Path) -> Path:

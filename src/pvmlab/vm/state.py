@@ -31,16 +31,16 @@ class RuntimeRecord(BaseModel):
 
 
 def runtime_file(home: LabHome, name: str) -> Path:
-    return home.vm_dir(name) / "runtime.json"
+    return home.vm_runtime(name)
 
 
 def console_socket(home: LabHome, name: str) -> Path:
-    return home.monitors / f"{name}.console"
+    return home.vm_console_socket(name)
 
 
 def qemu_log(home: LabHome, name: str) -> Path:
     """QEMU's own stdout/stderr (not the guest's console)."""
-    return home.logs / f"{name}.qemu.log"
+    return home.vm_qemu_log(name)
 
 
 def save_runtime(home: LabHome, name: str, rec: RuntimeRecord) -> None:
