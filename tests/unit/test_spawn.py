@@ -197,3 +197,69 @@ def test_read_pid_file(tmp_path: Path) -> None:
     for junk in ("", "abc\n", "-5\n", "12 13\n"):
         f.write_text(junk)
         assert spawn.read_pid_file(f) is None
+
+
+# --- pvmlab's own modules as isolated children -------------------------------------------------
+
+PLANT = "import pathlib; pathlib.Path({marker!r}).write_text('planted code ran')\n"
+
+
+def _plant(where: Path, marker: Path) -> None:
+    """A directory that shadows pvmlab and aiohttp for any python that puts it on sys.path."""
+    (where / "pvmlab").mkdir(parents=True)
+    (where / "pvmlab" / "__init__.py").write_text(PLANT.format(marker=str(marker)))
+    (where / "aiohttp.py").write_text(PLANT.format(marker=str(marker)))
+
+
+def test_python_module_is_isolated() -> None:
+    assert spawn.python_module("pvmlab.x", "--a") == [PY, "-I", "-m", "pvmlab.x", "--a"]
+
+
+def test_planted_modules_in_the_working_directory_are_not_imported(tmp_path: Path) -> None:
+    planted, marker = tmp_path / "planted", tmp_path / "marker"
+    _plant(planted, marker)
+    # The control: an ordinary `python -m` from there does run the planted package.
+    spawn.run([PY, "-m", "pvmlab.observe.stamp", "--help"], cwd=planted, check=False)
+    assert marker.read_text() == "planted code ran"
+    marker.unlink()
+    proc = spawn.run(spawn.python_module("pvmlab.observe.stamp", "--help"), cwd=planted)
+    assert "python -m pvmlab.observe.stamp" in proc.stdout  # the real module answered
+    assert not marker.exists()
+
+
+def test_start_python_module_runs_from_root_without_the_callers_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    planted, marker = tmp_path / "planted", tmp_path / "marker"
+    _plant(planted, marker)
+    monkeypatch.chdir(planted)
+    monkeypatch.setenv("PYTHONPATH", str(planted))  # dropped by -I too
+    console, out = tmp_path / "t1.log", tmp_path / "t1.console.jsonl"
+    console.write_text("a line\n")
+    dead = subprocess.Popen([PY, "-c", "pass"])
+    dead.wait()  # a pid that is gone: the stamper reads the log once and ends
+    proc = spawn.start_python_module(
+        "pvmlab.observe.stamp", "--log", str(console), "--out", str(out),
+        "--pid", str(dead.pid), "--t0", "0", log_file=tmp_path / "stamp.out",
+    )  # fmt: skip
+    assert proc.wait(timeout=60) == 0, (tmp_path / "stamp.out").read_text()
+    events = [line for line in out.read_text().splitlines() if '"line"' in line]
+    assert len(events) == 1 and '"a line"' in events[0]
+    assert not marker.exists()
+
+
+def test_start_python_module_runs_in_root_and_in_its_own_session(tmp_path: Path) -> None:
+    console = tmp_path / "t1.log"
+    console.touch()
+    proc = spawn.start_python_module(
+        "pvmlab.observe.stamp", "--log", str(console), "--out", str(tmp_path / "out"),
+        "--pid", str(os.getpid()), "--t0", "0",
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: spawn.pid_cmdline(proc.pid))
+        assert spawn.pid_cmdline(proc.pid)[:4] == [PY, "-I", "-m", "pvmlab.observe.stamp"]
+        assert Path(f"/proc/{proc.pid}/cwd").readlink() == Path("/")
+        assert os.getsid(proc.pid) == proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
