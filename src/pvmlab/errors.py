@@ -82,7 +82,7 @@ def from_os_error(exc: OSError, home: str) -> StateError | None:
         )
     if exc.errno in (errno.EACCES, errno.EPERM):
         hint = (
-            "this command changes the lab: run it as root (sudo pvmlab ...)"
+            "the lab belongs to root: run pvmlab as root (sudo pvmlab ...)"
             if os.geteuid() != 0
             else f"check the owner and mode of {where}"
         )

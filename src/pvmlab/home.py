@@ -423,9 +423,8 @@ def _open_dir(directory: Path) -> Iterator[int]:
 
 
 def _with_path(exc: OSError, path: Path) -> OSError:
-    """The same error, naming ``path`` (a failed write() does not say which file it was)."""
-    if exc.filename is not None:
-        return exc
+    """The same error naming ``path`` in full: a failed write() names no file, and one opened
+    relative to a directory fd names only the last component."""
     return OSError(exc.errno, exc.strerror, str(path))
 
 

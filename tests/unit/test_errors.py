@@ -30,7 +30,7 @@ def test_read_only_and_permission() -> None:
     if os.geteuid() == 0:
         assert denied.hint == "check the owner and mode of /h/.lock"
     else:
-        assert "run it as root" in denied.hint
+        assert "run pvmlab as root" in denied.hint
 
 
 def test_other_os_errors_are_bugs() -> None:
