@@ -23,6 +23,7 @@ that last tenths of seconds to seconds; it reads a file, so it never slows the g
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import IO
 
 from pvmlab import spawn
+from pvmlab.home import open_truncated
 from pvmlab.observe.console import clean
 
 POLL = 0.02
@@ -81,7 +83,7 @@ class Stamper:
 def watch(log: Path, out_path: Path, pid: int, t0: float, poll: float = POLL) -> None:
     """Stamp ``log`` into ``out_path`` until process ``pid`` exits."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    with out_path.open("w") as out:
+    with io.TextIOWrapper(open_truncated(out_path)) as out:  # never through a symlink
         out.write(json.dumps({"event": "start", "t": t0, "pid": pid}) + "\n")
         out.flush()
         st = Stamper(out, t0)
