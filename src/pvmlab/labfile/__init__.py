@@ -1,0 +1,1 @@
+"""Labs as code: a TOML file that declares a provisioner, its distros and its machines."""

@@ -1,0 +1,142 @@
+"""The lab file's shape: what a user may write, checked field by field (unknown keys refused).
+
+    name = "ci"                         # the lab's name (default: the file's name)
+
+    [provisioner]
+    address = "192.168.105.1/24"
+    range = "192.168.105.100,192.168.105.199"   # optional, the DHCP dynamic range
+
+    [[distros]]                         # import a kernel + initrd (paths relative to the file)
+    name = "tiny"
+    arch = "x86_64"
+    kernel = "assets/vmlinuz"
+    initrd = "assets/initrd.gz"
+    cmdline = "quiet"
+
+    [[machines]]
+    name = "node"
+    count = 3                           # node-1, node-2, node-3
+    arch = "x86_64"
+    firmware = "uefi"                   # or "bios"
+    distro = "tiny"
+    boot = "pxe"                        # or "ipxe" (iPXE from local media, UEFI)
+    memory = 512                        # MiB
+    cpus = 1
+    cmdline = "pvmlab.marker=up"
+    ready = { console = "login:", timeout = 300 }
+
+The JSON Schema for editors (``docs/lab.schema.json``) is generated from these models.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from pvmlab.records import validate
+from pvmlab.records.models import (
+    Cmdline,
+    CPUs,
+    DistroName,
+    Firmware,
+    Interface,
+    MemoryMiB,
+    VMName,
+    VMSpec,
+    _checked,
+)
+
+MAX_COUNT = 4096
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"{value!r} is not a valid regular expression: {exc}") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+ArchName = Annotated[str, _checked(validate.arch)]
+
+
+class Decl(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Ready(Decl):
+    """What "ready" means for a machine: a console line, an SSH command's output, a deadline."""
+
+    console: Regex | None = Field(
+        default=None, description="Regular expression the serial console must show."
+    )
+    timeout: float = Field(
+        default=300.0, gt=0, le=86400, description="Seconds from start to ready, at most."
+    )
+
+    @property
+    def pattern(self) -> str:
+        return self.console if self.console is not None else r"login:"
+
+
+class Provisioner(Decl):
+    address: Interface = Field(
+        default="192.168.105.1/24", description="The provisioner's address and prefix."
+    )
+    range: str | None = Field(
+        default=None, description="DHCP dynamic range START,END (default: the upper part)."
+    )
+
+
+class Distro(Decl):
+    """A kernel and initrd imported from files (paths relative to the lab file)."""
+
+    name: DistroName
+    arch: ArchName
+    kernel: str = Field(description="Path of the kernel, relative to the lab file.")
+    initrd: str = Field(description="Path of the initrd, relative to the lab file.")
+    cmdline: Cmdline = ""
+
+
+class Machine(Decl):
+    name: VMName = Field(description="The machine's name; with count, the base of node-1..N.")
+    count: int = Field(default=1, ge=1, le=MAX_COUNT, description="How many machines to stamp out.")
+    arch: ArchName
+    firmware: Firmware = "uefi"
+    distro: DistroName | None = None
+    boot: Literal["pxe", "ipxe"] = "pxe"
+    memory: MemoryMiB = VMSpec.model_fields["memory_mib"].default
+    cpus: CPUs = VMSpec.model_fields["cpus"].default
+    cmdline: Cmdline | None = None
+    ready: Ready = Ready()
+
+    @model_validator(mode="after")
+    def _combination(self) -> Machine:
+        if self.firmware == "bios" and self.arch != "x86_64":
+            raise ValueError(f"legacy BIOS firmware exists only for x86_64, not {self.arch}")
+        if self.boot == "ipxe" and self.firmware != "uefi":
+            raise ValueError("boot = 'ipxe' (iPXE from local media) needs firmware = 'uefi'")
+        return self
+
+    def names(self) -> list[str]:
+        if self.count == 1:
+            return [self.name]
+        return [f"{self.name}-{i}" for i in range(1, self.count + 1)]
+
+
+class LabFileModel(Decl):
+    name: VMName | None = Field(default=None, description="The lab's name (default: file name).")
+    provisioner: Provisioner = Provisioner()
+    distros: list[Distro] = []
+    machines: list[Machine] = Field(default=[], description="The target machines.")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of lab files, as published in docs/lab.schema.json for editors."""
+    schema = LabFileModel.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "pvmlab lab file"
+    return schema
