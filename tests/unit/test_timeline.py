@@ -124,13 +124,13 @@ def test_json_shape_and_summary() -> None:
     assert slow is not None and d["slowest"] == slow.name
     assert [p["name"] for p in d["phases"]] == names(tl)
     assert all(isinstance(p["start"], float) for p in d["phases"])
-    text = timeline.summary(tl)
+    text = timeline.boot_summary_line(tl)
     assert f"{tl.total:.1f} s" in text and slow.label in text
 
 
 def test_wait_for_not_seen() -> None:
     d = DATA / "x86_64-uefi"
-    tl = timeline.build(
+    tl = timeline.boot_timeline(
         timeline.parse_console((d / "console.jsonl").read_text()),
         [],
         [],
@@ -181,7 +181,7 @@ def test_console_stamped_late_keeps_the_chain_order() -> None:
         if rec["start"] >= console.t0 and rec["path"] == "/boot.ipxe":
             rec["start"] = console.t0 + configuring.t - 0.010
         http.append(json.dumps(rec))
-    tl = timeline.build(
+    tl = timeline.boot_timeline(
         console,
         (d / "dnsmasq.log").read_text().splitlines(),
         http,
