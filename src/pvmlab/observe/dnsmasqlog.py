@@ -33,6 +33,7 @@ _MESSAGE = re.compile(
     r"(?:(?P<ip>\d+\.\d+\.\d+\.\d+) )?(?P<mac>[0-9a-f]{2}(?::[0-9a-f]{2}){5})(?: (?P<rest>.*))?$"
 )
 _CLIENT_ARCH = re.compile(r"^(?:PXEClient|HTTPClient):Arch:(\d+)")
+_BOOTFILE_SENT = re.compile(r"^\d+ option:\s*67 bootfile-name\s+(?P<file>.+)$")  # "sent size: …"
 _HOSTS_READ = re.compile(r"^read (?P<path>/\S+)$")
 _IPV4 = r"(?P<ip>\d+\.\d+\.\d+\.\d+)"
 _SENT = re.compile(rf"^sent (?P<file>.+) to {_IPV4}$")
@@ -174,8 +175,10 @@ class DhcpTransaction:
             self.user_class = event.value
         elif event.key == "tags":
             self.tags = tuple(tag.strip() for tag in event.value.split(","))
-        elif event.key == "bootfile name":
+        elif event.key == "bootfile name":  # the BOOTP header's file field
             self.bootfile = event.value
+        elif event.key == "sent size" and (m := _BOOTFILE_SENT.match(event.value)) is not None:
+            self.bootfile = m.group("file")  # option 67
 
 
 def dhcp_transactions(events: Iterable[DnsmasqEvent], mac: str) -> list[DhcpTransaction]:
