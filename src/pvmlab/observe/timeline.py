@@ -5,12 +5,18 @@ of its last start:
 
     logs/NAME.console.jsonl  the console, one line per record with the time its first byte and
                              its newline were seen (``pvmlab.observe.stamp``; the header holds the
-                             VM start). Firmware and iPXE print each step as they take it, so
-                             this gives sub-second times for the network steps as well.
+                             VM start; a ``ready`` event, when the start waited for a
+                             pattern). Firmware and iPXE print each step as they take it,
+                             so this gives sub-second times for the network steps as well.
     logs/dnsmasq.log         ``log-dhcp`` lines: which client architecture asked, which address
                              was acked, which file went over TFTP (dnsmasq stamps whole seconds
                              only, so its times are a fallback, marked ``clock: dnsmasq``)
     logs/http.log            one JSON record per request with start, duration and bytes
+
+``boot_timeline`` works in steps, each a function of its own: ``gather_boot_records`` (each
+source's records of the machine since its last start), ``boot_phases`` (one function per phase:
+``firmware_dhcp_phase``, ``tftp_phase``, ...), ``chain_phases`` (order and durations), then the
+`Timeline` with its total and slowest phase.
 
 Phases are contiguous: each lasts until the next one starts, so they add up to the total and the
 slowest one is where the time went. Transfers also carry their own ``transfer_s``, ``bytes`` and
@@ -26,7 +32,10 @@ slowest one is where the time went. Transfers also carry their own ``transfer_s`
     http-initrd    the initrd over HTTP
     handover       iPXE starts the kernel (EFI stub, decompression) -> its first console line
     kernel         the kernel's first console line -> the awaited text
-    ready          the awaited text (``--wait-for``, default a login prompt)
+    ready          the awaited text (``--wait-for``, default a login prompt): the stamper's
+                   ``ready`` event when it was watching for that pattern (it sees a prompt that
+                   has no newline yet), else the first console line after the kernel's that
+                   matches (older records, starts without ``--wait``)
 
 A boot without some step (legacy BIOS has no firmware DHCP of its own; a direct kernel boot
 has no network at all) simply has no such phase. A ``vm start --boot ipxe`` boot starts iPXE
