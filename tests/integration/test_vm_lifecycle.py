@@ -1,8 +1,8 @@
 """VM lifecycle through the CLI in a real lab: start, list, a refused second start, kill -9
 noticed, a stale pid file ignored, --wait failing with the console and the stack's view, stop,
-clean; one behaviour per test, each in a lab of its own (the ``hold_vm`` and ``running_hold``
-fixtures). The guest is the fixture kernel told to stay up (``pvmlab.hold``) on SeaBIOS, the
-fastest of the firmwares under TCG."""
+clean; one behaviour per test, each in a lab of its own (the ``hold_vm``, ``started_hold`` and
+``running_hold`` fixtures). The guest is the fixture kernel told to stay up (``pvmlab.hold``)
+on SeaBIOS, the fastest of the firmwares under TCG."""
 
 from __future__ import annotations
 
@@ -110,6 +110,13 @@ def hold_vm(tmp_path: Path, boot_assets: dict[str, BootAssets]) -> Iterator[Held
 
 
 @pytest.fixture
+def started_hold(hold_vm: HeldVM) -> HeldVM:
+    """``hold`` started, not waited for: QEMU runs (for what needs no booted guest)."""
+    run_pvmlab("vm", "start", "hold", "--accel", "tcg", home=hold_vm.home)
+    return hold_vm
+
+
+@pytest.fixture
 def running_hold(hold_vm: HeldVM) -> HeldVM:
     """``hold`` started and booted to its shell (``pvmlab: holding`` on the console)."""
     out = run_pvmlab(
@@ -135,16 +142,16 @@ def test_console_reaches_the_guest_and_detaches(running_hold: HeldVM) -> None:
     console_round_trip(running_hold.home)
 
 
-def test_second_start_is_refused(running_hold: HeldVM) -> None:
-    home = running_hold.home
+def test_second_start_is_refused(started_hold: HeldVM) -> None:
+    home = started_hold.home
     one_line_error(
         run_pvmlab("vm", "start", "hold", "--accel", "tcg", home=home, check=False),
         "already running",
     )
 
 
-def test_kill_9_is_noticed_and_start_works_again(running_hold: HeldVM) -> None:
-    home = running_hold.home
+def test_kill_9_is_noticed_and_start_works_again(started_hold: HeldVM) -> None:
+    home = started_hold.home
     pid = int(listing(home)["hold"]["pid"])  # type: ignore[call-overload]
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
@@ -193,8 +200,8 @@ def test_pid_file_of_another_process_is_not_the_vm(hold_vm: HeldVM) -> None:
     assert (lab.vm_dir("hold") / "runtime.json").exists()
 
 
-def test_clean_stops_the_vm_and_drops_its_files_and_reservation(running_hold: HeldVM) -> None:
-    home, lab, vm = running_hold.home, running_hold.lab, running_hold.vm
+def test_clean_stops_the_vm_and_drops_its_files_and_reservation(started_hold: HeldVM) -> None:
+    home, lab, vm = started_hold.home, started_hold.lab, started_hold.vm
     hosts_before = (home / "configs" / "dhcp-hosts").read_text()
     assert vm["mac"] in hosts_before
     run_pvmlab("vm", "clean", "hold", home=home)
