@@ -373,6 +373,7 @@ def test_the_ready_event_ends_the_boot() -> None:
     assert tl.total == 9.753
     ready = tl.phase("ready")
     assert ready is not None and ready.detail == {"line": "/ # ", "seen_by": "stamper"}
+    assert timeline.phase_details(ready) == "'/ # '; (seen by the console stamper)"
     assert tl.as_dict()["phases"][-1]["seen_by"] == "stamper"
 
 

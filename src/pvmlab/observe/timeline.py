@@ -575,6 +575,8 @@ def phase_details(p: Phase) -> str:
         parts.append(repr(d["line"][:60]))
     if d.get("clock"):
         parts.append("(time from dnsmasq: whole seconds)")
+    if d.get("seen_by") == "stamper":
+        parts.append("(seen by the console stamper)")
     return "; ".join(parts)
 
 
