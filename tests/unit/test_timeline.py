@@ -150,6 +150,19 @@ def test_wait_for_not_seen() -> None:
     assert tl.phases[-1].duration is not None  # runs to QEMU's exit, which was recorded
 
 
+def test_damaged_console_records_are_skipped() -> None:
+    text = (
+        '{"event": "start", "t": 100.0, "pid": 7}\n'
+        '{"t": 1.0, "end": 1.5, "line": "kept"}\n'
+        '{"event": "ready", "t": "soon"}\n'
+        '{"t": null, "line": "no time"}\n'
+        '{"end": 2.0, "line": "no t"}\n'
+        '{"t": 2.0, "end": 2.0, "li'
+    )
+    console = timeline.parse_console(text)
+    assert console.lines == [timeline.ConsoleLine(1.0, 1.5, "kept")] and console.ready is None
+
+
 def test_console_record_without_start_is_refused() -> None:
     with pytest.raises(StateError):
         timeline.parse_console('{"t": 1.0, "end": 1.0, "line": "x"}\n')

@@ -123,7 +123,8 @@ class ConsoleRecord:
 
 
 def parse_console(text: str) -> ConsoleRecord:
-    """The stamper's JSON lines (see ``pvmlab.observe.stamp``) of the last start they hold."""
+    """The stamper's JSON lines (see ``pvmlab.observe.stamp``) of the last start they hold; a
+    line that is not such a record (cut short by a crash, say) is skipped."""
     t0: float | None = None
     lines: list[ConsoleLine] = []
     exit_t = None
@@ -135,17 +136,20 @@ def parse_console(text: str) -> ConsoleRecord:
             continue
         if not isinstance(rec, dict):
             continue
-        event = rec.get("event")
-        if event == "start":
-            t0, lines, exit_t, ready = float(rec["t"]), [], None, None
-        elif event == "exit":
-            exit_t = float(rec["t"])
-        elif event == "ready":
-            if ready is None:
-                ready = ReadyEvent(float(rec["t"]), str(rec["line"]), str(rec["pattern"]))
-        elif "line" in rec:
-            t = float(rec["t"])
-            lines.append(ConsoleLine(t, float(rec.get("end") or t), str(rec["line"])))
+        try:
+            event = rec.get("event")
+            if event == "start":
+                t0, lines, exit_t, ready = float(rec["t"]), [], None, None
+            elif event == "exit":
+                exit_t = float(rec["t"])
+            elif event == "ready":
+                if ready is None:
+                    ready = ReadyEvent(float(rec["t"]), str(rec["line"]), str(rec["pattern"]))
+            elif "line" in rec:
+                t = float(rec["t"])
+                lines.append(ConsoleLine(t, float(rec.get("end") or t), str(rec["line"])))
+        except (KeyError, TypeError, ValueError):
+            continue
     if t0 is None:
         raise StateError(
             "the console record has no start",
