@@ -289,7 +289,7 @@ def running_lab(home: Path, *create_args: str) -> Iterator[Lab]:
     run_pvmlab("provisioner", "create", *create_args, home=home)
     seen: set[int] = set()
 
-    def stop() -> list[str]:
+    def stop_and_check() -> list[str]:
         netns = f"pvmlab-{_lab_id(home)}"
         with contextlib.suppress(OSError, ValueError):
             state = json.loads((home / "stack" / "state.json").read_text())
@@ -297,7 +297,7 @@ def running_lab(home: Path, *create_args: str) -> Iterator[Lab]:
                 p for p in (state.get("supervisor_pid"), state.get("dnsmasq_pid"))
                 if isinstance(p, int)
             )
-        stopped = run_pvmlab("provisioner", "stop", home=home, check=False)
+        stop = run_pvmlab("provisioner", "stop", home=home, check=False)
         bridge = f"pvbr{_lab_id(home)}"
         left = leftovers([netns], sorted(seen), [bridge], marker=str(home))
         if left:
@@ -306,11 +306,11 @@ def running_lab(home: Path, *create_args: str) -> Iterator[Lab]:
                 if is_ours(pid, str(home)):
                     kill_pid(pid)
             return [f"left behind after `provisioner stop`: {left}"]
-        if stopped.returncode != 0:
-            return [f"provisioner stop failed: {stopped.stderr}"]
+        if stop.returncode != 0:
+            return [f"provisioner stop failed: {stop.stderr}"]
         return []
 
-    with checked_cleanup(stop):
+    with checked_cleanup(stop_and_check):
         started = json.loads(run_pvmlab("provisioner", "start", "--json", home=home).stdout)
         lab = Lab(home=home, status=started, seen_pids=seen)
         seen.update(s["pid"] for s in started["services"] if s["pid"])
