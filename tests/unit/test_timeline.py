@@ -11,9 +11,9 @@
                   OVMF -> ipxe-x86_64.efi -> HTTP, a guest that stays up at its shell prompt
                   (``pvmlab.hold``), recorded while it was still running (no exit event). Its
                   console record holds one line not written by the stamper of that build: the
-                  ``ready`` event of the interface agreed with the stamper (pattern ``^/ # ``, the
-                  prompt, which has no newline), with the time the stamper gave the prompt's
-                  first byte and the prompt's text.
+                  ``ready`` event of the interface agreed with the stamper, as the stamper that
+                  writes it does (pattern ``^/ # ``, the prompt, matched while its line has no
+                  newline yet; ``t`` the prompt's first byte, ``line`` its text stripped).
 
 ``console.jsonl`` keeps every line except the middle of the kernel's log (the first and last
 five kernel lines are kept). ``vm.json`` is the VM's MAC, IP, arch and firmware.
@@ -367,11 +367,11 @@ def ready_console(*, with_event: bool = True, until_event: bool = False) -> str:
 
 def test_parse_console_keeps_the_first_ready_event_of_the_last_start() -> None:
     console = timeline.parse_console(ready_console())
-    assert console.ready == timeline.ReadyEvent(9.753, "/ # ", "^/ # ")
+    assert console.ready == timeline.ReadyEvent(9.753, "/ #", "^/ # ")
     assert console.exit is None  # recorded while the guest was still up
     restarted = ready_console() + '{"event": "start", "t": 1.0, "pid": 1}\n'
     assert timeline.parse_console(restarted).ready is None
-    twice = ready_console() + '{"event": "ready", "t": 12.0, "line": "/ # ", "pattern": "^/ # "}\n'
+    twice = ready_console() + '{"event": "ready", "t": 12.0, "line": "/ #", "pattern": "^/ # "}\n'
     ready = timeline.parse_console(twice).ready
     assert ready is not None and ready.t == 9.753
 
@@ -385,8 +385,8 @@ def test_the_ready_event_ends_the_boot() -> None:
     check_contiguous(tl)
     assert tl.total == 9.753
     ready = tl.phase("ready")
-    assert ready is not None and ready.detail == {"line": "/ # ", "seen_by": "stamper"}
-    assert timeline.phase_details(ready) == "'/ # '; (seen by the console stamper)"
+    assert ready is not None and ready.detail == {"line": "/ #", "seen_by": "stamper"}
+    assert timeline.phase_details(ready) == "'/ #'; (seen by the console stamper)"
     assert tl.as_dict()["phases"][-1]["seen_by"] == "stamper"
 
 
