@@ -3,6 +3,18 @@
 Unit tests run anywhere. Tests marked ``integration`` start real programs (dnsmasq, QEMU,
 firmware) inside network namespaces they create, so they need root; they are skipped with a
 reason when not root (CI runs as root and runs them all).
+
+Shared helpers live in modules beside this file, never in a test module that another imports:
+
+    fixtures/      boot assets (kernels + busybox initramfs); ``boot_assets`` fixture (plugin)
+    netlab.py      lab networks: client namespaces, busybox clients, ``running_lab``, and
+                   ``checked_cleanup`` (a leftover check that never hides the test's own failure)
+    bootlab.py     VMs booted through the CLI: ``vm_lab``, ``create``, ``start_cmd``, QEMU pids,
+                   what dnsmasq and the HTTP server logged
+    unit/samples.py  unit-test inputs: a QEMU config, the recorded boot timelines
+
+They take per-test arguments (a seed, a home, the arches to import) and ``bench/`` uses some of
+them outside pytest, so they stay context managers and functions rather than fixtures.
 """
 
 from __future__ import annotations

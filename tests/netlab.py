@@ -3,7 +3,8 @@ clients (busybox), and checks that nothing is left behind.
 
 Every name is derived from a seed the test passes (its tmp path), so tests running at the same
 time on one machine never clash. Everything a helper creates is removed when its ``with`` block
-ends, pass or fail. Programs run through ``pvmlab.spawn``.
+ends, pass or fail (``checked_cleanup``: what was left behind fails a passing test and is a note
+on a failing one). Programs run through ``pvmlab.spawn``.
 
     with client_on_bridge(lab_netns, bridge, seed=str(tmp_path)) as client:
         lease = udhcpc(client, tmp_path, arch=7)        # env of udhcpc's "bound" event
@@ -17,7 +18,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,28 @@ def remove_netns(name: str) -> None:
         spawn.run(["ip", "netns", "del", name], check=False)
 
 
+@contextlib.contextmanager
+def checked_cleanup(cleanup: Callable[[], list[str]]) -> Iterator[None]:
+    """Run ``cleanup`` when the block ends, pass or fail; it returns what it found left behind
+    (and forced away), as sentences. That fails a test that passed; a test that failed keeps
+    its own failure as the one reported, with the leftovers (or the cleanup's own error) added
+    to it as a note, so a leftover check never hides why the test failed."""
+    try:
+        yield
+    except BaseException as exc:
+        try:
+            problems = cleanup()
+        except Exception as err:  # the test's failure stays the one reported
+            exc.add_note(f"and the cleanup failed too: {err!r}")
+        else:
+            for problem in problems:
+                exc.add_note(f"and after it: {problem}")
+        raise
+    problems = cleanup()
+    if problems:
+        raise AssertionError("; ".join(problems))
+
+
 @dataclass
 class Client:
     """A namespace with one veth end; the other end is enslaved to a lab bridge."""
@@ -102,7 +125,17 @@ def client_on_bridge(
     if netns_exists(ns):
         remove_netns(ns)
     client = Client(ns=ns, ifname=far, peer=near, lab_netns=lab_netns)
-    try:
+
+    def remove() -> list[str]:
+        if netns_exists(lab_netns) and near in links(lab_netns):
+            spawn.run(["ip", "-n", lab_netns, "link", "del", near], check=False)
+        remove_netns(ns)
+        left = leftovers([ns], [], [near, far])
+        if netns_exists(lab_netns):
+            left += [f"link {near} in {lab_netns}"] if near in links(lab_netns) else []
+        return [f"client network left behind: {left}"] if left else []
+
+    with checked_cleanup(remove):
         spawn.run(["ip", "netns", "add", ns])
         spawn.run(["ip", "-n", lab_netns, "link", "add", near, "type", "veth",
                    "peer", "name", far, "netns", ns])
@@ -113,15 +146,6 @@ def client_on_bridge(
             spawn.run(["ip", "-n", ns, "link", "set", far, "address", mac])
         spawn.run(["ip", "-n", ns, "link", "set", far, "up"])
         yield client
-    finally:
-        if netns_exists(lab_netns) and near in links(lab_netns):
-            spawn.run(["ip", "-n", lab_netns, "link", "del", near], check=False)
-        remove_netns(ns)
-        left = leftovers([ns], [], [near, far])
-        if netns_exists(lab_netns):
-            left += [f"link {near} in {lab_netns}"] if near in links(lab_netns) else []
-        if left:
-            raise AssertionError(f"client network left behind: {left}")
 
 
 # --- busybox clients ----------------------------------------------------------------------------
@@ -264,12 +288,8 @@ def running_lab(home: Path, *create_args: str) -> Iterator[Lab]:
 
     run_pvmlab("provisioner", "create", *create_args, home=home)
     seen: set[int] = set()
-    try:
-        started = json.loads(run_pvmlab("provisioner", "start", "--json", home=home).stdout)
-        lab = Lab(home=home, status=started, seen_pids=seen)
-        seen.update(s["pid"] for s in started["services"] if s["pid"])
-        yield lab
-    finally:
+
+    def stop_and_check() -> list[str]:
         netns = f"pvmlab-{_lab_id(home)}"
         with contextlib.suppress(OSError, ValueError):
             state = json.loads((home / "stack" / "state.json").read_text())
@@ -285,9 +305,16 @@ def running_lab(home: Path, *create_args: str) -> Iterator[Lab]:
             for pid in seen:
                 if is_ours(pid, str(home)):
                     kill_pid(pid)
-            raise AssertionError(f"left behind after `provisioner stop`: {left}")
+            return [f"left behind after `provisioner stop`: {left}"]
         if stop.returncode != 0:
-            raise AssertionError(f"provisioner stop failed: {stop.stderr}")
+            return [f"provisioner stop failed: {stop.stderr}"]
+        return []
+
+    with checked_cleanup(stop_and_check):
+        started = json.loads(run_pvmlab("provisioner", "start", "--json", home=home).stdout)
+        lab = Lab(home=home, status=started, seen_pids=seen)
+        seen.update(s["pid"] for s in started["services"] if s["pid"])
+        yield lab
 
 
 def _lab_id(home: Path) -> str:

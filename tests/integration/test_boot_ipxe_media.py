@@ -18,7 +18,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_boot_pxe import (
+
+from bootlab import (
     boot_seconds,
     create,
     dhcp_serials,
@@ -28,7 +29,6 @@ from test_boot_pxe import (
     start_cmd,
     vm_lab,
 )
-
 from conftest import REPO, run_pvmlab
 from fixtures.bootassets import MARKER, BootAssets
 from pvmlab.home import LabHome

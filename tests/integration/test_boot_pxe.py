@@ -11,101 +11,31 @@ properties.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from bootlab import (
+    boot_seconds,
+    create,
+    dhcp_serials,
+    dnsmasq_log,
+    exchange,
+    http_requests,
+    start_cmd,
+    vm_lab,
+)
 from conftest import REPO, run_pvmlab
 from fixtures.bootassets import MARKER, BootAssets
-from netlab import is_ours, kill_pid, running_lab
-from pvmlab import spawn
 
 pytestmark = pytest.mark.integration
 
-BOOT_TIMEOUT = "300"
 FIRST_STAGE = {("aarch64", "uefi"): "ipxe-arm64.efi", ("x86_64", "uefi"): "ipxe-x86_64.efi"}
 CLIENT_ARCH = {("aarch64", "uefi"): 11, ("x86_64", "uefi"): 7, ("x86_64", "bios"): 0}
-
-
-def qemu_pids(home: Path) -> list[int]:
-    """QEMU processes started for this lab home (their argv holds the home's pid file path)."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            argv = spawn.pid_cmdline(int(proc.name))
-            if argv and "qemu-system" in argv[0] and any(str(home) in a for a in argv):
-                out.append(int(proc.name))
-    return [p for p in out if is_ours(p)]
-
-
-@contextlib.contextmanager
-def vm_lab(tmp_path: Path, assets: dict[str, BootAssets]) -> Iterator[Path]:
-    """A running lab with the fixture kernels imported as distro ``tiny``; VMs cleaned after."""
-    home = (tmp_path / "home").absolute()
-    with running_lab(home):
-        try:
-            for arch, a in assets.items():
-                run_pvmlab(
-                    "distro", "import", "tiny", "--arch", arch,
-                    "--kernel", str(a.kernel), "--initrd", str(a.initrd),
-                    "--cmdline", f"{a.cmdline} pvmlab.test=1",
-                    home=home,
-                )  # fmt: skip
-            yield home
-        finally:
-            run_pvmlab("clean", home=home, check=False)
-            left = qemu_pids(home)
-            for pid in left:
-                kill_pid(pid)
-            assert not left, f"QEMU processes left after `pvmlab clean`: {left}"
-
-
-def dnsmasq_log(home: Path) -> str:
-    return (home / "logs" / "dnsmasq.log").read_text(errors="replace")
-
-
-def dhcp_serials(log: str, mac: str) -> list[str]:
-    return list(
-        dict.fromkeys(re.findall(rf"dnsmasq-dhcp\[\d+\]: (\d+) DHCP\w+\([^)]*\) .*{mac}", log))
-    )
-
-
-def exchange(log: str, serial: str) -> str:
-    return "\n".join(ln for ln in log.splitlines() if f"]: {serial} " in ln)
-
-
-def http_requests(home: Path, ip: str) -> list[dict[str, object]]:
-    lines = (home / "logs" / "http.log").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r.get("client") == ip]
-
-
-def create(home: Path, name: str, arch: str, firmware: str) -> dict[str, str]:
-    out = run_pvmlab(
-        "vm", "create", name, "--arch", arch, "--firmware", firmware, "--distro", "tiny", "--json",
-        home=home,
-    ).stdout  # fmt: skip
-    return json.loads(out)  # type: ignore[no-any-return]
-
-
-def start_cmd(home: Path, name: str) -> list[str]:
-    return [
-        sys.executable, "-m", "pvmlab.cli.main", "--home", str(home),
-        "vm", "start", name, "--accel", "tcg", "--wait", "--wait-for", MARKER,
-        "--timeout", BOOT_TIMEOUT,
-    ]  # fmt: skip
-
-
-def boot_seconds(stdout: str) -> float:
-    m = re.search(rf"saw '{MARKER}' after ([0-9.]+) s", stdout)
-    assert m, stdout
-    return float(m.group(1))
 
 
 def check_chain(home: Path, vm: dict[str, str], console: str) -> None:

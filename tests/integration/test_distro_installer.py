@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from bootlab import qemu_pids
 from conftest import REPO, run_pvmlab
 from fixtures.bootassets import _Apt, cache_root
 from mirror import trees
@@ -55,8 +56,6 @@ def lab(tmp_path: Path) -> Iterator[Path]:
             yield home
         finally:
             run_pvmlab("clean", home=home, check=False)
-            from test_boot_pxe import qemu_pids
-
             for pid in qemu_pids(home):
                 kill_pid(pid)
 

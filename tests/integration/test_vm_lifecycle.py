@@ -1,7 +1,8 @@
 """VM lifecycle through the CLI in a real lab: start, list, a refused second start, kill -9
 noticed, a stale pid file ignored, --wait failing with the console and the stack's view, stop,
-clean. The guest is the fixture kernel told to stay up (``pvmlab.hold``) on SeaBIOS, the
-fastest of the firmwares under TCG."""
+clean; one behaviour per test, each in a lab of its own (the ``hold_vm``, ``started_hold`` and
+``running_hold`` fixtures). The guest is the fixture kernel told to stay up (``pvmlab.hold``)
+on SeaBIOS, the fastest of the firmwares under TCG."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from test_boot_pxe import qemu_pids, vm_lab
 
+from bootlab import qemu_pids, vm_lab
 from conftest import run_pvmlab
 from fixtures.bootassets import BootAssets
 from netlab import is_ours, kill_pid, netns_exists, remove_netns, running_lab
@@ -81,9 +84,21 @@ def listing(home: Path) -> dict[str, dict[str, object]]:
     return {r["name"]: r for r in rows}
 
 
-def test_lifecycle(tmp_path: Path, boot_assets: dict[str, BootAssets]) -> None:
+# --- one VM that stays up (``pvmlab.hold``), in a lab of its own per test ------------------------
+
+
+@dataclass
+class HeldVM:
+    home: Path
+    lab: LabHome
+    vm: dict[str, str]  # `vm create --json`
+
+
+@pytest.fixture
+def hold_vm(tmp_path: Path, boot_assets: dict[str, BootAssets]) -> Iterator[HeldVM]:
+    """VM ``hold`` created (SeaBIOS, the fixture kernel told to stay up) in a running lab; the
+    lab and whatever the test started are cleaned and checked on the way out."""
     with vm_lab(tmp_path, {"x86_64": boot_assets["x86_64"]}) as home:
-        lab = LabHome(home)
         vm = json.loads(
             run_pvmlab(
                 "vm", "create", "hold", "--arch", "x86_64", "--firmware", "bios",
@@ -91,71 +106,110 @@ def test_lifecycle(tmp_path: Path, boot_assets: dict[str, BootAssets]) -> None:
                 home=home,
             ).stdout
         )  # fmt: skip
-        out = run_pvmlab(
-            "vm", "start", "hold", "--accel", "tcg", "--wait-for", "pvmlab: holding",
-            "--timeout", "300", home=home,
-        ).stdout  # fmt: skip
-        assert "saw 'pvmlab: holding'" in out
+        yield HeldVM(home, LabHome(home), vm)
 
-        row = listing(home)["hold"]
-        assert (row["state"], row["accel"], row["ip"]) == ("running", "tcg", vm["ip"])
-        pid = int(row["pid"])  # type: ignore[call-overload]
-        assert pid in qemu_pids(home)
-        assert network.is_up(lab) and lab.tap("hold") in network.link_names(lab.netns)
-        logs = run_pvmlab("vm", "logs", "hold", home=home).stdout
-        assert "pvmlab: holding (pvmlab.hold)" in logs.splitlines()
-        console_round_trip(home)
 
-        one_line_error(
-            run_pvmlab("vm", "start", "hold", "--accel", "tcg", home=home, check=False),
-            "already running",
-        )
+@pytest.fixture
+def started_hold(hold_vm: HeldVM) -> HeldVM:
+    """``hold`` started, not waited for: QEMU runs (for what needs no booted guest)."""
+    run_pvmlab("vm", "start", "hold", "--accel", "tcg", home=hold_vm.home)
+    return hold_vm
 
-        # kill -9: noticed by `vm list`, and `vm start` works again
-        os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 30
-        while pid in qemu_pids(home) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        row = listing(home)["hold"]
-        assert (row["state"], row["pid"]) == ("stopped", None)
 
-        # --wait that never sees its text: fails with the console tail and the stack's view
-        failed = run_pvmlab(
-            "vm", "start", "hold", "--accel", "tcg", "--wait-for", "NEVER-PRINTED",
-            "--timeout", "5", home=home, check=False,
-        )  # fmt: skip
-        assert failed.returncode != 0
-        assert "did not show 'NEVER-PRINTED' on its console within 5 s" in failed.stderr
-        assert "console lines of hold ---" in failed.stderr
-        assert f"stack's view of {vm['mac']}:" in failed.stderr
-        assert "Traceback" not in failed.stderr
-        assert listing(home)["hold"]["state"] == "running"  # left running to inspect
+@pytest.fixture
+def running_hold(hold_vm: HeldVM) -> HeldVM:
+    """``hold`` started and booted to its shell (``pvmlab: holding`` on the console)."""
+    out = run_pvmlab(
+        "vm", "start", "hold", "--accel", "tcg", "--wait-for", "pvmlab: holding",
+        "--timeout", "300", home=hold_vm.home,
+    ).stdout  # fmt: skip
+    assert "saw 'pvmlab: holding'" in out
+    return hold_vm
 
-        # stop: the busybox guest ignores the power button, so QEMU is asked to quit
-        stopped = run_pvmlab("vm", "stop", "hold", "--timeout", "2", home=home).stdout
-        assert "stopped VM hold (quit)" in stopped
-        assert listing(home)["hold"]["state"] == "stopped"
-        assert not qemu_pids(home)
-        assert lab.tap("hold") not in network.link_names(lab.netns)
-        assert not lab.vm_pid("hold").exists() and not lab.vm_qmp("hold").exists()
-        assert "is not running" in run_pvmlab("vm", "stop", "hold", home=home).stdout
 
-        # a pid file whose number belongs to another process is not the VM
-        lab.vm_pid("hold").write_text(f"{os.getpid()}\n")
-        assert listing(home)["hold"]["state"] == "stopped"
-        run_pvmlab("vm", "start", "hold", "--accel", "tcg", home=home)
-        assert listing(home)["hold"]["state"] == "running"
-        assert (lab.vm_dir("hold") / "runtime.json").exists()
+def test_started_vm_is_listed_running_with_its_tap_and_console(running_hold: HeldVM) -> None:
+    home, lab, vm = running_hold.home, running_hold.lab, running_hold.vm
+    row = listing(home)["hold"]
+    assert (row["state"], row["accel"], row["ip"]) == ("running", "tcg", vm["ip"])
+    pid = int(row["pid"])  # type: ignore[call-overload]
+    assert pid in qemu_pids(home)
+    assert network.is_up(lab) and lab.tap("hold") in network.link_names(lab.netns)
+    logs = run_pvmlab("vm", "logs", "hold", home=home).stdout
+    assert "pvmlab: holding (pvmlab.hold)" in logs.splitlines()
 
-        # clean: stopped, files gone, reservation dropped
-        hosts_before = (home / "configs" / "dhcp-hosts").read_text()
-        assert vm["mac"] in hosts_before
-        run_pvmlab("vm", "clean", "hold", home=home)
-        assert not qemu_pids(home)
-        assert not lab.vm_file("hold").exists() and not lab.vm_dir("hold").exists()
-        assert not lab.vm_log("hold").exists() and not lab.vm_pid("hold").exists()
-        assert vm["mac"] not in (home / "configs" / "dhcp-hosts").read_text()
-        assert listing(home) == {}
+
+def test_console_reaches_the_guest_and_detaches(running_hold: HeldVM) -> None:
+    console_round_trip(running_hold.home)
+
+
+def test_second_start_is_refused(started_hold: HeldVM) -> None:
+    home = started_hold.home
+    one_line_error(
+        run_pvmlab("vm", "start", "hold", "--accel", "tcg", home=home, check=False),
+        "already running",
+    )
+
+
+def test_kill_9_is_noticed_and_start_works_again(started_hold: HeldVM) -> None:
+    home = started_hold.home
+    pid = int(listing(home)["hold"]["pid"])  # type: ignore[call-overload]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while pid in qemu_pids(home) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    row = listing(home)["hold"]
+    assert (row["state"], row["pid"]) == ("stopped", None)
+    run_pvmlab("vm", "start", "hold", "--accel", "tcg", home=home)
+    assert listing(home)["hold"]["state"] == "running"
+
+
+def test_wait_that_never_sees_its_text_shows_the_console_and_the_stacks_view(
+    hold_vm: HeldVM,
+) -> None:
+    home, vm = hold_vm.home, hold_vm.vm
+    failed = run_pvmlab(
+        "vm", "start", "hold", "--accel", "tcg", "--wait-for", "NEVER-PRINTED",
+        "--timeout", "5", home=home, check=False,
+    )  # fmt: skip
+    assert failed.returncode != 0
+    assert "did not show 'NEVER-PRINTED' on its console within 5 s" in failed.stderr
+    assert "console lines of hold ---" in failed.stderr
+    assert f"stack's view of {vm['mac']}:" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    assert listing(home)["hold"]["state"] == "running"  # left running to inspect
+
+
+def test_stop_quits_a_guest_that_ignores_the_power_button(running_hold: HeldVM) -> None:
+    """The busybox guest ignores the power button, so QEMU is asked to quit."""
+    home, lab = running_hold.home, running_hold.lab
+    stopped = run_pvmlab("vm", "stop", "hold", "--timeout", "2", home=home).stdout
+    assert "stopped VM hold (quit)" in stopped
+    assert listing(home)["hold"]["state"] == "stopped"
+    assert not qemu_pids(home)
+    assert lab.tap("hold") not in network.link_names(lab.netns)
+    assert not lab.vm_pid("hold").exists() and not lab.vm_qmp("hold").exists()
+    assert "is not running" in run_pvmlab("vm", "stop", "hold", home=home).stdout
+
+
+def test_pid_file_of_another_process_is_not_the_vm(hold_vm: HeldVM) -> None:
+    home, lab = hold_vm.home, hold_vm.lab
+    lab.vm_pid("hold").write_text(f"{os.getpid()}\n")
+    assert listing(home)["hold"]["state"] == "stopped"
+    run_pvmlab("vm", "start", "hold", "--accel", "tcg", home=home)
+    assert listing(home)["hold"]["state"] == "running"
+    assert (lab.vm_dir("hold") / "runtime.json").exists()
+
+
+def test_clean_stops_the_vm_and_drops_its_files_and_reservation(started_hold: HeldVM) -> None:
+    home, lab, vm = started_hold.home, started_hold.lab, started_hold.vm
+    hosts_before = (home / "configs" / "dhcp-hosts").read_text()
+    assert vm["mac"] in hosts_before
+    run_pvmlab("vm", "clean", "hold", home=home)
+    assert not qemu_pids(home)
+    assert not lab.vm_file("hold").exists() and not lab.vm_dir("hold").exists()
+    assert not lab.vm_log("hold").exists() and not lab.vm_pid("hold").exists()
+    assert vm["mac"] not in (home / "configs" / "dhcp-hosts").read_text()
+    assert listing(home) == {}
 
 
 def test_start_needs_the_stack_and_a_known_vm(tmp_path: Path) -> None:

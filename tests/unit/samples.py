@@ -39,7 +39,7 @@ def timeline_case(case: str) -> tuple[timeline.Timeline, dict[str, str]]:
     """The timeline of the real boot kept in ``data/timeline/<case>/``, and that VM's record."""
     d = TIMELINE_DATA / case
     vm = json.loads((d / "vm.json").read_text())
-    tl = timeline.build(
+    tl = timeline.boot_timeline(
         timeline.parse_console((d / "console.jsonl").read_text()),
         (d / "dnsmasq.log").read_text().splitlines(),
         (d / "http.log").read_text().splitlines(),

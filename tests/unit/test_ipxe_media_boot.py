@@ -137,7 +137,7 @@ def test_timeline_of_a_real_ipxe_media_boot(case: str, client_arch: int) -> None
     by = {p.name: p for p in tl.phases}
     assert by["vm-start"].label == "VM start -> iPXE (local media)"
     assert by["ipxe-start"].detail["autoexec"] == "media"
-    assert "autoexec.ipxe from local media" in timeline.details(by["ipxe-start"])
+    assert "autoexec.ipxe from local media" in timeline.phase_details(by["ipxe-start"])
     assert by["ipxe-dhcp"].detail["client_arch"] == client_arch
     assert by["ipxe-dhcp"].detail["ip"] == vm["ip"]
     assert by["http-script"].detail["requests"] == ["/boot.ipxe 200", "/ipxe 200"]

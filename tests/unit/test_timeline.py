@@ -7,6 +7,13 @@
                   (the lab's dnsmasq.log also holds an earlier boot of the same VM and a BIOS VM)
     x86_64-bios   SeaBIOS + the NIC's iPXE ROM (no firmware DHCP, no TFTP; same lab as above)
     aarch64-uefi  AAVMF -> ipxe-arm64.efi, before the fixes (Ctrl-B prompt, entropy wait)
+    x86_64-uefi-ready
+                  OVMF -> ipxe-x86_64.efi -> HTTP, a guest that stays up at its shell prompt
+                  (``pvmlab.hold``), recorded while it was still running (no exit event). Its
+                  console record holds one line not written by the stamper of that build: the
+                  ``ready`` event of the interface agreed with the stamper, as the stamper that
+                  writes it does (pattern ``^/ # ``, the prompt, matched while its line has no
+                  newline yet; ``t`` the prompt's first byte, ``line`` its text stripped).
 
 ``console.jsonl`` keeps every line except the middle of the kernel's log (the first and last
 five kernel lines are kept). ``vm.json`` is the VM's MAC, IP, arch and firmware.
@@ -27,6 +34,7 @@ from samples import timeline_case as load
 
 from pvmlab.errors import StateError
 from pvmlab.observe import stamp, timeline
+from pvmlab.observe.timeline import Phase
 
 pytestmark = pytest.mark.usefixtures("utc")  # tests/conftest.py
 
@@ -124,13 +132,13 @@ def test_json_shape_and_summary() -> None:
     assert slow is not None and d["slowest"] == slow.name
     assert [p["name"] for p in d["phases"]] == names(tl)
     assert all(isinstance(p["start"], float) for p in d["phases"])
-    text = timeline.summary(tl)
+    text = timeline.boot_summary_line(tl)
     assert f"{tl.total:.1f} s" in text and slow.label in text
 
 
 def test_wait_for_not_seen() -> None:
     d = DATA / "x86_64-uefi"
-    tl = timeline.build(
+    tl = timeline.boot_timeline(
         timeline.parse_console((d / "console.jsonl").read_text()),
         [],
         [],
@@ -140,6 +148,19 @@ def test_wait_for_not_seen() -> None:
     )
     assert tl.total is None and "ready" not in names(tl)
     assert tl.phases[-1].duration is not None  # runs to QEMU's exit, which was recorded
+
+
+def test_damaged_console_records_are_skipped() -> None:
+    text = (
+        '{"event": "start", "t": 100.0, "pid": 7}\n'
+        '{"t": 1.0, "end": 1.5, "line": "kept"}\n'
+        '{"event": "ready", "t": "soon"}\n'
+        '{"t": null, "line": "no time"}\n'
+        '{"end": 2.0, "line": "no t"}\n'
+        '{"t": 2.0, "end": 2.0, "li'
+    )
+    console = timeline.parse_console(text)
+    assert console.lines == [timeline.ConsoleLine(1.0, 1.5, "kept")] and console.ready is None
 
 
 def test_console_record_without_start_is_refused() -> None:
@@ -181,7 +202,7 @@ def test_console_stamped_late_keeps_the_chain_order() -> None:
         if rec["start"] >= console.t0 and rec["path"] == "/boot.ipxe":
             rec["start"] = console.t0 + configuring.t - 0.010
         http.append(json.dumps(rec))
-    tl = timeline.build(
+    tl = timeline.boot_timeline(
         console,
         (d / "dnsmasq.log").read_text().splitlines(),
         http,
@@ -191,3 +212,206 @@ def test_console_stamped_late_keeps_the_chain_order() -> None:
     )
     assert names(tl).index("ipxe-dhcp") < names(tl).index("http-script")
     check_contiguous(tl)
+
+
+# --- the steps of boot_timeline, one by one, on the x86_64-uefi boot ------------------------------
+
+
+def records(case: str, mac: str) -> timeline.BootRecords:
+    d = DATA / case
+    return timeline.gather_boot_records(
+        timeline.parse_console((d / "console.jsonl").read_text()),
+        (d / "dnsmasq.log").read_text().splitlines(),
+        (d / "http.log").read_text().splitlines(),
+        mac,
+    )
+
+
+X86 = "0e:ed:4e:52:cc:08"
+BIOS = "0e:80:55:a7:95:6e"
+
+
+def test_gather_keeps_the_machines_records_of_its_last_start() -> None:
+    """The log holds two boots of e1 and one of b1: only e1's second boot is gathered."""
+    rec = records("x86_64-uefi", X86)
+    assert rec.t0 == 1795745771.0082304  # the console's start event
+    assert [(tx.serial, tx.user_class) for tx in rec.dhcp] == [
+        ("4136298102", None),
+        ("2701412103", "iPXE"),
+    ]
+    assert [e.file for e in rec.tftp] == ["ipxe-x86_64.efi", "ipxe-x86_64.efi", "autoexec.ipxe"]
+    assert [r.path for r in rec.http] == [
+        "/boot.ipxe", "/ipxe", "/images/tiny/x86_64/vmlinuz", "/images/tiny/x86_64/initrd",
+    ]  # fmt: skip
+
+
+def test_firmware_dhcp_phase_from_the_console() -> None:
+    phase = timeline.firmware_dhcp_phase(records("x86_64-uefi", X86))
+    assert phase is not None and phase.start == 3.052  # ">>Start PXE over IPv4."
+    assert phase.detail == {"client_arch": 7, "ip": "192.168.105.2", "exchange_s": 3.877}
+    assert timeline.firmware_dhcp_phase(records("x86_64-bios", BIOS)) is None
+
+
+def test_tftp_phase_from_the_firmwares_nbp_lines() -> None:
+    phase = timeline.tftp_phase(records("x86_64-uefi", X86))
+    assert phase is not None and phase.start == 6.95  # "Downloading NBP file..."
+    assert phase.detail == {
+        "file": "ipxe-x86_64.efi", "bytes": 996864, "transfer_s": 0.145, "mb_per_s": 6.87,
+    }  # fmt: skip
+    assert timeline.tftp_phase(records("x86_64-bios", BIOS)) is None
+
+
+def test_ipxe_start_phase_and_where_autoexec_came_from() -> None:
+    phase = timeline.ipxe_start_phase(records("x86_64-uefi", X86))
+    assert phase is not None and (phase.start, phase.detail) == (7.115, {"autoexec": "tftp"})
+    media = timeline.ipxe_start_phase(records("x86_64-uefi-ipxe", "0e:82:86:a7:07:59"))
+    assert media is not None and (media.start, media.detail) == (3.394, {"autoexec": "media"})
+
+
+def test_ipxe_dhcp_phase_from_the_console_else_from_dnsmasq() -> None:
+    phase = timeline.ipxe_dhcp_phase(records("x86_64-uefi", X86), after=7.115)
+    assert phase is not None and phase.start == 7.469  # "Configuring (net0 ...)"
+    assert phase.detail == {"client_arch": 7, "ip": "192.168.105.2", "exchange_s": 0.024}
+    bios = records("x86_64-bios", BIOS)
+    phase = timeline.ipxe_dhcp_phase(bios, after=0.0)
+    assert phase is not None  # dnsmasq logged b1's DISCOVER at 02:13:43; b1 started 02:13:40.92
+    assert phase.start == pytest.approx(1795745623.0 - bios.t0)
+    assert phase.detail == {"client_arch": 0, "ip": "192.168.105.3", "clock": "dnsmasq"}
+
+
+def test_http_phases_and_the_end_of_the_last_fetch() -> None:
+    rec = records("x86_64-uefi", X86)
+    phases = timeline.http_phases(rec)
+    assert [(p.name, round(p.start, 3)) for p in phases] == [
+        ("http-script", 7.489), ("http-kernel", 7.501), ("http-initrd", 8.014),
+    ]  # fmt: skip
+    assert phases[0].detail == {"requests": ["/boot.ipxe 200", "/ipxe 200"], "bytes": 919}
+    assert phases[1].detail == {
+        "file": "vmlinuz", "status": 200, "bytes": 14149568, "transfer_s": 0.42,
+        "mb_per_s": 33.67,
+    }  # fmt: skip
+    fetched = timeline.last_fetch_end(rec)
+    assert fetched is not None and round(fetched, 3) == 8.017  # the initrd's end
+
+
+def test_kernel_phase_after_the_last_fetch() -> None:
+    phase = timeline.kernel_phase(records("x86_64-uefi", X86), after=8.017)
+    assert phase is not None and phase.start == 8.307
+    assert phase.detail["line"].startswith("EFI stub: Loaded initrd")
+    assert timeline.kernel_phase(records("x86_64-uefi", X86), after=11.0) is None
+
+
+def test_ready_phase_is_the_first_match_after_the_kernel() -> None:
+    rec = records("x86_64-uefi", X86)
+    phase = timeline.ready_phase(rec, MARKER, after=8.307)
+    assert phase is not None and (phase.start, phase.duration) == (10.554, 0.0)
+    assert phase.detail == {"line": "PVMLAB-BOOT-OK vmlinuz console=ttyS0 initrd=initrd"}
+    assert timeline.ready_phase(rec, re.compile("EFI stub"), after=8.5) is None
+
+
+def test_chain_phases_keeps_the_order_and_makes_them_contiguous() -> None:
+    found = [
+        Phase("kernel", 5.0),
+        Phase("vm-start", 0.0),
+        Phase("http-script", 2.99),  # stamped a little before the DHCP that led to it
+        Phase("ipxe-dhcp", 3.0),
+    ]
+    chained = timeline.chain_phases(found, end=9.0)
+    assert [(p.name, p.start, p.duration) for p in chained] == [
+        ("vm-start", 0.0, 3.0),
+        ("ipxe-dhcp", 3.0, 0.0),
+        ("http-script", 3.0, 2.0),
+        ("kernel", 5.0, 4.0),  # until the end given (QEMU's exit)
+    ]
+    assert timeline.chain_phases([Phase("vm-start", 0.0)], end=None)[0].duration is None
+    ready = timeline.chain_phases([Phase("vm-start", 0.0), Phase("ready", 7.0, 0.0)], end=9.0)
+    assert [(p.start, p.duration) for p in ready] == [(0.0, 7.0), (7.0, 0.0)]
+
+
+def test_boot_phases_of_a_local_media_ipxe_boot_say_so() -> None:
+    found = timeline.boot_phases(records("x86_64-uefi-ipxe", "0e:82:86:a7:07:59"), MARKER)
+    assert "firmware-dhcp" not in found and "tftp" not in found
+    assert found["vm-start"].label == "VM start -> iPXE (local media)"
+
+
+# --- the ready event of the console stamper -------------------------------------------------------
+
+PROMPT = re.compile("^/ # ")
+HOLD = ("h1", "0e:f3:7e:eb:da:65")
+
+
+def ready_case(console_text: str, wait_for: re.Pattern[str]) -> timeline.Timeline:
+    d = DATA / "x86_64-uefi-ready"
+    return timeline.boot_timeline(
+        timeline.parse_console(console_text),
+        (d / "dnsmasq.log").read_text().splitlines(),
+        (d / "http.log").read_text().splitlines(),
+        vm=HOLD[0],
+        mac=HOLD[1],
+        wait_for=wait_for,
+    )
+
+
+def ready_console(*, with_event: bool = True, until_event: bool = False) -> str:
+    """The case's console record; ``until_event``: as it stood when the stamper wrote the event
+    (the prompt has no newline, so the stamper had not written its line yet)."""
+    kept = []
+    for raw in (DATA / "x86_64-uefi-ready" / "console.jsonl").read_text().splitlines():
+        is_event = json.loads(raw).get("event") == "ready"
+        if not is_event or with_event:
+            kept.append(raw)
+        if is_event and until_event:
+            break
+    return "\n".join(kept) + "\n"
+
+
+def test_parse_console_keeps_the_first_ready_event_of_the_last_start() -> None:
+    console = timeline.parse_console(ready_console())
+    assert console.ready == timeline.ReadyEvent(9.753, "/ #", "^/ # ")
+    assert console.exit is None  # recorded while the guest was still up
+    restarted = ready_console() + '{"event": "start", "t": 1.0, "pid": 1}\n'
+    assert timeline.parse_console(restarted).ready is None
+    twice = ready_console() + '{"event": "ready", "t": 12.0, "line": "/ #", "pattern": "^/ # "}\n'
+    ready = timeline.parse_console(twice).ready
+    assert ready is not None and ready.t == 9.753
+
+
+def test_the_ready_event_ends_the_boot() -> None:
+    tl = ready_case(ready_console(), PROMPT)
+    assert names(tl) == [
+        "vm-start", "firmware-dhcp", "tftp", "ipxe-start", "ipxe-dhcp", "http-script",
+        "http-kernel", "http-initrd", "handover", "kernel", "ready",
+    ]  # fmt: skip
+    check_contiguous(tl)
+    assert tl.total == 9.753
+    ready = tl.phase("ready")
+    assert ready is not None and ready.detail == {"line": "/ #", "seen_by": "stamper"}
+    assert timeline.phase_details(ready) == "'/ #'; (seen by the console stamper)"
+    assert tl.as_dict()["phases"][-1]["seen_by"] == "stamper"
+
+
+def test_the_ready_event_before_the_prompts_line_was_written() -> None:
+    """While the guest sits at its prompt, the console record has no line holding it: only the
+    event says the boot is over; without it the boot has not reached ready."""
+    tl = ready_case(ready_console(until_event=True), PROMPT)
+    assert tl.total == 9.753 and names(tl)[-1] == "ready"
+    check_contiguous(tl)
+    older = ready_case(ready_console(with_event=False, until_event=True), PROMPT)
+    assert older.total is None and "ready" not in names(older)
+    assert older.phases[-1].name == "kernel" and older.phases[-1].duration is None  # still up
+
+
+def test_without_the_event_the_console_lines_decide() -> None:
+    """Older records (no event) fall back to the first console line that matches."""
+    tl = ready_case(ready_console(with_event=False), PROMPT)
+    assert tl.total == 9.753
+    ready = tl.phase("ready")
+    assert ready is not None and "seen_by" not in ready.detail
+    assert ready.detail["line"].startswith("/ # [    1.759415] tsc:")  # a kernel line ran on
+
+
+def test_a_ready_event_for_another_pattern_is_not_the_end_asked_for() -> None:
+    tl = ready_case(ready_console(), re.compile("pvmlab: holding"))
+    ready = tl.phase("ready")
+    assert ready is not None and ready.detail == {"line": "pvmlab: holding (pvmlab.hold)"}
+    assert tl.wait_for == "pvmlab: holding"

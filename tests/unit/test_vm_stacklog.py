@@ -68,7 +68,7 @@ def test_view_of_one_mac(tmp_path: Path) -> None:
     (home.logs / "http.log").write_text("\n".join(json.dumps(r) for r in HTTP) + "\nnot json\n")
     (home.stack / "dnsmasq.leases").write_text(f"1795787977 {MAC} 192.168.105.2 a1 *\n")
 
-    v = stacklog.view(home, MAC)
+    v = stacklog.stack_view(home, MAC)
     assert [ex.client_arch for ex in v.exchanges] == [11, 11]
     assert [ex.user_class for ex in v.exchanges] == [None, "iPXE"]
     assert [ex.acked_ip for ex in v.exchanges] == ["192.168.105.2", "192.168.105.2"]
@@ -83,12 +83,12 @@ def test_view_of_one_mac(tmp_path: Path) -> None:
         "GET /ipxe?mac=0e-b0-6e-68-e0-92&arch=arm64&platform=efi 200",
         "GET /images/tiny/aarch64/vmlinuz 200",
     ]
-    text = "\n".join(v.summary())
+    text = "\n".join(v.summary_lines())
     assert "client-arch 11, user-class iPXE" in text
 
 
 def test_unknown_mac_and_missing_logs(tmp_path: Path) -> None:
     home = LabHome(tmp_path)
-    v = stacklog.view(home, "0e:12:34:56:78:9a")
+    v = stacklog.stack_view(home, "0e:12:34:56:78:9a")
     assert v.exchanges == [] and v.lease_ip is None and v.tftp == [] and v.http == []
-    assert "no request from this MAC" in "\n".join(v.summary())
+    assert "no request from this MAC" in "\n".join(v.summary_lines())

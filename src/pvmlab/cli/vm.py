@@ -207,7 +207,7 @@ def _say_timeline(name: str, pattern: Any) -> None:
     from pvmlab.observe import timeline
 
     try:
-        _say(timeline.summary(timeline.wait_for_ready(home(), name, pattern)))
+        _say(timeline.boot_summary_line(timeline.wait_for_ready(home(), name, pattern)))
     except (PvmlabError, OSError) as exc:
         _err(f"{name}: no boot timeline: {exc}")
 
@@ -231,11 +231,11 @@ def timeline_cmd(name: str, wait_for: str | None, as_json: bool) -> None:
     if wait_for is None:
         record = state.load_runtime(home(), name)
         wait_for = (record.wait_for if record else None) or DEFAULT_WAIT_FOR
-    tl = timeline.for_vm(home(), name, console.compile_pattern(wait_for))
+    tl = timeline.timeline_of_vm(home(), name, console.compile_pattern(wait_for))
     if as_json:
         emit_json(tl.as_dict())
     else:
-        timeline.print_table(tl)
+        timeline.print_timeline_table(tl)
 
 
 def _explain_failure(name: str, mac: str, ip: str) -> None:
@@ -246,7 +246,7 @@ def _explain_failure(name: str, mac: str, ip: str) -> None:
     _err(f"--- last {len(lines)} console lines of {name} ---")
     for line in lines:
         _err(f"  {line}")
-    for line in stacklog.view(h, mac, ip).summary():
+    for line in stacklog.stack_view(h, mac, ip).summary_lines():
         _err(line)
 
 

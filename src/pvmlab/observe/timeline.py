@@ -5,12 +5,18 @@ of its last start:
 
     logs/NAME.console.jsonl  the console, one line per record with the time its first byte and
                              its newline were seen (``pvmlab.observe.stamp``; the header holds the
-                             VM start). Firmware and iPXE print each step as they take it, so
-                             this gives sub-second times for the network steps as well.
+                             VM start; a ``ready`` event, when the start waited for a
+                             pattern). Firmware and iPXE print each step as they take it,
+                             so this gives sub-second times for the network steps as well.
     logs/dnsmasq.log         ``log-dhcp`` lines: which client architecture asked, which address
                              was acked, which file went over TFTP (dnsmasq stamps whole seconds
                              only, so its times are a fallback, marked ``clock: dnsmasq``)
     logs/http.log            one JSON record per request with start, duration and bytes
+
+``boot_timeline`` works in steps, each a function of its own: ``gather_boot_records`` (each
+source's records of the machine since its last start), ``boot_phases`` (one function per phase:
+``firmware_dhcp_phase``, ``tftp_phase``, ...), ``chain_phases`` (order and durations), then the
+`Timeline` with its total and slowest phase.
 
 Phases are contiguous: each lasts until the next one starts, so they add up to the total and the
 slowest one is where the time went. Transfers also carry their own ``transfer_s``, ``bytes`` and
@@ -26,7 +32,10 @@ slowest one is where the time went. Transfers also carry their own ``transfer_s`
     http-initrd    the initrd over HTTP
     handover       iPXE starts the kernel (EFI stub, decompression) -> its first console line
     kernel         the kernel's first console line -> the awaited text
-    ready          the awaited text (``--wait-for``, default a login prompt)
+    ready          the awaited text (``--wait-for``, default a login prompt): the stamper's
+                   ``ready`` event when it was watching for that pattern (it sees a prompt that
+                   has no newline yet), else the first console line after the kernel's that
+                   matches (older records, starts without ``--wait``)
 
 A boot without some step (legacy BIOS has no firmware DHCP of its own; a direct kernel boot
 has no network at all) simply has no such phase. A ``vm start --boot ipxe`` boot starts iPXE
@@ -41,6 +50,7 @@ import itertools
 import json
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,7 +58,9 @@ from typing import Any
 
 from pvmlab.errors import StateError
 from pvmlab.home import LabHome
-from pvmlab.observe import stacklog
+from pvmlab.observe import dnsmasqlog, httplog
+from pvmlab.observe.dnsmasqlog import DhcpTransaction, TftpEvent
+from pvmlab.observe.httplog import HttpRequest
 
 LABELS = {
     "vm-start": "VM start -> firmware DHCP",
@@ -74,7 +86,9 @@ _IPXE_START = re.compile(r"iPXE initialising devices|^iPXE \(https?://ipxe\.org\
 _AUTOEXEC = re.compile(r"^(?P<file>file:)?\S*autoexec\.ipxe\.\.\. ok")
 _IPXE_DHCP = re.compile(r"Configuring \(net\d")
 _KERNEL = re.compile(r"EFI stub: |Linux version \d|Booting Linux on physical CPU|^\[\s*\d+\.\d+\] ")
-_DNSMASQ_TIME = re.compile(r"^(?P<stamp>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) ")
+
+
+# --- the console record --------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -84,11 +98,21 @@ class ConsoleLine:
     text: str
 
 
+@dataclass(frozen=True)
+class ReadyEvent:
+    """The stamper saw the awaited text (``--wait-for``) at ``t`` (seconds after the start)."""
+
+    t: float
+    line: str
+    pattern: str
+
+
 @dataclass
-class Console:
+class ConsoleRecord:
     t0: float  # epoch of the VM start
     lines: list[ConsoleLine]
     exit: float | None = None
+    ready: ReadyEvent | None = None
 
     def first(self, pattern: re.Pattern[str], after: float = -1.0) -> ConsoleLine | None:
         for line in self.lines:
@@ -97,11 +121,13 @@ class Console:
         return None
 
 
-def parse_console(text: str) -> Console:
-    """The stamper's JSON lines (see ``pvmlab.observe.stamp``)."""
+def parse_console(text: str) -> ConsoleRecord:
+    """The stamper's JSON lines (see ``pvmlab.observe.stamp``) of the last start they hold; a
+    line that is not such a record (cut short by a crash, say) is skipped."""
     t0: float | None = None
     lines: list[ConsoleLine] = []
     exit_t = None
+    ready = None
     for raw in text.splitlines():
         try:
             rec = json.loads(raw)
@@ -109,96 +135,82 @@ def parse_console(text: str) -> Console:
             continue
         if not isinstance(rec, dict):
             continue
-        if rec.get("event") == "start":
-            t0, lines, exit_t = float(rec["t"]), [], None
-        elif rec.get("event") == "exit":
-            exit_t = float(rec["t"])
-        elif "line" in rec:
-            t = float(rec["t"])
-            lines.append(ConsoleLine(t, float(rec.get("end") or t), str(rec["line"])))
+        try:
+            event = rec.get("event")
+            if event == "start":
+                t0, lines, exit_t, ready = float(rec["t"]), [], None, None
+            elif event == "exit":
+                exit_t = float(rec["t"])
+            elif event == "ready":
+                if ready is None:
+                    ready = ReadyEvent(float(rec["t"]), str(rec["line"]), str(rec["pattern"]))
+            elif "line" in rec:
+                t = float(rec["t"])
+                lines.append(ConsoleLine(t, float(rec.get("end") or t), str(rec["line"])))
+        except (KeyError, TypeError, ValueError):
+            continue
     if t0 is None:
         raise StateError(
             "the console record has no start",
             "start the VM again with `pvmlab vm start` to record a timeline",
         )
-    return Console(t0=t0, lines=lines, exit=exit_t)
+    return ConsoleRecord(t0=t0, lines=lines, exit=exit_t, ready=ready)
+
+
+# --- step 1: what each source recorded of the machine's last boot --------------------------------
 
 
 @dataclass
-class DhcpSeen:
-    t: float  # epoch, whole seconds
-    client_arch: int | None
-    user_class: str | None
-    ip: str | None
+class BootRecords:
+    """One machine's last start as each source saw it: the console, and what dnsmasq and the
+    HTTP server logged of the machine from that start on."""
+
+    console: ConsoleRecord
+    dhcp: list[DhcpTransaction]
+    tftp: list[TftpEvent]  # files sent to the machine
+    http: list[HttpRequest]  # by start time
+
+    @property
+    def t0(self) -> float:
+        return self.console.t0
 
 
-@dataclass
-class TftpSeen:
-    t: float
-    file: str
-    ip: str
+def dnsmasq_records_of_boot(
+    dnsmasq_lines: Iterable[str], mac: str, t0: float
+) -> tuple[list[DhcpTransaction], list[TftpEvent]]:
+    """DHCP transactions of ``mac`` and TFTP files sent to the addresses they acked, logged at
+    ``t0`` or later (dnsmasq's whole seconds, in the year of ``t0``)."""
+    events = dnsmasqlog.events_since(
+        dnsmasqlog.parse_dnsmasq_log(dnsmasq_lines, datetime.fromtimestamp(t0).year), t0
+    )
+    dhcp = dnsmasqlog.dhcp_transactions(events, mac)
+    ips = {tx.acked_ip for tx in dhcp if tx.acked_ip}
+    sent = [e for e in dnsmasqlog.tftp_events_for(events, ips) if e.outcome == "sent"]
+    return dhcp, sent
 
 
-def _dnsmasq_epoch(line: str, year: int) -> float | None:
-    m = _DNSMASQ_TIME.match(line)
-    if not m:
-        return None
-    try:
-        stamp = time.strptime(f"{year} {m.group('stamp')}", "%Y %b %d %H:%M:%S")
-    except ValueError:
-        return None
-    return time.mktime(stamp)  # dnsmasq writes local time
+def http_records_of_boot(
+    http_lines: Iterable[str], mac: str, ips: Iterable[str], t0: float
+) -> list[HttpRequest]:
+    """The machine's requests that started at ``t0`` or later (half a second of slack: the
+    server's clock and the start's are read in different processes)."""
+    requests = httplog.requests_since(httplog.parse_http_log(http_lines), t0 - 0.5)
+    return httplog.requests_of_machine(requests, mac, ips)
 
 
-def dnsmasq_events(
-    lines: list[str], mac: str, since: float
-) -> tuple[list[DhcpSeen], list[TftpSeen]]:
-    """DHCP exchanges of ``mac`` and TFTP transfers to its addresses, logged at ``since`` or
-    later (whole seconds: dnsmasq's clock)."""
-    year = datetime.fromtimestamp(since).year
-    floor = int(since)
-    recent: list[str] = []
-    for line in lines:
-        t = _dnsmasq_epoch(line, year)
-        if t is not None and t >= floor:
-            recent.append(line)
-    first_t: dict[str, float] = {}
-    for line in recent:
-        m = re.search(r"dnsmasq-dhcp\[\d+\]: (\d+) ", line)
-        t = _dnsmasq_epoch(line, year)
-        if m and t is not None:
-            first_t.setdefault(m.group(1), t)
-    dhcp = [
-        DhcpSeen(first_t.get(ex.serial, float(floor)), ex.client_arch, ex.user_class, ex.acked_ip)
-        for ex in stacklog.dhcp_exchanges(recent, mac)
-    ]
-    ips = {d.ip for d in dhcp if d.ip}
-    tftp: list[TftpSeen] = []
-    for line in recent:
-        m = re.search(r"dnsmasq-tftp\[\d+\]: sent (\S+) to (\S+)\s*$", line)
-        t = _dnsmasq_epoch(line, year)
-        if m and t is not None and m.group(2) in ips:
-            tftp.append(TftpSeen(t, Path(m.group(1)).name, m.group(2)))
-    return dhcp, tftp
+def gather_boot_records(
+    console: ConsoleRecord, dnsmasq_lines: Iterable[str], http_lines: Iterable[str], mac: str
+) -> BootRecords:
+    """Each source's records of ``mac`` since the console's start."""
+    dhcp, tftp = dnsmasq_records_of_boot(dnsmasq_lines, mac, console.t0)
+    ips = {tx.acked_ip for tx in dhcp if tx.acked_ip}
+    fw_ack = console.first(_FW_ACK)
+    if fw_ack is not None:
+        ips.add(_FW_ACK.search(fw_ack.text).group(1))  # type: ignore[union-attr]
+    return BootRecords(console, dhcp, tftp, http_records_of_boot(http_lines, mac, ips, console.t0))
 
 
-def http_events(lines: list[str], mac: str, ips: set[str], since: float) -> list[dict[str, Any]]:
-    """The HTTP server's records of this machine's requests that started at ``since`` or later."""
-    keys = {mac.lower(), mac.lower().replace(":", "-")}
-    out = []
-    for raw in lines:
-        try:
-            rec = json.loads(raw)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("start"), int | float):
-            continue
-        if rec["start"] < since:
-            continue
-        mine = rec.get("client") in ips or str(rec.get("mac", "")).lower() in keys
-        if mine:
-            out.append(rec)
-    return sorted(out, key=lambda r: float(r["start"]))
+# --- step 2: the phases the records show ---------------------------------------------------------
 
 
 @dataclass
@@ -221,6 +233,221 @@ class Phase:
             "duration": None if self.duration is None else round(self.duration, 3),
             **self.detail,
         }
+
+
+def _rate(nbytes: int | None, seconds: float | None) -> float | None:
+    if not nbytes or not seconds or seconds <= 0:
+        return None
+    return round(nbytes / seconds / 1e6, 2)
+
+
+def _firmware_dhcp(records: BootRecords) -> DhcpTransaction | None:
+    return next((tx for tx in records.dhcp if tx.user_class != "iPXE"), None)
+
+
+def _ipxe_dhcp(records: BootRecords) -> DhcpTransaction | None:
+    return next((tx for tx in records.dhcp if tx.user_class == "iPXE"), None)
+
+
+def _dhcp_detail(tx: DhcpTransaction | None) -> dict[str, Any]:
+    return {} if tx is None else {"client_arch": tx.client_arch, "ip": tx.acked_ip}
+
+
+def _dnsmasq_start(tx: DhcpTransaction | None, t0: float) -> float:
+    """Seconds after the start of a transaction dnsmasq logged (the start itself if unknown)."""
+    return (tx.t if tx is not None and tx.t is not None else t0) - t0
+
+
+def firmware_dhcp_phase(records: BootRecords) -> Phase | None:
+    """The firmware's own DHCP: from its ``>>Start PXE`` line, else from dnsmasq's clock."""
+    console = records.console
+    tx = _firmware_dhcp(records)
+    begun = console.first(_FW_DHCP)
+    if begun is None and tx is None:
+        return None
+    detail = _dhcp_detail(tx)
+    if begun is not None:
+        start = begun.t
+    else:
+        start = _dnsmasq_start(tx, records.t0)
+        detail["clock"] = "dnsmasq"
+    acked = console.first(_FW_ACK)
+    if acked is not None:
+        detail["exchange_s"] = round(acked.t - start, 3)
+    return Phase("firmware-dhcp", start, detail=detail)
+
+
+def tftp_phase(records: BootRecords) -> Phase | None:
+    """The first stage over TFTP, timed by the firmware's NBP lines, else by dnsmasq."""
+    console = records.console
+    begun, done = console.first(_NBP_START), console.first(_NBP_DONE)
+    if begun is None and not records.tftp:
+        return None
+    detail: dict[str, Any] = {}
+    name, size = console.first(_NBP_NAME), console.first(_NBP_SIZE)
+    if records.tftp:
+        detail["file"] = records.tftp[0].file
+    elif name is not None:
+        detail["file"] = name.text.rsplit(" ", 1)[-1]
+    if size is not None:
+        detail["bytes"] = int(_NBP_SIZE.search(size.text).group(1))  # type: ignore[union-attr]
+    if begun is not None:
+        start = begun.t
+        if done is not None:
+            detail["transfer_s"] = round(done.t - start, 3)
+            detail["mb_per_s"] = _rate(detail.get("bytes"), done.t - start)
+    else:
+        start = (records.tftp[0].t or records.t0) - records.t0
+        detail["clock"] = "dnsmasq"
+    return Phase("tftp", start, detail=detail)
+
+
+def ipxe_start_phase(records: BootRecords) -> Phase | None:
+    """iPXE's banner, and where its ``autoexec.ipxe`` came from (local media or TFTP)."""
+    begun = records.console.first(_IPXE_START)
+    if begun is None:
+        return None
+    phase = Phase("ipxe-start", begun.t)
+    script = records.console.first(_AUTOEXEC, begun.t)
+    if script is not None:
+        from_media = _AUTOEXEC.search(script.text).group("file")  # type: ignore[union-attr]
+        phase.detail["autoexec"] = "media" if from_media else "tftp"
+    return phase
+
+
+def ipxe_dhcp_phase(records: BootRecords, after: float) -> Phase | None:
+    """iPXE's ``Configuring (net0 …)`` line from ``after`` on, else dnsmasq's iPXE exchange."""
+    tx = _ipxe_dhcp(records)
+    configuring = records.console.first(_IPXE_DHCP, after)
+    if configuring is None and tx is None:
+        return None
+    detail = _dhcp_detail(tx)
+    if configuring is not None:
+        start = configuring.t
+        detail["exchange_s"] = round(configuring.end - configuring.t, 3)
+    else:
+        start = _dnsmasq_start(tx, records.t0)
+        detail["clock"] = "dnsmasq"
+    return Phase("ipxe-dhcp", start, detail=detail)
+
+
+def http_phases(records: BootRecords) -> list[Phase]:
+    """The scripts (one phase), then the first two boot files: kernel and initrd."""
+    t0 = records.t0
+    scripts = [r for r in records.http if not r.is_boot_file]
+    files = [r for r in records.http if r.is_boot_file]
+    phases = []
+    if scripts:
+        phases.append(
+            Phase(
+                "http-script",
+                (scripts[0].start or t0) - t0,
+                detail={
+                    "requests": [f"{r.path} {r.status}" for r in scripts],
+                    "bytes": sum(r.bytes or 0 for r in scripts),
+                },
+            )
+        )
+    for kind, req in zip(("http-kernel", "http-initrd"), files, strict=False):
+        secs = req.duration or 0.0
+        phases.append(
+            Phase(
+                kind,
+                (req.start or t0) - t0,
+                detail={
+                    "file": Path(req.path).name,
+                    "status": req.status,
+                    "bytes": req.bytes,
+                    "transfer_s": round(secs, 3),
+                    "mb_per_s": _rate(req.bytes, secs),
+                },
+            )
+        )
+    return phases
+
+
+def last_fetch_end(records: BootRecords) -> float | None:
+    """When the last boot file was served (seconds after the start): iPXE's handover begins."""
+    ends = [r.end - records.t0 for r in records.http if r.is_boot_file and r.end is not None]
+    return max(ends, default=None)
+
+
+def kernel_phase(records: BootRecords, after: float) -> Phase | None:
+    """The kernel's first console line from ``after`` on."""
+    line = records.console.first(_KERNEL, after)
+    if line is None:
+        return None
+    return Phase("kernel", line.t, detail={"line": line.text[:120]})
+
+
+def ready_phase(
+    records: BootRecords, wait_for: re.Pattern[str], after: float | None
+) -> Phase | None:
+    """The awaited text: the stamper's ``ready`` event when it was looking for ``wait_for``,
+    else the first console line from ``after`` (the kernel's first line) on that matches."""
+    event = records.console.ready
+    if event is not None and event.pattern == wait_for.pattern:
+        return Phase("ready", event.t, 0.0, {"line": event.line[:120], "seen_by": "stamper"})
+    for line in records.console.lines:
+        if (after is None or line.t >= after) and wait_for.search(line.text):
+            return Phase("ready", line.t, 0.0, {"line": line.text[:120]})
+    return None
+
+
+def boot_phases(records: BootRecords, wait_for: re.Pattern[str]) -> dict[str, Phase]:
+    """Every phase the records show, by name (starts as seen; not yet chained)."""
+    found: dict[str, Phase] = {"vm-start": Phase("vm-start", 0.0)}
+
+    def add(phase: Phase | None) -> Phase | None:
+        if phase is not None:
+            found[phase.name] = phase
+        return phase
+
+    add(firmware_dhcp_phase(records))
+    add(tftp_phase(records))
+    ipxe_start = add(ipxe_start_phase(records))
+    after_ipxe = ipxe_start.start if ipxe_start is not None else 0.0
+    add(ipxe_dhcp_phase(records, after_ipxe))
+    for phase in http_phases(records):
+        add(phase)
+    if (
+        ipxe_start is not None
+        and ipxe_start.detail.get("autoexec") == "media"
+        and "firmware-dhcp" not in found
+        and "tftp" not in found
+    ):
+        found["vm-start"].title = "VM start -> iPXE (local media)"
+    fetched = last_fetch_end(records)
+    if fetched is not None:
+        add(Phase("handover", fetched))
+    kernel = add(kernel_phase(records, fetched if fetched is not None else after_ipxe))
+    add(ready_phase(records, wait_for, kernel.start if kernel is not None else None))
+    return found
+
+
+# --- step 3: phases chained end to end -----------------------------------------------------------
+
+
+def chain_phases(found: Iterable[Phase], end: float | None) -> list[Phase]:
+    """The phases in the chain's order, each lasting until the next starts; the last one (unless
+    it is ``ready``, which lasts 0) until ``end`` (QEMU's exit), if known.
+
+    The console is stamped every 20 ms while the HTTP server's times are exact, so a step seen
+    on the console may look a few ms late: the real order is kept and such a start moves up to
+    its predecessor's.
+    """
+    order = list(LABELS)
+    phases = sorted(found, key=lambda p: order.index(p.name))
+    for prev, cur in itertools.pairwise(phases):
+        cur.start = max(cur.start, prev.start)
+    for cur, nxt in itertools.pairwise(phases):
+        cur.duration = max(0.0, nxt.start - cur.start)
+    if phases and phases[-1].name != "ready":
+        phases[-1].duration = None if end is None else max(0.0, end - phases[-1].start)
+    return phases
+
+
+# --- step 4: the timeline and its summary --------------------------------------------------------
 
 
 @dataclass
@@ -248,163 +475,34 @@ class Timeline:
             "started": datetime.fromtimestamp(self.started, UTC).isoformat(timespec="milliseconds"),
             "wait_for": self.wait_for,
             "total": None if self.total is None else round(self.total, 3),
-            "slowest": slow.name if slow else None,
+            "slowest": slow.name if slow is not None else None,
             "exited": self.exited,
             "phases": [p.as_dict() for p in self.phases],
         }
 
 
-def _rate(nbytes: int | None, seconds: float | None) -> float | None:
-    if not nbytes or not seconds or seconds <= 0:
-        return None
-    return round(nbytes / seconds / 1e6, 2)
-
-
-def build(
-    console: Console,
-    dnsmasq_lines: list[str],
-    http_lines: list[str],
+def boot_timeline(
+    console: ConsoleRecord,
+    dnsmasq_lines: Iterable[str],
+    http_lines: Iterable[str],
     *,
     vm: str,
     mac: str,
     wait_for: re.Pattern[str],
 ) -> Timeline:
     """Join the three sources into phases (pure: the caller reads the files)."""
-    t0 = console.t0
     mac = mac.lower()
-    dhcp, tftp = dnsmasq_events(dnsmasq_lines, mac, t0)
-    ips = {d.ip for d in dhcp if d.ip}
-    fw_ack = console.first(_FW_ACK)
-    if fw_ack is not None:
-        ips.add(_FW_ACK.search(fw_ack.text).group(1))  # type: ignore[union-attr]
-    http = http_events(http_lines, mac, ips, t0 - 0.5)
-
-    found: dict[str, Phase] = {"vm-start": Phase("vm-start", 0.0)}
-
-    fw_ex = next((d for d in dhcp if d.user_class != "iPXE"), None)
-    ipxe_ex = next((d for d in dhcp if d.user_class == "iPXE"), None)
-    fw_start = console.first(_FW_DHCP)
-    if fw_start is not None or fw_ex is not None:
-        detail: dict[str, Any] = {}
-        if fw_ex is not None:
-            detail.update(client_arch=fw_ex.client_arch, ip=fw_ex.ip)
-        if fw_start is not None:
-            start = fw_start.t
-        else:
-            start = (fw_ex.t if fw_ex else t0) - t0
-            detail["clock"] = "dnsmasq"
-        if fw_ack is not None:
-            detail["exchange_s"] = round(fw_ack.t - start, 3)
-        found["firmware-dhcp"] = Phase("firmware-dhcp", start, detail=detail)
-
-    nbp_start, nbp_done = console.first(_NBP_START), console.first(_NBP_DONE)
-    if nbp_start is not None or tftp:
-        detail = {}
-        nbp_name = console.first(_NBP_NAME)
-        size = console.first(_NBP_SIZE)
-        if tftp:
-            detail["file"] = tftp[0].file
-        elif nbp_name is not None:
-            detail["file"] = nbp_name.text.rsplit(" ", 1)[-1]
-        if size is not None:
-            detail["bytes"] = int(_NBP_SIZE.search(size.text).group(1))  # type: ignore[union-attr]
-        if nbp_start is not None:
-            start = nbp_start.t
-            if nbp_done is not None:
-                detail["transfer_s"] = round(nbp_done.t - start, 3)
-                detail["mb_per_s"] = _rate(detail.get("bytes"), nbp_done.t - start)
-        else:
-            start = tftp[0].t - t0
-            detail["clock"] = "dnsmasq"
-        found["tftp"] = Phase("tftp", start, detail=detail)
-
-    ipxe_start = console.first(_IPXE_START)
-    if ipxe_start is not None:
-        found["ipxe-start"] = Phase("ipxe-start", ipxe_start.t)
-        script = console.first(_AUTOEXEC, ipxe_start.t)
-        if script is not None:
-            from_media = _AUTOEXEC.search(script.text).group("file")  # type: ignore[union-attr]
-            found["ipxe-start"].detail["autoexec"] = "media" if from_media else "tftp"
-    after = ipxe_start.t if ipxe_start is not None else 0.0
-    ipxe_dhcp = console.first(_IPXE_DHCP, after)
-    if ipxe_dhcp is not None or ipxe_ex is not None:
-        detail = {}
-        if ipxe_ex is not None:
-            detail.update(client_arch=ipxe_ex.client_arch, ip=ipxe_ex.ip)
-        if ipxe_dhcp is not None:
-            start = ipxe_dhcp.t
-            detail["exchange_s"] = round(ipxe_dhcp.end - ipxe_dhcp.t, 3)
-        else:
-            start = (ipxe_ex.t if ipxe_ex else t0) - t0
-            detail["clock"] = "dnsmasq"
-        found["ipxe-dhcp"] = Phase("ipxe-dhcp", start, detail=detail)
-
-    scripts = [r for r in http if not str(r.get("path", "")).startswith("/images/")]
-    files = [r for r in http if str(r.get("path", "")).startswith("/images/")]
-    if scripts:
-        found["http-script"] = Phase(
-            "http-script",
-            float(scripts[0]["start"]) - t0,
-            detail={
-                "requests": [f"{r.get('path')} {r.get('status')}" for r in scripts],
-                "bytes": sum(int(r.get("bytes") or 0) for r in scripts),
-            },
-        )
-    for kind, rec in zip(("http-kernel", "http-initrd"), files, strict=False):
-        secs = float(rec.get("duration") or 0.0)
-        found[kind] = Phase(
-            kind,
-            float(rec["start"]) - t0,
-            detail={
-                "file": Path(str(rec.get("path"))).name,
-                "status": rec.get("status"),
-                "bytes": rec.get("bytes"),
-                "transfer_s": round(secs, 3),
-                "mb_per_s": _rate(rec.get("bytes"), secs),
-            },
-        )
-    started = found.get("ipxe-start")
-    if (
-        started is not None
-        and started.detail.get("autoexec") == "media"
-        and "firmware-dhcp" not in found
-        and "tftp" not in found
-    ):
-        found["vm-start"].title = "VM start -> iPXE (local media)"
-    last_fetch = max((float(r["end"]) - t0 for r in files if "end" in r), default=None)
-    if last_fetch is not None:
-        found["handover"] = Phase("handover", last_fetch)
-
-    kernel = console.first(_KERNEL, last_fetch if last_fetch is not None else after)
-    if kernel is not None:
-        found["kernel"] = Phase("kernel", kernel.t, detail={"line": kernel.text[:120]})
-    ready = None
-    for line in console.lines:
-        if (kernel is None or line.t >= kernel.t) and wait_for.search(line.text):
-            ready = line
-            break
-    if ready is not None:
-        found["ready"] = Phase("ready", ready.t, 0.0, {"line": ready.text[:120]})
-
-    # The chain's steps happen in this order; the console is stamped every 20 ms while the
-    # HTTP server's times are exact, so a step seen on the console may look a few ms late:
-    # keep the real order and let such a start move up to its predecessor's.
-    order = list(LABELS)
-    phases = sorted(found.values(), key=lambda p: order.index(p.name))
-    for prev, cur in itertools.pairwise(phases):
-        cur.start = max(cur.start, prev.start)
-    end = ready.t if ready is not None else console.exit
-    for cur, nxt in itertools.pairwise(phases):
-        cur.duration = max(0.0, nxt.start - cur.start)
-    if phases and phases[-1].name != "ready":
-        phases[-1].duration = None if end is None else max(0.0, end - phases[-1].start)
+    records = gather_boot_records(console, dnsmasq_lines, http_lines, mac)
+    found = boot_phases(records, wait_for)
+    ready = found.get("ready")
+    total = ready.start if ready is not None else None  # before chaining moves any start
     return Timeline(
         vm=vm,
         mac=mac,
-        started=t0,
-        phases=phases,
+        started=console.t0,
+        phases=chain_phases(found.values(), total if total is not None else console.exit),
         wait_for=wait_for.pattern,
-        total=ready.t if ready is not None else None,
+        total=total,
         exited=console.exit,
     )
 
@@ -416,7 +514,7 @@ def _lines(path: Path) -> list[str]:
         return []
 
 
-def for_vm(home: LabHome, name: str, wait_for: re.Pattern[str]) -> Timeline:
+def timeline_of_vm(home: LabHome, name: str, wait_for: re.Pattern[str]) -> Timeline:
     """The timeline of VM ``name``'s last start, from the files in ``home``."""
     from pvmlab.records import store
 
@@ -429,7 +527,7 @@ def for_vm(home: LabHome, name: str, wait_for: re.Pattern[str]) -> Timeline:
             f"VM {name} has no timed console record",
             f"start it with `pvmlab vm start {name}`, then ask again",
         ) from None
-    return build(
+    return boot_timeline(
         parse_console(text),
         _lines(home.dnsmasq_log),
         _lines(home.http_log),
@@ -442,10 +540,10 @@ def for_vm(home: LabHome, name: str, wait_for: re.Pattern[str]) -> Timeline:
 def wait_for_ready(
     home: LabHome, name: str, wait_for: re.Pattern[str], timeout: float = 2.0
 ) -> Timeline:
-    """Like ``for_vm``, but give the console watcher a moment to stamp the awaited line."""
+    """Like ``timeline_of_vm``, but give the console watcher a moment to stamp the awaited line."""
     deadline = time.monotonic() + timeout
     while True:
-        tl = for_vm(home, name, wait_for)
+        tl = timeline_of_vm(home, name, wait_for)
         if tl.total is not None or time.monotonic() >= deadline:
             return tl
         time.sleep(0.05)
@@ -455,7 +553,7 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def details(p: Phase) -> str:
+def phase_details(p: Phase) -> str:
     d = p.detail
     parts = []
     if d.get("client_arch") is not None:
@@ -480,10 +578,12 @@ def details(p: Phase) -> str:
         parts.append(repr(d["line"][:60]))
     if d.get("clock"):
         parts.append("(time from dnsmasq: whole seconds)")
+    if d.get("seen_by") == "stamper":
+        parts.append("(seen by the console stamper)")
     return "; ".join(parts)
 
 
-def print_table(tl: Timeline) -> None:
+def print_timeline_table(tl: Timeline) -> None:
     from rich.console import Console as RichConsole
     from rich.table import Table
 
@@ -493,7 +593,7 @@ def print_table(tl: Timeline) -> None:
     table.add_column("duration s", justify="right")
     table.add_column("details", overflow="fold")
     for p in tl.phases:
-        table.add_row(p.label, _fmt(p.start), _fmt(p.duration), details(p))
+        table.add_row(p.label, _fmt(p.start), _fmt(p.duration), phase_details(p))
     out = RichConsole()
     out.print(table)
     slow = tl.slowest()
@@ -507,7 +607,7 @@ def print_table(tl: Timeline) -> None:
         out.print(f"{tl.wait_for!r} not seen on the console of this boot", highlight=False)
 
 
-def summary(tl: Timeline) -> str:
+def boot_summary_line(tl: Timeline) -> str:
     """One line for `vm start --wait`: the total and the slowest phase."""
     slow = tl.slowest()
     total = f"{tl.total:.1f} s" if tl.total is not None else "not reached"

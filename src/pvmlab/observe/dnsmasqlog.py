@@ -1,0 +1,215 @@
+"""dnsmasq's log (``logs/dnsmasq.log``), read in one place: each line becomes a typed event.
+
+The lab runs dnsmasq with ``log-dhcp``, so one DHCP transaction is several lines that share a
+serial number: the message itself and what dnsmasq learnt about the client on the way::
+
+    Nov 27 01:59:22 dnsmasq-dhcp[9783]: 3214431530 vendor class: PXEClient:Arch:00011:UNDI:003000
+    Nov 27 01:59:22 dnsmasq-dhcp[9783]: 3214431530 DHCPDISCOVER(pvbr…) 0e:b0:6e:68:e0:92
+    Nov 27 01:59:22 dnsmasq-dhcp[9783]: 3214431530 tags: known, efi-arm64, pvbr…
+    Nov 27 01:59:26 dnsmasq-dhcp[9783]: 3214431530 DHCPACK(pvbr…) 192.168.105.2 0e:b0:… a1
+    Nov 27 01:59:26 dnsmasq-tftp[9783]: sent /home/tftp/ipxe-arm64.efi to 192.168.105.2
+    Nov 27 01:59:20 dnsmasq-dhcp[9783]: read /home/configs/dhcp-hosts
+
+``parse_dnsmasq_log`` turns lines into events (`DhcpMessage`, `DhcpClientInfo`, `TftpEvent`,
+`HostsFileRead`); ``dhcp_transactions`` groups a MAC's DHCP events by serial, and
+``tftp_events_for`` picks the transfers to some addresses. dnsmasq stamps lines in local time,
+whole seconds, without a year: the caller says which year (the year of the VM start).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Literal
+
+_STAMP = re.compile(r"^(?P<stamp>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) ")
+_DHCP = re.compile(r"dnsmasq-dhcp\[\d+\]: (?:(?P<serial>\d+) )?(?P<rest>.*?)\s*$")
+_TFTP = re.compile(r"dnsmasq-tftp\[\d+\]: (?P<rest>.*?)\s*$")
+_MESSAGE = re.compile(
+    r"^(?P<kind>DHCP[A-Z]+)\((?P<interface>[^)]*)\) "
+    r"(?:(?P<ip>\d+\.\d+\.\d+\.\d+) )?(?P<mac>[0-9a-f]{2}(?::[0-9a-f]{2}){5})(?: (?P<rest>.*))?$"
+)
+_CLIENT_ARCH = re.compile(r"^(?:PXEClient|HTTPClient):Arch:(\d+)")
+_BOOTFILE_SENT = re.compile(r"^\d+ option:\s*67 bootfile-name\s+(?P<file>.+)$")  # "sent size: …"
+_HOSTS_READ = re.compile(r"^read (?P<path>/\S+)$")
+_IPV4 = r"(?P<ip>\d+\.\d+\.\d+\.\d+)"
+_SENT = re.compile(rf"^sent (?P<file>.+) to {_IPV4}$")
+_NOT_FOUND = re.compile(rf"^file (?P<file>.+) not found for {_IPV4}$")
+_OTHER_TFTP = re.compile(rf"^(?P<text>.*?) {_IPV4}$")
+
+
+@dataclass(frozen=True)
+class DhcpMessage:
+    """One DHCP message (DHCPDISCOVER, DHCPOFFER, DHCPREQUEST, DHCPACK, DHCPNAK, ...)."""
+
+    t: float | None  # epoch seconds (whole seconds, dnsmasq's clock)
+    serial: str | None  # the transaction; None without ``log-dhcp``
+    kind: str
+    interface: str
+    mac: str
+    ip: str | None
+    text: str = ""  # what follows the MAC: a hostname, or dnsmasq's reason for a NAK
+
+
+@dataclass(frozen=True)
+class DhcpClientInfo:
+    """Any other line of a transaction: what ``log-dhcp`` says about its client (vendor class,
+    user class, tags, ...) and about the answer (next server, options sent)."""
+
+    t: float | None
+    serial: str
+    key: str  # the words before ": ", e.g. "vendor class" (the whole line when there is none)
+    value: str
+
+
+@dataclass(frozen=True)
+class TftpEvent:
+    """A TFTP request's outcome for one client address."""
+
+    t: float | None
+    outcome: Literal["sent", "not-found", "other"]
+    client: str  # the client's IP
+    path: str  # the file as dnsmasq named it ("" when its words name none)
+    text: str  # dnsmasq's words without the address, e.g. "error 8 User aborted ... from"
+
+    @property
+    def file(self) -> str:
+        return PurePosixPath(self.path).name
+
+
+@dataclass(frozen=True)
+class HostsFileRead:
+    """dnsmasq (re-)read a file of DHCP reservations (at start and after SIGHUP)."""
+
+    t: float | None
+    path: str
+
+
+DnsmasqEvent = DhcpMessage | DhcpClientInfo | TftpEvent | HostsFileRead
+
+
+def line_epoch(line: str, year: int) -> float | None:
+    """The epoch of a line's local-time stamp (``Nov 27 01:59:22``), in ``year``."""
+    m = _STAMP.match(line)
+    if not m:
+        return None
+    try:
+        stamp = time.strptime(f"{year} {m.group('stamp')}", "%Y %b %d %H:%M:%S")
+    except ValueError:
+        return None
+    return time.mktime(stamp)
+
+
+def parse_dnsmasq_line(line: str, year: int) -> DnsmasqEvent | None:
+    """The event one log line records, or None for lines that say nothing about clients."""
+    if (m := _DHCP.search(line)) is not None:
+        return _dhcp_event(line_epoch(line, year), m.group("serial"), m.group("rest"))
+    if (m := _TFTP.search(line)) is not None:
+        return _tftp_event(line_epoch(line, year), m.group("rest"))
+    return None
+
+
+def _dhcp_event(t: float | None, serial: str | None, rest: str) -> DnsmasqEvent | None:
+    if (msg := _MESSAGE.match(rest)) is not None:
+        return DhcpMessage(
+            t, serial, msg.group("kind"), msg.group("interface"), msg.group("mac"),
+            msg.group("ip"), (msg.group("rest") or "").strip(),
+        )  # fmt: skip
+    if serial is not None:
+        key, _, value = rest.partition(": ")
+        return DhcpClientInfo(t, serial, key, value.strip())
+    if (read := _HOSTS_READ.match(rest)) is not None:
+        return HostsFileRead(t, read.group("path"))
+    return None
+
+
+def _tftp_event(t: float | None, rest: str) -> TftpEvent | None:
+    if (m := _SENT.match(rest)) is not None:
+        return TftpEvent(t, "sent", m.group("ip"), m.group("file"), f"sent {m.group('file')} to")
+    if (m := _NOT_FOUND.match(rest)) is not None:
+        text = f"file {m.group('file')} not found for"
+        return TftpEvent(t, "not-found", m.group("ip"), m.group("file"), text)
+    if (m := _OTHER_TFTP.match(rest)) is not None:  # e.g. a size probe the client aborted
+        return TftpEvent(t, "other", m.group("ip"), "", m.group("text"))
+    return None
+
+
+def parse_dnsmasq_log(lines: Iterable[str], year: int) -> list[DnsmasqEvent]:
+    """The events of ``lines``, in log order."""
+    return [e for line in lines if (e := parse_dnsmasq_line(line, year)) is not None]
+
+
+@dataclass
+class DhcpTransaction:
+    """One DHCP transaction (one serial) of one client: its messages and what it said."""
+
+    serial: str
+    t: float | None = None  # the transaction's first line
+    messages: list[DhcpMessage] = field(default_factory=list)
+    vendor_class: str | None = None
+    user_class: str | None = None
+    tags: tuple[str, ...] = ()
+    bootfile: str | None = None
+
+    @property
+    def client_arch(self) -> int | None:
+        """Option 93 as dnsmasq shows it in a PXE or HTTP-boot vendor class."""
+        m = _CLIENT_ARCH.match(self.vendor_class or "")
+        return int(m.group(1)) if m else None
+
+    @property
+    def acked_ip(self) -> str | None:
+        return next((m.ip for m in self.messages if m.kind == "DHCPACK" and m.ip), None)
+
+    def add(self, event: DhcpMessage | DhcpClientInfo) -> None:
+        if self.t is None:
+            self.t = event.t
+        if isinstance(event, DhcpMessage):
+            self.messages.append(event)
+        elif event.key == "vendor class":
+            self.vendor_class = event.value
+        elif event.key == "user class":
+            self.user_class = event.value
+        elif event.key == "tags":
+            self.tags = tuple(tag.strip() for tag in event.value.split(","))
+        elif event.key == "bootfile name":  # the BOOTP header's file field
+            self.bootfile = event.value
+        elif event.key == "sent size" and (m := _BOOTFILE_SENT.match(event.value)) is not None:
+            self.bootfile = m.group("file")  # option 67
+
+
+def dhcp_transactions(events: Iterable[DnsmasqEvent], mac: str) -> list[DhcpTransaction]:
+    """The DHCP transactions holding a message from or to ``mac``, in log order.
+
+    A transaction's messages are ``mac``'s only; its client info is whatever ``log-dhcp``
+    logged under the serial.
+    """
+    mac = mac.lower()
+    by_serial: dict[str, DhcpTransaction] = {}
+    mine: dict[str, None] = {}
+    for event in events:
+        if isinstance(event, DhcpMessage | DhcpClientInfo) and event.serial is not None:
+            tx = by_serial.setdefault(event.serial, DhcpTransaction(event.serial))
+            if isinstance(event, DhcpClientInfo):
+                tx.add(event)
+            elif event.mac == mac:
+                mine[event.serial] = None
+                tx.add(event)
+            elif tx.t is None:
+                tx.t = event.t
+    return [by_serial[s] for s in mine]
+
+
+def tftp_events_for(events: Iterable[DnsmasqEvent], ips: Iterable[str]) -> list[TftpEvent]:
+    """TFTP outcomes for requests from one of ``ips``, in log order."""
+    wanted = set(ips)
+    return [e for e in events if isinstance(e, TftpEvent) and e.client in wanted]
+
+
+def events_since(events: Iterable[DnsmasqEvent], since: float) -> list[DnsmasqEvent]:
+    """The events logged at ``since`` or later (whole seconds: dnsmasq's clock)."""
+    floor = int(since)
+    return [e for e in events if e.t is not None and e.t >= floor]
