@@ -200,6 +200,16 @@ class LabHome:
     def supervisor_log(self) -> Path:
         return self.logs / "supervisor.log"
 
+    def service_log(self, service: str) -> Path:
+        """The log of a stack service: ``dnsmasq``, ``http`` or ``supervisor`` (KeyError for
+        another name: a caller's bug)."""
+        logs = {
+            "dnsmasq": self.dnsmasq_log,
+            "http": self.http_log,
+            "supervisor": self.supervisor_log,
+        }
+        return logs[service]
+
     @property
     def supervisor_pid(self) -> Path:
         return self.pids / "supervisor.pid"

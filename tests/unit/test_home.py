@@ -180,6 +180,8 @@ def test_every_path_of_the_layout() -> None:
     )
     assert home.tftp_file("ipxe-amd64.efi") == Path("/h/tftp/ipxe-amd64.efi")
     assert home.own_files == (Path("/h/lab.json"), Path("/h/.lock"))
+    for service in ("dnsmasq", "http", "supervisor"):
+        assert home.service_log(service) == Path(f"/h/logs/{service}.log")
     assert [p.name for p in home.subdirs] == list(SUBDIRS)
 
 

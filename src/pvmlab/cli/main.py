@@ -14,7 +14,6 @@ import click
 
 from pvmlab import __version__
 from pvmlab.errors import PvmlabError, from_os_error
-from pvmlab.home import default_root
 
 # command name -> (module, attribute, one-line help shown in `pvmlab --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -93,6 +92,12 @@ def cli(home: Path | None, debug: bool) -> None:
         os.environ["PVMLAB_DEBUG"] = "1"
 
 
+def _one_line(exc: OSError) -> PvmlabError | None:
+    from pvmlab.home import default_root  # only on this path: `pvmlab --help` stays small
+
+    return from_os_error(exc, str(default_root()))
+
+
 def main(argv: list[str] | None = None) -> Any:
     try:
         return cli.main(args=argv, prog_name="pvmlab", standalone_mode=False)
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> Any:
         sys.exit(130)
     except Exception as exc:  # a bug: say so in one line, traceback only with --debug
         # ... unless it is a full disk, a read-only home or a missing permission: one line too
-        known = from_os_error(exc, str(default_root())) if isinstance(exc, OSError) else None
+        known = _one_line(exc) if isinstance(exc, OSError) else None
         if known is not None:
             click.echo(f"pvmlab: error: {known}", err=True)
             if os.environ.get("PVMLAB_DEBUG"):

@@ -160,7 +160,7 @@ def logs(service: str, follow: bool, lines: int) -> None:
     h = home()
     h.require()
     names = list(SERVICES) if service == "all" else [service]
-    paths = {name: h.logs / f"{name}.log" for name in names}
+    paths = {name: h.service_log(name) for name in names}
     prefix = len(names) > 1
     offsets: dict[str, int] = {}
     for name, path in paths.items():
