@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_pvmlab
+from conftest import needs, run_pvmlab
 from pvmlab import doctor
 from pvmlab.home import SUBDIRS
 
@@ -22,6 +22,7 @@ QEMU_PROGRAMS = {
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the full check needs root (lab network)")
+@needs(*QEMU_PROGRAMS, "dnsmasq", "ip")
 def test_setup_on_this_machine_finds_everything(lab_home: Path) -> None:
     proc = run_pvmlab("setup", home=lab_home)
     assert proc.returncode == 0
@@ -148,6 +149,7 @@ def test_install_hint_names_the_debian_package() -> None:
     assert doctor.install_hint("qemu-utils", "qemu") == "sudo apt-get install qemu-utils"
 
 
+@needs("python3")
 def test_program_check_reports_version_and_path() -> None:
     python = shutil.which("python3")
     assert python is not None
