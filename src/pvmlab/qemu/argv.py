@@ -4,7 +4,8 @@ No I/O here: the caller finds the firmware, chooses the accelerator, creates the
 per-VM vars file, and passes the paths in. One flag and its value per line, so the result reads
 like the command it is.
 
-Machines:
+Machines (the facts come from ``pvmlab.arch``: machine, binary, TCG CPU model, what each
+firmware needs):
     x86_64 + uefi   q35 + OVMF in two pflash units (code read-only, per-VM vars)
     x86_64 + bios   pc + SeaBIOS (QEMU's default firmware)
     aarch64 + uefi  virt + AAVMF in two pflash units; ``-cpu max`` under TCG, ``host`` otherwise
