@@ -142,7 +142,10 @@ def create_cmd(
 @click.option(
     "--accel",
     type=click.Choice(ACCEL_NAMES),
-    help="Accelerator (default: $PVMLAB_ACCEL, else KVM/HVF when usable, else TCG).",
+    help=(
+        "Accelerator (default: $PVMLAB_ACCEL, else KVM/HVF when usable, KVM only once a test"
+        " guest ran under it on this host, else TCG)."
+    ),
 )
 @click.option(
     "-i",
