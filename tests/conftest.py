@@ -20,6 +20,7 @@ them outside pytest, so they stay context managers and functions rather than fix
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +42,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "integration" in item.keywords:
             item.add_marker(skip)
+
+
+def needs(*programs: str) -> pytest.MarkDecorator:
+    """Skip a test that runs these programs when one is not on PATH, naming what is missing."""
+    missing = [p for p in programs if shutil.which(p) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (not on PATH)")
 
 
 @pytest.fixture

@@ -5,6 +5,8 @@ source), and when it is not, the command that installs it on this platform (apt 
 Debian/Ubuntu, Homebrew on macOS). Checks marked ``required=False`` (KVM, busybox for the tests,
 debugfs for cloud images) are reported but do not fail setup: without KVM the lab runs under TCG,
 only slower; without debugfs kernels can still be imported as files or pulled as netboot files.
+The KVM check runs the same test guest as the automatic accelerator choice (and shares its
+verdict for this boot of the host): KVM counts only when a guest really runs under it.
 """
 
 from __future__ import annotations
@@ -22,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from pvmlab import spawn
+from pvmlab.arch import ARCHITECTURES, BIOS, EFI_ARM64, UEFI, Arch, architecture, host_arch
 from pvmlab.errors import PvmlabError
 from pvmlab.home import LabHome
 
 KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00)
-UEFI_PACKAGES = {"x86_64": "ovmf", "aarch64": "qemu-efi-aarch64"}
 SEABIOS_FILES = ("bios-256k.bin", "bios.bin")
 SEABIOS_DIRS = (Path("/usr/share/seabios"), Path("/usr/share/qemu"), Path("/usr/local/share/qemu"))
 DEPS_SCRIPT = "scripts/install-system-deps.sh"
@@ -87,8 +89,8 @@ def install_hint(apt: str | None, brew: str | None = None, note: str | None = No
 
 # program, version argv, Debian package, Homebrew formula, required
 PROGRAMS: tuple[tuple[str, tuple[str, ...], str, str | None, bool], ...] = (
-    ("qemu-system-x86_64", ("--version",), "qemu-system-x86", "qemu", True),
-    ("qemu-system-aarch64", ("--version",), "qemu-system-arm", "qemu", True),
+    *((a.qemu_binary, ("--version",), a.qemu_package, "qemu", True)
+      for a in ARCHITECTURES.values()),
     ("qemu-img", ("--version",), "qemu-utils", "qemu", True),
     ("dnsmasq", ("--version",), "dnsmasq-base", "dnsmasq", True),
     ("ip", ("-V",), "iproute2", None, True),
@@ -141,14 +143,13 @@ def check_debugfs() -> Check:
 # --- firmware -----------------------------------------------------------------------------------
 
 
-def check_uefi(arch: str) -> Check:
+def check_uefi(arch: Arch) -> Check:
     name = f"UEFI firmware {arch}"
-    hint = install_hint(UEFI_PACKAGES[arch], "qemu")
-    from pvmlab.qemu.argv import machine_type
+    hint = install_hint(architecture(arch).uefi_package, "qemu")
     from pvmlab.qemu.firmware import find_uefi
 
     try:
-        fw = find_uefi(arch, machine_type(arch, "uefi"))
+        fw = find_uefi(arch, architecture(arch).machine(UEFI.name))
     except PvmlabError as exc:
         return Check(name, False, exc.problem, hint if exc.hint is None else f"{hint}; {exc.hint}")
     code, vars_template = Path(fw.code), Path(fw.vars_template)
@@ -162,7 +163,8 @@ def check_uefi(arch: str) -> Check:
 def qemu_data_dirs() -> list[Path]:
     """Where QEMU looks for its ROMs (``-L help``), then the usual places."""
     dirs: list[Path] = []
-    qemu = shutil.which("qemu-system-x86_64")
+    bios_arch = next(a for a in ARCHITECTURES.values() if BIOS.name in a.machines)
+    qemu = shutil.which(bios_arch.qemu_binary)
     if qemu is not None:
         try:
             proc = spawn.run([qemu, "-L", "help"], check=False, timeout=20)
@@ -201,7 +203,7 @@ def check_ipxe(home: LabHome) -> list[Check]:
     for role, binary in found.items():
         if binary is None:
             name = f"iPXE {role}"
-            hint = hint_arm if "arm" in role else hint_any
+            hint = hint_arm if role == EFI_ARM64.role else hint_any
             checks.append(Check(name, False, "no binary found", hint))
             continue
         checks.append(Check(
@@ -262,6 +264,34 @@ def check_kvm(device: str = "/dev/kvm") -> Check:
                  required=False, data={"api_version": version})
 
 
+def check_kvm_guest(arch: Arch | None = None) -> Check:
+    """Whether KVM really runs a guest here: ``pvmlab.qemu.kvmprobe``'s verdict for this boot,
+    the one ``vm start`` goes by when it chooses the accelerator."""
+    from pvmlab.qemu import kvmprobe
+
+    arch = arch or host_arch()
+    name = "KVM test guest"
+    if arch is None:
+        return Check(name, False, "no guest architecture matches this host; VMs run under TCG",
+                     None, required=False)
+    try:
+        verdict = kvmprobe.verdict(arch)
+    except PvmlabError as exc:
+        return Check(name, False, f"could not run: {exc.problem}", exc.hint, required=False)
+    when = " (earlier in this boot)" if verdict.cached else f" ({verdict.seconds:.2f} s)"
+    data = {"verdict": verdict.as_dict()}
+    if verdict.works:
+        return Check(name, True, f"{arch}: {verdict.reason}{when}; VMs use KVM",
+                     required=False, data=data)
+    return Check(
+        name, False,
+        f"{arch}: KVM is present but failed a test guest: {verdict.reason}; VMs run under TCG",
+        f"KVM on this host (often nested) cannot run guests; `--accel kvm` forces it anyway; "
+        f"delete {kvmprobe.CACHE_DIR}/kvm-{arch}.json to test again",
+        required=False, data=data,
+    )
+
+
 def check_tun(device: str = "/dev/net/tun") -> Check:
     name = f"{device} (VM NICs)"
     try:
@@ -299,13 +329,16 @@ def _iter_checks(home: LabHome) -> Iterator[Check]:
             continue
         yield check_program(name, version_args, apt, brew, required)
     yield check_debugfs()
-    yield check_uefi("x86_64")
-    yield check_uefi("aarch64")
+    for arch in ARCHITECTURES:
+        yield check_uefi(arch)
     yield check_seabios()
     yield from check_ipxe(home)
     if sys.platform.startswith("linux"):
         yield check_privileges()
-        yield check_kvm()
+        kvm = check_kvm()
+        yield kvm
+        if kvm.ok:
+            yield check_kvm_guest()
         yield check_tun()
     elif sys.platform == "darwin":
         yield check_hvf()

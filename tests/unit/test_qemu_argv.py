@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
-from samples import CODE, VARS, qemu_config
+from samples import qemu_config
 
 from pvmlab.qemu.argv import QemuConfig, build_argv, machine_type
 
-COMBOS = [
-    (arch, fw)
-    for arch, fw in itertools.product(("x86_64", "aarch64"), ("uefi", "bios"))
-    if not (arch == "aarch64" and fw == "bios")
-]
-
-
 cfg = qemu_config
+DISK = Path("/home/vms/t1/disk.qcow2")
+AAVMF = Path("/fw/AAVMF_CODE.fd")
+
+# The parts every target shares, as they appear in the full command lines below.
+SERIAL = [
+    "-chardev",
+    "socket,id=serial0,path=/home/monitors/t1.console,server=on,wait=off,"
+    "logfile=/home/logs/t1.log,logappend=off",
+    "-serial", "chardev:serial0",
+]  # fmt: skip
+CONTROL = ["-qmp", "unix:/home/monitors/t1.qmp,server=on,wait=off", "-pidfile", "/home/pids/t1.pid"]
+TAP = ["-netdev", "tap,id=net0,ifname=pvt12345678,script=no,downscript=no"]
 
 
 def opt(argv: list[str], flag: str) -> list[str]:
@@ -25,73 +29,149 @@ def opt(argv: list[str], flag: str) -> list[str]:
     return [argv[i + 1] for i, a in enumerate(argv) if a == flag]
 
 
-def nic(argv: list[str]) -> str:
-    (dev,) = [d for d in opt(argv, "-device") if d.startswith("virtio-net-pci")]
-    return dev
+def test_x86_64_uefi_tcg_network_boot() -> None:
+    assert build_argv(cfg()) == [
+        "qemu-system-x86_64",
+        "-name", "t1",
+        "-machine", "q35",
+        "-accel", "tcg",
+        "-m", "1024",
+        "-smp", "1",
+        "-nodefaults",
+        "-display", "none",
+        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd",
+        "-drive", "if=pflash,format=raw,unit=1,file=/home/vms/t1/efivars.fd",
+        *SERIAL,
+        *CONTROL,
+        "-device", "virtio-rng-pci",
+        "-boot", "menu=on,splash-time=0",
+        *TAP,
+        "-device", "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,romfile=,bootindex=0",
+    ]  # fmt: skip
+
+
+def test_x86_64_bios_kvm_disk_first() -> None:
+    argv = build_argv(
+        cfg(firmware="bios", accel="kvm", boot="disk", disk=DISK, uefi_code=None, uefi_vars=None)
+    )
+    assert argv == [
+        "qemu-system-x86_64",
+        "-name", "t1",
+        "-machine", "pc",
+        "-accel", "kvm",
+        "-cpu", "host",
+        "-m", "1024",
+        "-smp", "1",
+        "-nodefaults",
+        "-display", "none",
+        *SERIAL,
+        *CONTROL,
+        *TAP,
+        "-device", "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,bootindex=1",
+        "-drive", "if=none,id=disk0,format=qcow2,file=/home/vms/t1/disk.qcow2",
+        "-device", "virtio-blk-pci,drive=disk0,bootindex=0",
+    ]  # fmt: skip
+
+
+def test_aarch64_uefi_tcg_network_then_disk() -> None:
+    assert build_argv(cfg(arch="aarch64", disk=DISK, uefi_code=AAVMF)) == [
+        "qemu-system-aarch64",
+        "-name", "t1",
+        "-machine", "virt",
+        "-accel", "tcg",
+        "-cpu", "max",
+        "-m", "1024",
+        "-smp", "1",
+        "-nodefaults",
+        "-display", "none",
+        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/fw/AAVMF_CODE.fd",
+        "-drive", "if=pflash,format=raw,unit=1,file=/home/vms/t1/efivars.fd",
+        *SERIAL,
+        *CONTROL,
+        "-device", "virtio-rng-pci",
+        "-boot", "menu=on,splash-time=0",
+        *TAP,
+        "-device", "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,romfile=,bootindex=0",
+        "-drive", "if=none,id=disk0,format=qcow2,file=/home/vms/t1/disk.qcow2",
+        "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
+    ]  # fmt: skip
+
+
+def test_aarch64_hvf_ipxe_media_first_then_network_then_disk() -> None:
+    media = Path("/home/vms/t1/ipxe-media")
+    argv = build_argv(
+        cfg(arch="aarch64", accel="hvf", boot="ipxe", ipxe_media=media, disk=DISK, uefi_code=AAVMF)
+    )
+    assert argv == [
+        "qemu-system-aarch64",
+        "-name", "t1",
+        "-machine", "virt",
+        "-accel", "hvf",
+        "-cpu", "host",
+        "-m", "1024",
+        "-smp", "1",
+        "-nodefaults",
+        "-display", "none",
+        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/fw/AAVMF_CODE.fd",
+        "-drive", "if=pflash,format=raw,unit=1,file=/home/vms/t1/efivars.fd",
+        *SERIAL,
+        *CONTROL,
+        "-device", "virtio-rng-pci",
+        "-boot", "menu=on,splash-time=0",
+        *TAP,
+        "-device", "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,romfile=,bootindex=1",
+        "-drive", "if=none,id=ipxemedia,driver=vvfat,dir=/home/vms/t1/ipxe-media,read-only=on",
+        "-device", "virtio-blk-pci,drive=ipxemedia,bootindex=0",
+        "-drive", "if=none,id=disk0,format=qcow2,file=/home/vms/t1/disk.qcow2",
+        "-device", "virtio-blk-pci,drive=disk0,bootindex=2",
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    ("arch", "firmware", "accel", "boot", "disk"),
+    ("arch", "firmware", "accel", "machine", "cpu"),
     [
-        (a, f, acc, b, d)
-        for (a, f) in COMBOS
-        for acc in ("tcg", "kvm", "hvf")
-        for b in ("pxe", "disk")
-        for d in (False, True)
+        ("x86_64", "uefi", "tcg", "q35", []),
+        ("x86_64", "uefi", "kvm", "q35", ["host"]),
+        ("x86_64", "uefi", "hvf", "q35", ["host"]),
+        ("x86_64", "bios", "tcg", "pc", []),
+        ("x86_64", "bios", "kvm", "pc", ["host"]),
+        ("aarch64", "uefi", "tcg", "virt", ["max"]),
+        ("aarch64", "uefi", "kvm", "virt", ["host"]),
+        ("aarch64", "uefi", "hvf", "virt", ["host"]),
     ],
 )
-def test_every_combination(arch: str, firmware: str, accel: str, boot: str, disk: bool) -> None:
-    disk_path = Path("/home/vms/t1/disk.qcow2") if disk else None
-    argv = build_argv(cfg(arch=arch, firmware=firmware, accel=accel, boot=boot, disk=disk_path))
-
-    assert argv[0] == f"qemu-system-{arch}"
-    assert opt(argv, "-name") == ["t1"]
+def test_machine_and_cpu(
+    arch: str, firmware: str, accel: str, machine: str, cpu: list[str]
+) -> None:
+    argv = build_argv(cfg(arch=arch, firmware=firmware, accel=accel))
+    assert argv[0] == {"x86_64": "qemu-system-x86_64", "aarch64": "qemu-system-aarch64"}[arch]
+    assert opt(argv, "-machine") == [machine]
     assert opt(argv, "-accel") == [accel]
-    expected_machine = {"x86_64": {"uefi": "q35", "bios": "pc"}, "aarch64": {"uefi": "virt"}}
-    assert opt(argv, "-machine") == [expected_machine[arch][firmware]]
+    assert opt(argv, "-cpu") == cpu
 
-    cpu = opt(argv, "-cpu")
-    if accel in ("kvm", "hvf"):
-        assert cpu == ["host"]
-    elif arch == "aarch64":
-        assert cpu == ["max"]
-    else:
-        assert cpu == []
 
-    drives = opt(argv, "-drive")
-    pflash = [d for d in drives if d.startswith("if=pflash")]
-    if firmware == "uefi":
-        assert pflash == [
-            f"if=pflash,format=raw,unit=0,readonly=on,file={CODE}",
-            f"if=pflash,format=raw,unit=1,file={VARS}",
-        ]
-    else:
-        assert pflash == []
-
-    # NIC ROM trap: UEFI disables QEMU's bundled iPXE ROM, BIOS keeps it (it is the PXE stack).
-    dev = nic(argv)
-    assert "mac=0e:00:00:00:00:01" in dev
-    assert ("romfile=" in dev) == (firmware == "uefi")
-    assert opt(argv, "-netdev") == ["tap,id=net0,ifname=pvt12345678,script=no,downscript=no"]
-
-    disks = [d for d in opt(argv, "-device") if d.startswith("virtio-blk-pci")]
-    if not disk:
-        assert disks == []
-        assert dev.endswith(",bootindex=0")
-    elif boot == "pxe":
-        assert dev.endswith(",bootindex=0")
-        assert disks == ["virtio-blk-pci,drive=disk0,bootindex=1"]
-    else:
-        assert dev.endswith(",bootindex=1")
-        assert disks == ["virtio-blk-pci,drive=disk0,bootindex=0"]
+@pytest.mark.parametrize(
+    ("firmware", "boot", "disk", "nic", "disks"),
+    [
+        ("uefi", "pxe", None, "romfile=,bootindex=0", []),
+        ("uefi", "pxe", DISK, "romfile=,bootindex=0", ["virtio-blk-pci,drive=disk0,bootindex=1"]),
+        ("uefi", "disk", DISK, "romfile=,bootindex=1", ["virtio-blk-pci,drive=disk0,bootindex=0"]),
+        ("uefi", "disk", None, "romfile=,bootindex=0", []),  # no disk: the network after all
+        ("bios", "pxe", None, "bootindex=0", []),  # BIOS keeps the NIC ROM: it is the PXE stack
+        ("bios", "pxe", DISK, "bootindex=0", ["virtio-blk-pci,drive=disk0,bootindex=1"]),
+        ("bios", "disk", DISK, "bootindex=1", ["virtio-blk-pci,drive=disk0,bootindex=0"]),
+    ],
+)
+def test_boot_order_by_bootindex(
+    firmware: str, boot: str, disk: Path | None, nic: str, disks: list[str]
+) -> None:
+    argv = build_argv(cfg(firmware=firmware, boot=boot, disk=disk))
+    nics = [d for d in opt(argv, "-device") if d.startswith("virtio-net-pci")]
+    assert nics == [f"virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,{nic}"]
+    assert [d for d in opt(argv, "-device") if d.startswith("virtio-blk-pci")] == disks
     # bootindex alone decides the order (mixing in -boot order= confuses firmware); UEFI only
     # gets a zero boot-menu timeout (AAVMF otherwise waits 5 s before a network boot)
     assert opt(argv, "-boot") == (["menu=on,splash-time=0"] if firmware == "uefi" else [])
-
-    assert opt(argv, "-qmp") == ["unix:/home/monitors/t1.qmp,server=on,wait=off"]
-    assert opt(argv, "-pidfile") == ["/home/pids/t1.pid"]
-    assert "-nodefaults" in argv and opt(argv, "-display") == ["none"]
-    assert "-kernel" not in argv
 
 
 def test_serial_socket_is_logged_for_console_attach() -> None:
@@ -124,7 +204,8 @@ def test_direct_kernel_boot_has_no_boot_indexes() -> None:
     assert opt(argv, "-kernel") == ["/k/vmlinuz"]
     assert opt(argv, "-initrd") == ["/k/initrd"]
     assert opt(argv, "-append") == ["console=ttyS0 x=1"]
-    assert "bootindex" not in nic(argv)
+    assert "-boot" not in argv  # no boot menu to skip: the firmware loads the kernel itself
+    assert "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,romfile=" in opt(argv, "-device")
 
 
 def test_no_network_when_no_tap() -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import run_pvmlab
+from conftest import needs, run_pvmlab
 from pvmlab import doctor
 from pvmlab.home import SUBDIRS
 
@@ -22,6 +23,7 @@ QEMU_PROGRAMS = {
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the full check needs root (lab network)")
+@needs(*QEMU_PROGRAMS, "dnsmasq", "ip")
 def test_setup_on_this_machine_finds_everything(lab_home: Path) -> None:
     proc = run_pvmlab("setup", home=lab_home)
     assert proc.returncode == 0
@@ -148,6 +150,7 @@ def test_install_hint_names_the_debian_package() -> None:
     assert doctor.install_hint("qemu-utils", "qemu") == "sudo apt-get install qemu-utils"
 
 
+@needs("python3")
 def test_program_check_reports_version_and_path() -> None:
     python = shutil.which("python3")
     assert python is not None
@@ -156,3 +159,23 @@ def test_program_check_reports_version_and_path() -> None:
     assert check.data["version"].startswith("3.")
     missing = doctor.check_program("no-such-program-pvmlab", ("--version",), "pkg", None, True)
     assert not missing.ok and missing.fix is not None and "pkg" in missing.fix
+
+
+@needs("qemu-system-x86_64")
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="an x86_64 host's KVM")
+@pytest.mark.skipif(not Path("/dev/kvm").exists(), reason="no /dev/kvm on this host")
+def test_kvm_test_guest_verdict_is_shown() -> None:
+    check = doctor.check_kvm_guest("x86_64")
+    assert check.name == "KVM test guest" and not check.required
+    verdict = check.data["verdict"]
+    assert isinstance(verdict["works"], bool) and verdict["reason"]
+    assert check.ok == verdict["works"]
+    if check.ok:
+        assert check.detail.startswith("x86_64: a test guest ran to its end under KVM")
+        assert check.detail.endswith("; VMs use KVM")
+    else:
+        assert check.detail == (
+            f"x86_64: KVM is present but failed a test guest: {verdict['reason']}; "
+            "VMs run under TCG"
+        )
+        assert check.fix is not None and "/run/pvmlab/kvm-x86_64.json" in check.fix

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs
 from pvmlab import spawn
 from pvmlab.errors import DependencyError, ProcessError
 
@@ -151,6 +152,7 @@ def test_pid_alive_false_for_a_reaped_child() -> None:
     assert not spawn.pid_alive(child.pid)
 
 
+@needs("true")
 def test_pid_alive_treats_a_zombie_as_gone() -> None:
     """A child that exited but was not reaped yet has finished: it must not count as running."""
     proc = subprocess.Popen(["true"])

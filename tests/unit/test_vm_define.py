@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_pvmlab
+from conftest import needs, run_pvmlab
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import store
@@ -72,6 +72,7 @@ def test_allocation_skips_provisioner_and_range_then_runs_out() -> None:
         allocate_ip(lab, {"10.0.0.5", "10.0.0.6"})
 
 
+@needs("qemu-img")
 def test_disk_is_created_with_qemu_img(home: LabHome) -> None:
     create(home, CreateRequest(name="d1", arch="x86_64", disk_size="64M"))
     info = json.loads(

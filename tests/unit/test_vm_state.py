@@ -14,9 +14,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs
 from pvmlab import spawn
 from pvmlab.home import LabHome
 from pvmlab.vm import state
+
+pytestmark = needs("qemu-system-x86_64")
 
 
 def start_qemu(pid_file: Path, name: str) -> subprocess.Popen[bytes]:

@@ -13,10 +13,13 @@ from pathlib import Path
 
 import pytest
 
+from conftest import needs
 from pvmlab.home import LabHome
 from pvmlab.records import store
 from pvmlab.records.models import LabSpec, VMSpec
 from pvmlab.vm import runtime, state
+
+pytestmark = needs("qemu-system-x86_64")
 
 
 @pytest.fixture

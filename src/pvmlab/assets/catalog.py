@@ -20,10 +20,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic import ValidationError as PydanticError
 
+from pvmlab.arch import architecture
 from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import validate
-from pvmlab.records.models import SERIAL_CONSOLE, Arch, first_problem
+from pvmlab.records.models import Arch, first_problem
 
 USER_FILE = "catalog.toml"
 
@@ -194,7 +195,7 @@ def resolve(
             )
         path = _fill(rel, fields, entry, role).lstrip("/")
         files[role] = (f"{base}/{path}", posixpath.relpath(path, sums_dir) if sums_dir else path)
-    console = {**fields, "console": SERIAL_CONSOLE[arch]}
+    console = {**fields, "console": architecture(arch).serial_console}
     parts = [
         _fill(entry.cmdline, console, entry, "command line"),
         _fill(spec.cmdline, {**console, "mirror": base}, entry, "command line"),

@@ -47,7 +47,7 @@ def import_result(
 ) -> ImportResult:
     """Copy a kernel and initrd into the lab home and record them; says what was replaced."""
     name = validate.distro_name(name)
-    arch_v: Arch = validate.arch(arch)  # type: ignore[assignment]
+    arch_v: Arch = validate.arch(arch)
     line = validate.cmdline(cmdline.strip()) if cmdline else ""
     kernel_p = _source_file(kernel, "kernel")
     initrd_p = _source_file(initrd, "initrd")

@@ -1,6 +1,7 @@
 """iPXE first-stage binaries: where they are found, checked and staged into the TFTP root.
 
-Roles and the names the TFTP root serves them under (``FIRST_STAGES``):
+Roles and the names the TFTP root serves them under (``FIRST_STAGES``, from the table in
+``pvmlab.arch``, which also holds each role's file-name candidates and PE machine type):
 
     bios        undionly.kpxe     legacy BIOS PXE (client-arch 0)
     efi-x86_64  ipxe-x86_64.efi   x86_64 UEFI (client-arch 7 and 9)
@@ -31,28 +32,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pvmlab import arch
 from pvmlab.assets.files import copy_atomic, sha256_file
 from pvmlab.errors import DependencyError, StateError, ValidationError
 from pvmlab.home import LabHome, write_json
 
-FIRST_STAGES: dict[str, str] = {
-    "bios": "undionly.kpxe",
-    "efi-x86_64": "ipxe-x86_64.efi",
-    "efi-arm64": "ipxe-arm64.efi",
-}
-
-# File names tried per role, most wanted first (paths are relative to a search directory).
-CANDIDATES: dict[str, tuple[str, ...]] = {
-    "bios": ("undionly.kpxe",),
-    "efi-x86_64": (
-        "ipxe-amd64.efi",
-        "ipxe-x86_64.efi",
-        "x86_64-efi/ipxe.efi",
-        "ipxe.efi",
-        "snponly.efi",
-    ),
-    "efi-arm64": ("ipxe-arm64.efi", "ipxe-aarch64.efi", "arm64-efi/ipxe.efi", "ipxe.efi"),
-}
+ROLES: dict[str, arch.FirstStage] = {stage.role: stage for stage in arch.FIRST_STAGES}
+# role -> the name the TFTP root serves it under
+FIRST_STAGES: dict[str, str] = {role: stage.tftp_name for role, stage in ROLES.items()}
 
 SYSTEM_DIRS: tuple[Path, ...] = (
     Path("/usr/local/lib/ipxe"),
@@ -62,15 +49,7 @@ SYSTEM_DIRS: tuple[Path, ...] = (
     Path("/usr/local/share/ipxe"),
 )
 
-# PE/COFF machine type expected per EFI role.
-PE_MACHINES: dict[str, int] = {"efi-x86_64": 0x8664, "efi-arm64": 0xAA64}
-
 OFFICIAL_BASE = "https://boot.ipxe.org"
-OFFICIAL_PATHS: dict[str, str] = {
-    "bios": "undionly.kpxe",
-    "efi-x86_64": "x86_64-efi/ipxe.efi",
-    "efi-arm64": "arm64-efi/ipxe.efi",
-}
 
 INSTALL_HINT = (
     "install the iPXE package (Debian/Ubuntu: `apt-get install ipxe`; Debian 12's lacks arm64, "
@@ -130,7 +109,8 @@ def set_user_dir(home: LabHome, path: Path | None) -> Path | None:
         if not any(_probe_dir(resolved, role) for role in FIRST_STAGES):
             raise ValidationError(
                 f"{resolved} holds no usable iPXE binary",
-                "it should contain undionly.kpxe, ipxe-x86_64.efi/ipxe-amd64.efi or ipxe-arm64.efi",
+                "it should contain "
+                + " or ".join("/".join(stage.candidates[:2]) for stage in arch.FIRST_STAGES),
             )
     with home.locked():
         settings = load_settings(home)
@@ -177,7 +157,7 @@ def fits(role: str, path: Path) -> bool:
             return False
     except OSError:
         return False
-    expected = PE_MACHINES.get(role)
+    expected = ROLES[role].pe_machine
     if expected is not None:
         return pe_machine(path) == expected
     # BIOS: a PXE NBP is not PE; refuse an EFI binary under the BIOS name.
@@ -185,7 +165,7 @@ def fits(role: str, path: Path) -> bool:
 
 
 def _probe_dir(directory: Path, role: str) -> Path | None:
-    for name in CANDIDATES[role]:
+    for name in ROLES[role].candidates:
         p = directory / name
         if fits(role, p):
             return p
@@ -212,7 +192,7 @@ def find_binary(
         hit = _probe_dir(udir, role)
         if hit is not None:
             return _make(role, hit, "user-dir")
-    for name in CANDIDATES[role]:
+    for name in ROLES[role].candidates:
         for directory in system_dirs:
             p = directory / name
             if fits(role, p):
@@ -293,7 +273,7 @@ def download_official(
     got: list[IpxeBinary] = []
     records: dict[str, Any] = {}
     for role in wanted:
-        url = f"{base}/{OFFICIAL_PATHS[role]}"
+        url = f"{base}/{ROLES[role].official_path}"
         dst = cache / FIRST_STAGES[role]
         part = cache / f".{FIRST_STAGES[role]}.download"
         result = fetch(url, part, progress=progress)

@@ -1,5 +1,5 @@
 """What a kernel file is built for, from its header, so a kernel is never filed under the
-wrong architecture.
+wrong architecture. The magic numbers are in ``pvmlab.arch`` (``kernel_magic``, ``pe_machine``):
 
     x86 boot protocol   "HdrS" at 0x202                       -> x86_64
     arm64 Image         "ARM\\x64" at 0x38                    -> aarch64
@@ -13,23 +13,23 @@ import struct
 import zlib
 from pathlib import Path
 
-PE_ARCH = {0x8664: "x86_64", 0xAA64: "aarch64"}
+from pvmlab.arch import ARCHITECTURES, Arch, from_pe_machine
 
 
-def _from_header(head: bytes) -> str | None:
-    if head[0x202:0x206] == b"HdrS":
-        return "x86_64"
-    if head[0x38:0x3C] == b"ARM\x64":
-        return "aarch64"
+def _from_header(head: bytes) -> Arch | None:
+    for a in ARCHITECTURES.values():
+        offset, magic = a.kernel_magic
+        if head[offset : offset + len(magic)] == magic:
+            return a.name
     if head[:2] == b"MZ" and len(head) >= 0x40:
         (pe,) = struct.unpack_from("<I", head, 0x3C)
         if head[pe : pe + 4] == b"PE\0\0":
             (machine,) = struct.unpack_from("<H", head, pe + 4)
-            return PE_ARCH.get(machine)
+            return from_pe_machine(machine)
     return None
 
 
-def kernel_arch(path: Path) -> str | None:
+def kernel_arch(path: Path) -> Arch | None:
     """``x86_64``, ``aarch64``, or None when the file is not a kernel we recognise."""
     try:
         with path.open("rb") as fh:

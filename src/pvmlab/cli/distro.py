@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from pvmlab.arch import ARCHES, CLI_CHOICES, FIRST_STAGES
 from pvmlab.cli.common import emit_json, home, json_option, table
 from pvmlab.errors import ValidationError
 from pvmlab.records import validate
@@ -26,7 +27,8 @@ arch_option = click.option(
     required=True,
     metavar="ARCH",
     callback=_arch,
-    help="Architecture: aarch64 or x86_64 (arm64 and amd64 are accepted).",
+    help=f"Architecture: {' or '.join(ARCHES)} ({' and '.join(CLI_CHOICES[len(ARCHES):])} are "
+    "accepted).",
 )
 
 
@@ -298,7 +300,7 @@ def rm(name: str, arch: str, force: bool) -> None:
     "--role",
     "roles",
     multiple=True,
-    type=click.Choice(["bios", "efi-x86_64", "efi-arm64"]),
+    type=click.Choice([stage.role for stage in FIRST_STAGES]),
     help="Limit --download to this role (repeatable).",
 )
 @json_option

@@ -8,9 +8,12 @@ from typing import Any
 
 import click
 
+from pvmlab.arch import CLI_CHOICES, DEFAULT_FIRMWARE, FIRMWARE_NAMES
 from pvmlab.cli.common import emit_json, home, json_option
 from pvmlab.errors import StateError
+from pvmlab.qemu.argv import ACCEL_NAMES, BOOT_MODES, Boot
 from pvmlab.records import store, validate
+from pvmlab.records.models import DEFAULT_CPUS, DEFAULT_MEMORY_MIB
 
 DEFAULT_WAIT_FOR = r"login:"
 
@@ -42,13 +45,13 @@ def vm() -> None:
 @click.argument("name")
 @click.option(
     "--arch",
-    type=click.Choice(["aarch64", "x86_64", "arm64", "amd64"]),
+    type=click.Choice(CLI_CHOICES),
     help="Guest architecture (default: the host's, so KVM/HVF can serve).",
 )
 @click.option(
     "--firmware",
-    type=click.Choice(["uefi", "bios"]),
-    default="uefi",
+    type=click.Choice(FIRMWARE_NAMES),
+    default=DEFAULT_FIRMWARE,
     show_default=True,
     help="UEFI (OVMF/AAVMF) or legacy BIOS (SeaBIOS, x86_64 only).",
 )
@@ -59,8 +62,12 @@ def vm() -> None:
 )
 @click.option("--distro", help="Distro to network-boot (see `pvmlab distro ls`).")
 @click.option("--cmdline", help="Extra kernel command line for this VM.")
-@click.option("--memory", type=int, default=1024, show_default=True, help="Memory in MiB.")
-@click.option("--cpus", type=int, default=1, show_default=True, help="Number of virtual CPUs.")
+@click.option(
+    "--memory", type=int, default=DEFAULT_MEMORY_MIB, show_default=True, help="Memory in MiB."
+)
+@click.option(
+    "--cpus", type=int, default=DEFAULT_CPUS, show_default=True, help="Number of virtual CPUs."
+)
 @click.option("--disk-size", help="Create a qcow2 disk of this size (e.g. 10G).")
 @json_option
 def create_cmd(
@@ -109,7 +116,7 @@ def create_cmd(
 @click.argument("name")
 @click.option(
     "--boot",
-    type=click.Choice(["pxe", "disk", "ipxe"]),
+    type=click.Choice(BOOT_MODES),
     default="pxe",
     show_default=True,
     help=(
@@ -134,8 +141,11 @@ def create_cmd(
 )
 @click.option(
     "--accel",
-    type=click.Choice(["kvm", "hvf", "tcg"]),
-    help="Accelerator (default: $PVMLAB_ACCEL, else KVM/HVF when usable, else TCG).",
+    type=click.Choice(ACCEL_NAMES),
+    help=(
+        "Accelerator (default: $PVMLAB_ACCEL, else KVM/HVF when usable, KVM only once a test"
+        " guest ran under it on this host, else TCG)."
+    ),
 )
 @click.option(
     "-i",
@@ -145,7 +155,7 @@ def create_cmd(
 )
 def start_cmd(
     name: str,
-    boot: str,
+    boot: Boot,
     wait: bool,
     wait_for: str,
     timeout: float,

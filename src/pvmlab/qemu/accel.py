@@ -1,9 +1,10 @@
 """Which accelerator a guest runs with: KVM, HVF or TCG, and why.
 
-Order: ``--accel``, else ``PVMLAB_ACCEL``, else KVM when ``/dev/kvm`` opens read-write and the
-guest has the host's architecture, HVF on macOS for a same-arch guest, else TCG (emulation,
-always available, slower). An explicit choice that cannot work is an error, not a silent
-fallback.
+Order: ``--accel``, else ``PVMLAB_ACCEL``, else KVM when ``/dev/kvm`` opens read-write, the
+guest has the host's architecture and a test guest ran under KVM on this host
+(``pvmlab.qemu.kvmprobe``, once per boot), HVF on macOS for a same-arch guest, else TCG
+(emulation, always available, slower). An explicit choice that cannot work is an error, not a
+silent fallback; an explicit KVM whose test guest failed is used, with a warning.
 """
 
 from __future__ import annotations
@@ -14,24 +15,27 @@ import platform
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from pvmlab.errors import StateError, ValidationError
-
-ACCELS = ("kvm", "hvf", "tcg")
-_ARCH_ALIASES = {"arm64": "aarch64", "amd64": "x86_64", "x86-64": "x86_64"}
+from pvmlab.arch import Arch, host_arch_name
+from pvmlab.errors import PvmlabError, StateError, ValidationError
+from pvmlab.qemu import kvmprobe
+from pvmlab.qemu.argv import ACCEL_NAMES as ACCELS
+from pvmlab.qemu.argv import AccelName
 
 
 @dataclass(frozen=True)
 class Accel:
-    name: str
+    name: AccelName
     reason: str
+    warning: str | None = None
 
     def __str__(self) -> str:
-        return f"accelerator: {self.name} ({self.reason})"
+        text = f"accelerator: {self.name} ({self.reason})"
+        return f"{text}; warning: {self.warning}" if self.warning else text
 
 
 def host_arch(machine: str | None = None) -> str:
-    m = (machine or platform.machine()).lower()
-    return _ARCH_ALIASES.get(m, m)
+    """The host's architecture as ``pvmlab.arch`` names it (unknown ones as uname says)."""
+    return host_arch_name(machine)
 
 
 def kvm_usable(device: str = "/dev/kvm") -> tuple[bool, str]:
@@ -48,30 +52,46 @@ def kvm_usable(device: str = "/dev/kvm") -> tuple[bool, str]:
     return True, f"{device} is usable"
 
 
-def parse(value: str, source: str) -> str:
+def parse(value: str, source: str) -> AccelName:
     name = value.strip().lower()
-    if name not in ACCELS:
-        raise ValidationError(
-            f"unknown accelerator {value!r} from {source}", f"choose one of: {', '.join(ACCELS)}"
-        )
-    return name
+    for accel in ACCELS:
+        if name == accel:
+            return accel
+    raise ValidationError(
+        f"unknown accelerator {value!r} from {source}", f"choose one of: {', '.join(ACCELS)}"
+    )
+
+
+def _test_kvm(
+    test_kvm: Callable[[Arch], kvmprobe.Verdict], guest_arch: Arch
+) -> tuple[bool, str]:
+    """(whether KVM ran the test guest, why); a probe that could not run counts as failed."""
+    try:
+        result = test_kvm(guest_arch)
+    except PvmlabError as exc:
+        return False, f"the test guest could not run: {exc.problem}"
+    when = " (tested earlier in this boot of the host)" if result.cached else ""
+    return result.works, result.reason + when
 
 
 def choose(
-    guest_arch: str,
+    guest_arch: Arch,
     requested: str | None = None,
     *,
     env: Mapping[str, str] | None = None,
     host: str | None = None,
     system: str | None = None,
     probe_kvm: Callable[[], tuple[bool, str]] = kvm_usable,
+    test_kvm: Callable[[Arch], kvmprobe.Verdict] = kvmprobe.verdict,
 ) -> Accel:
+    """The accelerator for a ``guest_arch`` guest, and why. ``probe_kvm`` checks the device,
+    ``test_kvm`` runs (or recalls) the test guest under KVM."""
     env = os.environ if env is None else env
     host = host_arch(host)
     system = system or platform.system()
     same_arch = guest_arch == host
 
-    explicit: tuple[str, str] | None = None
+    explicit: tuple[AccelName, str] | None = None
     if requested:
         explicit = (parse(requested, "--accel"), "asked for with --accel")
     elif env.get("PVMLAB_ACCEL"):
@@ -90,6 +110,9 @@ def choose(
             ok, reason = probe_kvm()
             if not ok:
                 raise StateError(f"KVM is not usable: {reason}", "use --accel tcg")
+            works, reason = _test_kvm(test_kvm, guest_arch)
+            if not works:
+                return Accel(name, why, warning=f"KVM failed a test guest on this host: {reason}")
         if name == "hvf" and system != "Darwin":
             raise StateError("HVF exists only on macOS", "use --accel kvm or tcg on Linux")
         return Accel(name, why)
@@ -100,7 +123,10 @@ def choose(
         return Accel("hvf", f"macOS host, guest arch {guest_arch} matches")
     if system == "Linux":
         ok, reason = probe_kvm()
-        if ok:
-            return Accel("kvm", f"{reason}, guest arch {guest_arch} matches the host")
-        return Accel("tcg", reason)
+        if not ok:
+            return Accel("tcg", reason)
+        works, tested = _test_kvm(test_kvm, guest_arch)
+        if not works:
+            return Accel("tcg", f"KVM is present but failed a test guest: {tested}; using TCG")
+        return Accel("kvm", f"{reason}, guest arch {guest_arch} matches the host, {tested}")
     return Accel("tcg", f"no hardware accelerator known on {system}")

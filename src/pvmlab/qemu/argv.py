@@ -4,7 +4,8 @@ No I/O here: the caller finds the firmware, chooses the accelerator, creates the
 per-VM vars file, and passes the paths in. One flag and its value per line, so the result reads
 like the command it is.
 
-Machines:
+Machines (the facts come from ``pvmlab.arch``: machine, binary, TCG CPU model, what each
+firmware needs):
     x86_64 + uefi   q35 + OVMF in two pflash units (code read-only, per-VM vars)
     x86_64 + bios   pc + SeaBIOS (QEMU's default firmware)
     aarch64 + uefi  virt + AAVMF in two pflash units; ``-cpu max`` under TCG, ``host`` otherwise
@@ -27,25 +28,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
-Arch = Literal["aarch64", "x86_64"]
-FirmwareKind = Literal["uefi", "bios"]
+from pvmlab.arch import Arch, Firmware, architecture, firmware
+from pvmlab.records.models import DEFAULT_CPUS, DEFAULT_MEMORY_MIB
+
 AccelName = Literal["kvm", "hvf", "tcg"]
 Boot = Literal["pxe", "disk", "ipxe"]
-
-MACHINES: dict[tuple[str, str], str] = {
-    ("x86_64", "uefi"): "q35",
-    ("x86_64", "bios"): "pc",
-    ("aarch64", "uefi"): "virt",
-}
+ACCEL_NAMES: tuple[AccelName, ...] = get_args(AccelName)
+BOOT_MODES: tuple[Boot, ...] = get_args(Boot)
 
 
 @dataclass(frozen=True)
 class QemuConfig:
     name: str
     arch: Arch
-    firmware: FirmwareKind
+    firmware: Firmware
     accel: AccelName
     mac: str
     tap: str | None  # None: no NIC (direct-kernel checks of fixtures)
@@ -53,8 +51,8 @@ class QemuConfig:
     qmp_socket: Path
     pid_file: Path
     console_socket: Path | None = None  # serial on a unix socket (logged) for `vm console`
-    memory_mib: int = 1024
-    cpus: int = 1
+    memory_mib: int = DEFAULT_MEMORY_MIB
+    cpus: int = DEFAULT_CPUS
     uefi_code: Path | None = None
     uefi_vars: Path | None = None
     boot: Boot = "pxe"
@@ -66,27 +64,23 @@ class QemuConfig:
     ipxe_media: Path | None = None  # boot="ipxe": directory with EFI/BOOT/BOOT*.EFI (vvfat)
 
 
-def machine_type(arch: str, firmware: str) -> str:
-    try:
-        return MACHINES[(arch, firmware)]
-    except KeyError:
-        raise ValueError(f"no machine for {arch} with {firmware} firmware") from None
+def machine_type(arch: Arch, fw: Firmware) -> str:
+    return architecture(arch).machine(fw)
 
 
-def binary(arch: str) -> str:
-    return f"qemu-system-{arch}"
+def binary(arch: Arch) -> str:
+    return architecture(arch).qemu_binary
 
 
 def _cpu(cfg: QemuConfig) -> list[str]:
     if cfg.accel in ("kvm", "hvf"):
         return ["-cpu", "host"]
-    if cfg.arch == "aarch64":
-        return ["-cpu", "max"]
-    return []  # x86_64 under TCG: QEMU's default model boots everything we need, fastest
+    model = architecture(cfg.arch).tcg_cpu
+    return [] if model is None else ["-cpu", model]
 
 
 def _firmware(cfg: QemuConfig) -> list[str]:
-    if cfg.firmware == "bios":
+    if not firmware(cfg.firmware).pflash:
         return []  # SeaBIOS is the pc machine's default
     if cfg.uefi_code is None or cfg.uefi_vars is None:
         raise ValueError("UEFI needs uefi_code and uefi_vars")
@@ -119,7 +113,7 @@ def _boot_indexes(cfg: QemuConfig) -> tuple[int | None, int | None, int | None]:
     if cfg.kernel is not None:
         return None, None, None
     if cfg.boot == "ipxe":
-        if cfg.firmware != "uefi" or cfg.ipxe_media is None:
+        if not firmware(cfg.firmware).removable_media or cfg.ipxe_media is None:
             raise ValueError("boot=ipxe needs UEFI firmware and ipxe_media")
         return 1, (2 if cfg.disk is not None else None), 0
     if cfg.boot == "disk" and cfg.disk is not None:
@@ -131,7 +125,7 @@ def _rng(cfg: QemuConfig) -> list[str]:
     """A virtio RNG for UEFI guests: the firmware then offers EFI_RNG_PROTOCOL, and iPXE seeds
     its random generator from it at once instead of timing ~4 s of timer ticks (measured under
     TCG; see docs/performance.md, "Boot overhead"). Real machines have RDRAND/RNDR or a TPM."""
-    if cfg.firmware != "uefi":
+    if not firmware(cfg.firmware).virtio_rng:
         return []
     return ["-device", "virtio-rng-pci"]
 
@@ -140,7 +134,7 @@ def _boot_menu(cfg: QemuConfig) -> list[str]:
     """UEFI waits for a key before booting unless QEMU hands it a boot-menu timeout: AAVMF
     (aarch64) sits silent for 5 s before its network boot (measured; a direct kernel skips the
     wait). ``splash-time=0`` is passed to the firmware as ``etc/boot-menu-wait`` = 0."""
-    if cfg.firmware != "uefi" or cfg.kernel is not None:
+    if not firmware(cfg.firmware).boot_menu_wait or cfg.kernel is not None:
         return []
     return ["-boot", "menu=on,splash-time=0"]
 
@@ -149,7 +143,7 @@ def _nic(cfg: QemuConfig, bootindex: int | None) -> list[str]:
     if cfg.tap is None:
         return []
     device = f"virtio-net-pci,netdev=net0,mac={cfg.mac}"
-    if cfg.firmware == "uefi":
+    if not firmware(cfg.firmware).nic_rom_pxe:
         device += ",romfile="
     if bootindex is not None:
         device += f",bootindex={bootindex}"

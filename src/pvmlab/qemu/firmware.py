@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pvmlab.arch import UEFI, Arch, architecture
 from pvmlab.errors import DependencyError
 
 log = logging.getLogger(__name__)
 
 SYSTEM_DIRS = (Path("/usr/share/qemu/firmware"), Path("/etc/qemu/firmware"))
 SECURE_FEATURES = ("secure-boot", "enrolled-keys", "requires-smm")
-PACKAGES = {"x86_64": "ovmf", "aarch64": "qemu-efi-aarch64"}
 
 # Machine aliases as we pass them to -machine, and a concrete name of that family for matching
 # the descriptors' globs ("pc-q35-*", "virt-*").
@@ -80,21 +80,23 @@ def _file(mapping: dict[str, Any], key: str) -> tuple[Path, str] | None:
 
 
 def check(
-    path: Path, doc: Any, arch: str, machine: str, *, secure_boot: bool = False
+    path: Path, doc: Any, arch: Arch, machine: str, *, secure_boot: bool = False
 ) -> Firmware | str:
     """A Firmware if the descriptor fits, else the reason it does not (for the debug log)."""
     if not isinstance(doc, dict):
         return "not a JSON object"
-    if "uefi" not in doc.get("interface-types", []):
-        return f"interface {doc.get('interface-types')} is not uefi"
+    interface = UEFI.descriptor_interface
+    if interface not in doc.get("interface-types", []):
+        return f"interface {doc.get('interface-types')} is not {interface}"
     targets = doc.get("targets", [])
+    target = architecture(arch).descriptor_arch
     if not any(
         isinstance(t, dict)
-        and t.get("architecture") == arch
+        and t.get("architecture") == target
         and _machine_matches(machine, t.get("machines", []))
         for t in targets
     ):
-        return f"no target for {arch} machine {machine}"
+        return f"no target for {target} machine {machine}"
     mapping = doc.get("mapping", {})
     if mapping.get("device") != "flash":
         return f"device {mapping.get('device')!r} is not flash"
@@ -122,7 +124,7 @@ def check(
 
 
 def find_uefi(
-    arch: str,
+    arch: Arch,
     machine: str,
     *,
     dirs: Sequence[Path] | None = None,
@@ -150,7 +152,7 @@ def find_uefi(
             )
             return result
         log.debug("firmware %s: skipped: %s", path, result)
-    package = PACKAGES.get(arch, "the UEFI firmware package")
+    package = architecture(arch).uefi_package
     raise DependencyError(
         f"no UEFI firmware for {arch} ({machine}) found in QEMU's firmware descriptors",
         f"install it: apt-get install {package} (Homebrew's qemu ships its own); "

@@ -18,13 +18,16 @@ from typing import Annotated, TypeVar
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticError
 
+from pvmlab.arch import DEFAULT_FIRMWARE as DEFAULT_FIRMWARE
+from pvmlab.arch import Arch as Arch
+from pvmlab.arch import Firmware as Firmware
 from pvmlab.errors import PvmlabError, ValidationError
 from pvmlab.records import validate
-from pvmlab.records.validate import Arch as Arch
-from pvmlab.records.validate import Firmware as Firmware
 
-# The serial console of each arch's QEMU machine (x86: 16550 ttyS0; arm virt: PL011 ttyAMA0).
-SERIAL_CONSOLE: dict[str, str] = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
+# A VM's defaults, in one place: `vm create`'s options, the record and QEMU's config use these
+# (and DEFAULT_FIRMWARE, from the firmware table).
+DEFAULT_MEMORY_MIB = 1024
+DEFAULT_CPUS = 1
 
 
 def utc_now() -> str:
@@ -128,13 +131,13 @@ class LabSpec(Record):
 class VMSpec(Record):
     name: VMName
     arch: Arch
-    firmware: Firmware = "uefi"
+    firmware: Firmware = DEFAULT_FIRMWARE
     mac: MAC
     ip: IPv4
     distro: DistroName | None = None
     cmdline: Cmdline | None = None
-    memory_mib: MemoryMiB = 1024
-    cpus: CPUs = 1
+    memory_mib: MemoryMiB = DEFAULT_MEMORY_MIB
+    cpus: CPUs = DEFAULT_CPUS
     disk_bytes: int | None = None
     created: str = Field(default_factory=utc_now)
 

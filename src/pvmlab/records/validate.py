@@ -12,14 +12,12 @@ import re
 import secrets
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Literal, get_args
 
+from pvmlab import arch as arch_table
+from pvmlab.arch import ARCHES as ARCHES
+from pvmlab.arch import Arch as Arch
+from pvmlab.arch import Firmware as Firmware
 from pvmlab.errors import ValidationError
-
-Arch = Literal["aarch64", "x86_64"]
-Firmware = Literal["uefi", "bios"]
-ARCHES: tuple[str, ...] = get_args(Arch)
-FIRMWARES: tuple[str, ...] = get_args(Firmware)
 
 _VM_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _DISTRO_NAME = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62})")
@@ -51,14 +49,13 @@ def distro_name(value: str) -> str:
     return value
 
 
-def arch(value: str) -> str:
-    aliases = {"arm64": "aarch64", "amd64": "x86_64", "x86-64": "x86_64"}
-    value = aliases.get(value, value)
-    if value not in ARCHES:
-        raise ValidationError(
-            f"unknown architecture {_show(value)}", f"choose one of: {', '.join(ARCHES)}"
-        )
-    return value
+def arch(value: str) -> Arch:
+    """An architecture of ``pvmlab.arch`` (its aliases ``arm64``, ``amd64`` accepted)."""
+    return arch_table.parse_arch(value)
+
+
+def firmware(value: str) -> Firmware:
+    return arch_table.parse_firmware(value)
 
 
 def mac(value: str) -> str:

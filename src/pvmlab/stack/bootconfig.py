@@ -20,10 +20,11 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict
 
+from pvmlab.arch import architecture
 from pvmlab.errors import PvmlabError
 from pvmlab.home import LabHome
 from pvmlab.records import store, validate
-from pvmlab.records.models import SERIAL_CONSOLE, Arch, DistroAssets, Firmware, LabSpec, VMSpec
+from pvmlab.records.models import Arch, DistroAssets, Firmware, LabSpec, VMSpec
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +74,13 @@ def find_vm(home: LabHome, mac: str) -> VMSpec | None:
     return None
 
 
-def compose_cmdline(base: str, arch: str, initrd_name: str) -> str:
+def compose_cmdline(base: str, arch: Arch, initrd_name: str) -> str:
     """The final kernel command line: ``base`` plus initrd= and a console when missing."""
     tokens = base.split()
     if not any(t.startswith("initrd=") for t in tokens):
         tokens.append(f"initrd={initrd_name}")
     if not any(t.startswith("console=") for t in tokens):
-        tokens.append(f"console={SERIAL_CONSOLE[arch]}")
+        tokens.append(f"console={architecture(arch).serial_console}")
     return " ".join(tokens)
 
 

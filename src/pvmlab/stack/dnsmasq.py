@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvmlab.assets import ipxe
+from pvmlab import arch
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome, file_lock, write_atomic
 from pvmlab.network import lab as netlab
@@ -36,9 +36,13 @@ from pvmlab.stack import render
 LEASE_TIME = "12h"
 
 # client-arch tag -> first stage in the TFTP root (names fixed in docs/architecture.md)
-FIRST_STAGES: tuple[tuple[str, str], ...] = tuple(ipxe.FIRST_STAGES.items())
+FIRST_STAGES: tuple[tuple[str, str], ...] = tuple(
+    (stage.role, stage.tftp_name) for stage in arch.FIRST_STAGES
+)
 # option 93 value -> tag (each tag is a key of FIRST_STAGES); the template's dhcp-match lines
-CLIENT_ARCH_TAGS = {0: "bios", 7: "efi-x86_64", 9: "efi-x86_64", 11: "efi-arm64"}
+CLIENT_ARCH_TAGS: dict[int, str] = {
+    code: stage.role for stage in arch.FIRST_STAGES for code in stage.client_arches
+}
 
 _IFNAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
 _UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f,#\"'\\]")

@@ -14,10 +14,17 @@ import shutil
 from dataclasses import dataclass
 
 from pvmlab import spawn
+from pvmlab.arch import check_pair
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import store, validate
-from pvmlab.records.models import LabSpec, VMSpec
+from pvmlab.records.models import (
+    DEFAULT_CPUS,
+    DEFAULT_FIRMWARE,
+    DEFAULT_MEMORY_MIB,
+    LabSpec,
+    VMSpec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -26,13 +33,13 @@ log = logging.getLogger(__name__)
 class CreateRequest:
     name: str
     arch: str
-    firmware: str = "uefi"
+    firmware: str = DEFAULT_FIRMWARE
     mac: str | None = None
     ip: str | None = None
     distro: str | None = None
     cmdline: str | None = None
-    memory_mib: int = 1024
-    cpus: int = 1
+    memory_mib: int = DEFAULT_MEMORY_MIB
+    cpus: int = DEFAULT_CPUS
     disk_size: str | None = None
 
 
@@ -71,15 +78,8 @@ def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
     """All checks of ``vm create``; the lock must be held. Returns the VM to write."""
     name = validate.vm_name(req.name)
     arch = validate.arch(req.arch)
-    if req.firmware not in validate.FIRMWARES:
-        raise ValidationError(
-            f"unknown firmware {req.firmware!r}", f"choose one of: {', '.join(validate.FIRMWARES)}"
-        )
-    if req.firmware == "bios" and arch != "x86_64":
-        raise ValidationError(
-            f"legacy BIOS firmware exists only for x86_64, not {arch}",
-            "use --firmware uefi (the default) for aarch64",
-        )
+    firmware = validate.firmware(req.firmware)
+    check_pair(arch, firmware)  # legacy BIOS exists only for x86_64
     memory = validate.memory_mib(req.memory_mib)
     cpus = validate.cpus(req.cpus)
     disk_bytes = validate.disk_size(req.disk_size) if req.disk_size is not None else None
@@ -112,8 +112,8 @@ def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
     addr = check_ip(lab, req.ip, ips) if req.ip is not None else allocate_ip(lab, set(ips))
     return VMSpec(
         name=name,
-        arch=arch,  # type: ignore[arg-type]
-        firmware=req.firmware,  # type: ignore[arg-type]
+        arch=arch,
+        firmware=firmware,
         mac=mac,
         ip=str(addr),
         distro=distro,

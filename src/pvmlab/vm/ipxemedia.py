@@ -18,17 +18,11 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from pvmlab.assets.ipxe import FIRST_STAGES
+from pvmlab.arch import UEFI, Arch, Firmware, architecture, firmware
 from pvmlab.errors import StateError
 from pvmlab.home import LabHome, write_atomic
 from pvmlab.records.models import LabSpec
 from pvmlab.stack import autoexec
-
-# arch -> (first-stage role in tftp/, the removable-media boot file name UEFI looks for)
-BOOT_FILES: dict[str, tuple[str, str]] = {
-    "x86_64": ("efi-x86_64", "BOOTX64.EFI"),
-    "aarch64": ("efi-arm64", "BOOTAA64.EFI"),
-}
 
 BIOS_PROBLEM = "legacy BIOS targets already boot iPXE from the NIC ROM; use --boot pxe"
 
@@ -37,18 +31,19 @@ def media_dir(home: LabHome, name: str) -> Path:
     return home.vm_ipxe_media(name)
 
 
-def check(arch: str, firmware: str, name: str = "NAME") -> None:
+def check(arch: Arch, fw: Firmware, name: str = "NAME") -> None:
     """Refuse what the mode cannot do, before anything is touched."""
-    if firmware != "uefi":
+    if not firmware(fw).removable_media:
         raise StateError(BIOS_PROBLEM, f"start it with `pvmlab vm start {name} --boot pxe`")
-    if arch not in BOOT_FILES:
+    if fw not in architecture(arch).first_stages:
         raise StateError(f"no iPXE boot media for {arch}", "use --boot pxe")
 
 
-def build(home: LabHome, name: str, arch: str, lab: LabSpec) -> Path:
+def build(home: LabHome, name: str, arch: Arch, lab: LabSpec, fw: Firmware = UEFI.name) -> Path:
     """(Re)build VM ``name``'s media directory from the staged iPXE; returns the directory."""
-    role, boot_name = BOOT_FILES[arch]
-    staged = home.tftp_file(FIRST_STAGES[role])
+    target = architecture(arch)
+    boot_name = target.efi_boot_file
+    staged = home.tftp_file(target.first_stages[fw].tftp_name)
     if not staged.is_file():
         raise StateError(
             f"the stack has no iPXE for {arch} staged ({staged} is missing)",

@@ -26,13 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvmlab import spawn
+from pvmlab.arch import firmware as firmware_table
 from pvmlab.errors import ProcessError, StateError
 from pvmlab.home import LabHome
 from pvmlab.observe import stamp
 from pvmlab.qemu import accel as accel_mod
 from pvmlab.qemu import firmware as firmware_mod
 from pvmlab.qemu import qmp
-from pvmlab.qemu.argv import QemuConfig, build_argv, machine_type
+from pvmlab.qemu.argv import AccelName, Boot, QemuConfig, build_argv, machine_type
 from pvmlab.records import store
 from pvmlab.records.models import VMSpec, utc_now
 from pvmlab.vm import ipxemedia, state
@@ -94,15 +95,15 @@ def require_stack(home: LabHome) -> None:
 def config_for(
     home: LabHome,
     vm: VMSpec,
-    chosen: str,
+    chosen: AccelName,
     *,
-    boot: str,
+    boot: Boot,
     tap: str,
     interactive: bool,
     ipxe_media: Path | None = None,
 ) -> QemuConfig:
     code = vars_path = None
-    if vm.firmware == "uefi":
+    if firmware_table(vm.firmware).pflash:
         fw = firmware_mod.find_uefi(vm.arch, machine_type(vm.arch, vm.firmware))
         code = fw.code
         vars_path = ensure_vars(home, vm.name, fw.vars_template)
@@ -111,7 +112,7 @@ def config_for(
         name=vm.name,
         arch=vm.arch,
         firmware=vm.firmware,
-        accel=chosen,  # type: ignore[arg-type]
+        accel=chosen,
         mac=vm.mac,
         tap=tap,
         serial_log=home.vm_log(vm.name),
@@ -122,7 +123,7 @@ def config_for(
         cpus=vm.cpus,
         uefi_code=code,
         uefi_vars=vars_path,
-        boot=boot,  # type: ignore[arg-type]
+        boot=boot,
         disk=disk if disk.exists() else None,
         interactive=interactive,
         ipxe_media=ipxe_media,
@@ -141,7 +142,7 @@ def start(
     home: LabHome,
     name: str,
     *,
-    boot: str = "pxe",
+    boot: Boot = "pxe",
     requested_accel: str | None = None,
     interactive: bool = False,
     wait_for: str | None = None,
