@@ -121,6 +121,11 @@ class LabHome:
     def vm_qmp(self, name: str) -> Path:
         return self.monitors / f"{name}.qmp"
 
+    # stack: the supervisor's control socket (reload requests, root only)
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.stack / "supervisor.sock"
+
     def exists(self) -> bool:
         return self.root.is_dir()
 

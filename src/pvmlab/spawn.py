@@ -143,10 +143,12 @@ def start_detached(
     log_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     stdin_devnull: bool = True,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Start a long-lived program in its own session (it survives pvmlab's exit).
 
-    Its stdout and stderr go to ``log_file`` (appended) or are discarded.
+    Its stdout and stderr go to ``log_file`` (appended) or are discarded; ``pass_fds`` stay
+    open in it (a readiness pipe).
     """
     full = in_netns(argv, netns)
     log.debug("start: %s", shlex.join(full))
@@ -165,6 +167,7 @@ def start_detached(
             start_new_session=True,
             env=dict(env) if env is not None else None,
             close_fds=True,
+            pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError as exc:
         raise _not_found(full[0]) from exc
