@@ -100,6 +100,8 @@ def start_cmd(as_json: bool) -> None:
         click.echo(f"lab repaired: {st['address']} on bridge {st['bridge']} in netns {st['netns']}")
         for repair in st["repairs"]:
             click.echo(f"  fixed: {repair}")
+    elif st["was"] == "degraded":
+        click.echo(f"lab {st['state']}: nothing pvmlab can repair itself (see the warnings)")
     else:
         click.echo(f"lab started: {st['address']} on bridge {st['bridge']} in netns {st['netns']}")
     _print_services(st)

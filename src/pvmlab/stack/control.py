@@ -39,7 +39,7 @@ from pvmlab import errors, spawn
 from pvmlab.errors import DependencyError, ProcessError, PvmlabError, StateError
 from pvmlab.home import LabHome, file_lock, read_json
 from pvmlab.network import lab as netlab
-from pvmlab.network.privilege import require_net_admin
+from pvmlab.network.privilege import effective_caps, missing_caps, require_net_admin
 from pvmlab.records import store
 from pvmlab.records.models import LabSpec
 from pvmlab.stack import dnsmasq
@@ -93,6 +93,23 @@ class StackProcesses:
     dnsmasqs: list[int]
 
 
+def _home_owner(home: LabHome) -> int | None:
+    try:
+        return home.root.stat().st_uid
+    except OSError:
+        return None
+
+
+def owned_by_home_owner(pid: int, home: LabHome) -> bool:
+    """Whether process ``pid`` runs as the lab home's owner (the stack and the VMs do): a
+    process another user started with a look-alike command line is never taken for ours."""
+    owner = _home_owner(home)
+    try:
+        return owner is not None and Path(f"/proc/{pid}").stat().st_uid == owner
+    except OSError:
+        return False
+
+
 def find_stack_processes(home: LabHome) -> StackProcesses:
     """Every live supervisor and dnsmasq of this home, whichever namespace they run in."""
     sups: list[int] = []
@@ -103,7 +120,7 @@ def find_stack_processes(home: LabHome) -> StackProcesses:
             continue
         pid = int(entry.name)
         cmd = spawn.pid_cmdline(pid)
-        if not cmd or not spawn.pid_alive(pid):
+        if not cmd or not spawn.pid_alive(pid) or not owned_by_home_owner(pid, home):
             continue
         if _is_supervisor_argv(cmd, home):
             sups.append(pid)
@@ -145,7 +162,7 @@ def running_vms(home: LabHome) -> dict[str, int]:
     found = {}
     for name in store.vm_names(home):
         pid = vm_state.running_pid(home, name)
-        if pid is not None:
+        if pid is not None and owned_by_home_owner(pid, home):
             found[name] = pid
     return found
 
@@ -213,6 +230,11 @@ def stack_health(home: LabHome, lab: LabSpec | None = None) -> StackHealth:
     dns = procs.dnsmasqs[0] if procs.dnsmasqs else None
     if not (netlab.netns_exists(ns) or procs.supervisors or procs.dnsmasqs or vms):
         return StackHealth(STOPPED)
+    if netlab.netns_exists(ns) and missing_caps(effective_caps()):  # setns, ip -n
+        raise errors.PrivilegeError(
+            "checking a running lab needs root (its namespace and processes are root's)",
+            "run it with sudo",
+        )
     problems = [StackProblem("network", p.problem, p.hint)
                 for p in netlab.inspect_network(home, lab)]
     if sup is None:
@@ -334,11 +356,11 @@ def start_stack(home: LabHome, timeout: float = START_TIMEOUT) -> dict[str, Any]
         health = stack_health(home, lab)
         warnings = [f"{d['problem']} ({d['hint']})" for d in damaged_records(home)]
         if health.state == RUNNING:
-            return {**stack_status(home), "already_running": True, "repairs": [],
-                    "warnings": warnings}
+            return {**stack_status(home), "already_running": True, "was": RUNNING,
+                    "repairs": [], "warnings": warnings}
         _preflight(home)
         dnsmasq.write_configs(home, lab)  # refuses bad records before anything is changed
-        repairs = [p.problem for p in health.problems]
+        repairs = [p.problem for p in health.problems if p.component != "tap"]
         restart = health.state == STOPPED or health.services_broken
         if restart:
             for item in _stop_stack_processes(home):
@@ -357,8 +379,8 @@ def start_stack(home: LabHome, timeout: float = START_TIMEOUT) -> dict[str, Any]
             _launch(home, undo_network=not was_up and not health.vms, timeout=timeout)
     if health.state == STOPPED:
         repairs = []
-    return {**stack_status(home), "already_running": False, "repairs": repairs,
-            "warnings": warnings}
+    return {**stack_status(home), "already_running": False, "was": health.state,
+            "repairs": repairs, "warnings": warnings}
 
 
 def _error_from_record(raw: dict[str, Any]) -> PvmlabError:
@@ -460,9 +482,15 @@ def stop_stack(
         if vms:
             from pvmlab.vm import runtime
 
+            damaged = {d.name for d in store.scan_vms(home)[1]}
             for name in sorted(vms):
                 say(f"stopping VM {name} (pid {vms[name]})")
-                how = runtime.stop(home, name, timeout=VM_STOP_TIMEOUT, say=say)
+                if name in damaged:  # the VM stop path needs its record: stop QEMU by PID
+                    spawn.terminate([vms[name]], VM_STOP_TIMEOUT)
+                    runtime.cleanup(home, name)
+                    how = "terminated"
+                else:
+                    how = runtime.stop(home, name, timeout=VM_STOP_TIMEOUT, say=say)
                 stopped_vms.append({"name": name, "pid": vms[name], "how": how})
         stopped = _stop_stack_processes(home)
         stragglers = netlab.down(home)
