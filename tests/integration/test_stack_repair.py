@@ -298,5 +298,26 @@ def test_running_vm_keeps_its_link_when_the_namespace_is_rebuilt(
     assert "LOWER_UP" in info["flags"]  # QEMU still holds the tap
     assert netlab.is_ours(qemu)
     assert status(lab.home)["problems"] == []
+
+    # the bridge deleted: the tap stays in the namespace, off any bridge, and is re-attached
+    spawn.run(["ip", "-n", lab.netns, "link", "del", lab.bridge])
+    assert (f"tap {tap} of running VM node is not on bridge {lab.bridge}"
+            in problems(status(lab.home)))
+    st = timed_repair(lab, "bridge deleted, one VM running")
+    assert f"tap {tap} of VM node re-attached" in st["repairs"]
+    assert tap_info(lab.netns, tap)["master"] == lab.bridge
+
+    # the tap itself deleted: QEMU cannot be given a new one, so the VM restart is named
+    spawn.run(["ip", "-n", lab.netns, "link", "del", tap])
+    st = status(lab.home)
+    [gone] = [p for p in st["problems"] if p["component"] == "tap"]
+    assert gone == {
+        "component": "tap",
+        "problem": f"tap {tap} of running VM node is gone",
+        "hint": "restart the VM: `pvmlab vm stop node` then `pvmlab vm start node`",
+    }
+    start = run_pvmlab("provisioner", "start", home=lab.home)
+    assert start.stdout.startswith("lab degraded: nothing pvmlab can repair itself")
+    assert f"warning: tap {tap} of running VM node is gone" in start.stderr
     run_pvmlab("provisioner", "stop", "--force", home=lab.home)
     assert not netlab.is_ours(qemu)
