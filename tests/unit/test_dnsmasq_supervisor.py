@@ -59,6 +59,8 @@ def test_supervisor_found_by_its_command_line_not_by_a_file(tmp_path: Path) -> N
         assert health.state == "degraded"
         assert [p.problem for p in health.problems] == [
             f"network namespace {home.netns} is missing",
+            f"the stack supervisor does not answer on {home.supervisor_socket}: "
+            "No such file or directory",
             "dnsmasq is not running",
         ]
         assert all("pvmlab provisioner start" in p.hint for p in health.problems)

@@ -37,7 +37,7 @@ from typing import Any
 
 from pvmlab import errors, spawn
 from pvmlab.errors import DependencyError, ProcessError, PvmlabError, StateError
-from pvmlab.home import LabHome, file_lock, read_json
+from pvmlab.home import LabHome, file_lock
 from pvmlab.network import lab as netlab
 from pvmlab.network.privilege import effective_caps, missing_caps, require_net_admin
 from pvmlab.records import store
@@ -56,6 +56,7 @@ from pvmlab.stack.supervisor import (
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 HTTP_PROBE_TIMEOUT = 3.0
+PING_TIMEOUT = 3.0
 VM_STOP_TIMEOUT = 10.0
 SUPERVISOR_MODULE = "pvmlab.stack.supervisor"
 REPAIR = "run `pvmlab provisioner start` to repair the lab"
@@ -64,10 +65,6 @@ RUNNING, STOPPED, DEGRADED = "running", "stopped", "degraded"
 
 
 # --- finding the processes --------------------------------------------------------------------
-
-
-def read_state(home: LabHome) -> dict[str, Any]:
-    return read_json(state_path(home))
 
 
 def _same_home(arg: str, home: LabHome) -> bool:
@@ -195,6 +192,7 @@ class StackHealth:
     dnsmasq: int | None = None
     http_ok: bool = False
     vms: dict[str, int] = field(default_factory=dict)
+    live: dict[str, Any] = field(default_factory=dict)  # the supervisor's answer to ping
 
     @property
     def services_broken(self) -> bool:
@@ -228,6 +226,7 @@ def stack_health(home: LabHome, lab: LabSpec | None = None) -> StackHealth:
     ns = home.netns
     sup = procs.supervisors[0] if procs.supervisors else None
     dns = procs.dnsmasqs[0] if procs.dnsmasqs else None
+    live: dict[str, Any] = {}
     if not (netlab.netns_exists(ns) or procs.supervisors or procs.dnsmasqs or vms):
         return StackHealth(STOPPED)
     if netlab.netns_exists(ns) and missing_caps(effective_caps()):  # setns, ip -n
@@ -249,6 +248,12 @@ def stack_health(home: LabHome, lab: LabSpec | None = None) -> StackHealth:
                 f"the supervisor (pid {sup}) runs in a network namespace that is no longer "
                 f"{ns} (the namespace was deleted or replaced)",
             ))
+        try:
+            live = _ask_supervisor(home, {"command": "ping"}, PING_TIMEOUT)
+        except errors.PrivilegeError:
+            raise
+        except PvmlabError as exc:
+            problems.append(StackProblem("supervisor", exc.problem))
     for pid in procs.dnsmasqs:
         parent = _parent_pid(pid)
         if parent not in procs.supervisors:
@@ -274,7 +279,8 @@ def stack_health(home: LabHome, lab: LabSpec | None = None) -> StackHealth:
         if tap is not None:
             problems.append(StackProblem("tap", tap.problem, tap.hint))
     return StackHealth(
-        DEGRADED if problems else RUNNING, problems, sup, dns, http_ok, vms
+        DEGRADED if problems else RUNNING, problems, sup, dns, http_ok, vms,
+        live if live.get("supervisor_pid") == sup else {},
     )
 
 
@@ -508,10 +514,9 @@ def stack_status(home: LabHome) -> dict[str, Any]:
     """Everything a user or a script wants to know about the stack (JSON-ready)."""
     lab = store.load_lab(home) if home.lab_file.exists() else None
     health = stack_health(home, lab)
-    state = read_state(home)
+    live = health.live  # what the running supervisor itself says ({} when it does not answer)
     running = health.state == RUNNING
     sup, dns = health.supervisor, health.dnsmasq
-    recorded = state.get("supervisor_pid") == sup and sup is not None
     ip = str(lab.ip) if lab is not None else None
     vms, damaged = store.scan_vms(home)
     return {
@@ -524,14 +529,14 @@ def stack_status(home: LabHome) -> dict[str, Any]:
         "network_up": netlab.is_up(home),
         "address": lab.address if lab is not None else None,
         "dhcp_range": [lab.dhcp_start, lab.dhcp_end] if lab is not None else None,
-        "started": state.get("started") if recorded else None,
+        "started": live.get("started"),
         "services": [
             {"name": "supervisor", "pid": sup, "running": sup is not None},
             {
                 "name": "dnsmasq",
                 "pid": dns,
                 "running": dns is not None,
-                "restarts": state.get("dnsmasq_restarts", 0) if recorded else 0,
+                "restarts": live.get("dnsmasq_restarts", 0),
                 "serves": ["dhcp", "tftp"],
             },
             {
