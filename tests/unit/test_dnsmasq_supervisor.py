@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -134,3 +135,35 @@ def test_status_names_a_damaged_record_and_keeps_the_others(tmp_path: Path) -> N
     [damaged] = st["damaged_records"]
     assert damaged["name"] == "broken" and damaged["path"] == str(home.vm_file("broken"))
     assert "vm clean broken" in damaged["hint"]
+
+
+def test_control_socket_answers_ping_and_refuses_unknown_requests(tmp_path: Path) -> None:
+    """The supervisor's real control socket, asked by the client the CLI uses."""
+    home = LabHome(tmp_path / "home")
+    home.ensure()
+    lab = LabSpec(address="10.44.0.1/24", dhcp_start="10.44.0.100", dhcp_end="10.44.0.199")
+    sup = supervisor.Supervisor(home, lab)
+
+    def ask_both() -> tuple[dict[str, object], BaseException | None]:
+        pong = control._ask_supervisor(home, {"command": "ping"}, 5)
+        try:
+            control._ask_supervisor(home, {"command": "format-disk"}, 5)
+        except errors.PvmlabError as exc:
+            return pong, exc
+        return pong, None
+
+    async def serve_and_ask() -> tuple[dict[str, object], BaseException | None]:
+        server = await sup.open_control_socket()
+        try:
+            return await asyncio.to_thread(ask_both)
+        finally:
+            server.close()
+
+    pong, refused = asyncio.run(serve_and_ask())
+    assert pong["ok"] is True and pong["supervisor_pid"] == os.getpid()
+    assert pong["address"] == "10.44.0.1/24" and pong["dnsmasq_restarts"] == 0
+    assert isinstance(refused, errors.StateError)
+    assert refused.problem == "unknown request 'format-disk'"
+    assert oct(home.supervisor_socket.stat().st_mode & 0o777) == "0o600"  # root's only
+    sup.cleanup_files()
+    assert not home.supervisor_socket.exists()
