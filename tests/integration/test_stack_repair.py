@@ -109,6 +109,19 @@ def test_deleted_namespace_is_degraded_and_start_repairs_it(tmp_path: Path) -> N
         assert again.stdout.startswith("already running")
 
 
+def test_stop_finds_the_stack_left_in_a_deleted_namespace(tmp_path: Path) -> None:
+    """`ip netns pids` no longer sees a deleted namespace's processes; stop finds them in /proc."""
+    with netlab.running_lab(tmp_path / "home") as lab:
+        sup, dns = lab.pid("supervisor"), lab.pid("dnsmasq")
+        spawn.run(["ip", "netns", "del", lab.netns])
+        result = json.loads(run_pvmlab("provisioner", "stop", "--json", home=lab.home).stdout)
+        assert result["stopped"] == [
+            {"name": "supervisor", "pid": sup}, {"name": "dnsmasq", "pid": dns}
+        ]
+        assert not netlab.is_ours(sup or 0) and dnsmasqs_of(lab.home) == []
+        assert status(lab.home)["state"] == "stopped"
+
+
 def test_bridge_removed_and_down_are_repaired(tmp_path: Path) -> None:
     with netlab.running_lab(tmp_path / "home") as lab:
         spawn.run(["ip", "-n", lab.netns, "link", "set", lab.bridge, "down"])
