@@ -297,7 +297,8 @@ def running_lab(home: Path, *create_args: str) -> Iterator[Lab]:
                 p for p in (state.get("supervisor_pid"), state.get("dnsmasq_pid"))
                 if isinstance(p, int)
             )
-        stop = run_pvmlab("provisioner", "stop", home=home, check=False)
+        # --force: a VM the test left running is stopped too (stop refuses otherwise)
+        stop = run_pvmlab("provisioner", "stop", "--force", home=home, check=False)
         bridge = f"pvbr{_lab_id(home)}"
         left = leftovers([netns], sorted(seen), [bridge], marker=str(home))
         if left:

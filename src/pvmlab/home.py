@@ -219,10 +219,6 @@ class LabHome:
         return self.stack / "state.json"
 
     @property
-    def stack_start_error(self) -> Path:
-        return self.stack / "start-error.json"
-
-    @property
     def network_record(self) -> Path:
         return self.stack / "network.json"
 
@@ -278,6 +274,11 @@ class LabHome:
     def own_files(self) -> tuple[Path, ...]:
         """The files pvmlab keeps at the top of the home (``clean --purge`` removes them)."""
         return (self.lab_file, self.state_lock)
+
+    # stack: the supervisor's control socket (reload requests, root only)
+    @property
+    def supervisor_socket(self) -> Path:
+        return self.stack / "supervisor.sock"
 
     def exists(self) -> bool:
         return self.root.is_dir()

@@ -153,11 +153,13 @@ def start_detached(
     env: Mapping[str, str] | None = None,
     stdin_devnull: bool = True,
     cwd: Path | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Start a long-lived program in its own session (it survives pvmlab's exit).
 
     Its stdout and stderr go to ``log_file`` (appended; never through a symlink, see
-    ``pvmlab.home.open_for_writing``) or are discarded.
+    ``pvmlab.home.open_for_writing``) or are discarded; ``pass_fds`` stay open in it (a
+    readiness pipe).
     """
     full = in_netns(argv, netns)
     log.debug("start: %s", shlex.join(full))
@@ -172,6 +174,7 @@ def start_detached(
             env=dict(env) if env is not None else None,
             close_fds=True,
             cwd=cwd,
+            pass_fds=tuple(pass_fds),
         )
     except FileNotFoundError as exc:
         raise _not_found(full[0]) from exc
@@ -193,11 +196,16 @@ def start_python_module(
     *args: str,
     netns: str | None = None,
     log_file: Path | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """``start_detached`` for one of pvmlab's own modules: ``python -I -m MODULE ARGS`` with
     ``/`` as its working directory, so nothing in the caller's directory can be imported."""
     return start_detached(
-        python_module(module, *args), netns=netns, log_file=log_file, cwd=PYTHON_CWD
+        python_module(module, *args),
+        netns=netns,
+        log_file=log_file,
+        cwd=PYTHON_CWD,
+        pass_fds=pass_fds,
     )
 
 

@@ -141,13 +141,13 @@ LAYOUT = {
     "supervisor_log": "logs/supervisor.log",
     "supervisor_pid": "pids/supervisor.pid",
     "stack_state": "stack/state.json",
-    "stack_start_error": "stack/start-error.json",
     "network_record": "stack/network.json",
     "network_lock": "stack/.network.lock",
     "control_lock": "stack/.control.lock",
     "dnsmasq_leases": "stack/dnsmasq.leases",
     "dnsmasq_pid": "stack/dnsmasq.pid",
     "dnsmasq_stderr": "stack/dnsmasq.stderr",
+    "supervisor_socket": "stack/supervisor.sock",
 }
 
 PER_VM = {

@@ -75,41 +75,63 @@ def create(address: str, dhcp_range: str | None, as_json: bool) -> None:
         click.echo("next: `pvmlab provisioner start`")
 
 
-@provisioner.command()
+@provisioner.command("start")
 @json_option
-def start(as_json: bool) -> None:
-    """Create the lab network and start dnsmasq and the HTTP server (returns once serving)."""
+def start_cmd(as_json: bool) -> None:
+    """Create the lab network and start dnsmasq and the HTTP server (returns once serving).
+
+    On a degraded lab (see `provisioner status`) it repairs what is missing: the namespace,
+    the bridge, the taps of running VMs, dnsmasq and the HTTP server.
+    """
     from pvmlab.network.privilege import require_net_admin
     from pvmlab.stack import control
 
     require_net_admin("`pvmlab provisioner start`")
     h = home()
-    was_running = control.is_running(h)
-    st = control.start(h)
+    st = control.start_stack(h)
     if as_json:
         emit_json(st)
         return
-    if was_running:
+    for warning in st["warnings"]:
+        click.echo(f"warning: {warning}", err=True)
+    if st["already_running"]:
         click.echo(f"already running (supervisor pid {st['services'][0]['pid']})")
+    elif st["repairs"]:
+        click.echo(f"lab repaired: {st['address']} on bridge {st['bridge']} in netns {st['netns']}")
+        for repair in st["repairs"]:
+            click.echo(f"  fixed: {repair}")
+    elif st["was"] == "degraded":
+        click.echo(f"lab {st['state']}: nothing pvmlab can repair itself (see the warnings)")
     else:
         click.echo(f"lab started: {st['address']} on bridge {st['bridge']} in netns {st['netns']}")
     _print_services(st)
 
 
-@provisioner.command()
+@provisioner.command("stop")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Stop running VMs first (power button, then quit; as `vm stop`) instead of refusing.",
+)
 @json_option
-def stop(as_json: bool) -> None:
-    """Stop the stack and remove the lab network (namespace, bridge, taps)."""
+def stop_cmd(force: bool, as_json: bool) -> None:
+    """Stop the stack and remove the lab network (namespace, bridge, taps).
+
+    Refuses while VMs run, naming them, unless --force is given.
+    """
     from pvmlab.network.privilege import require_net_admin
     from pvmlab.stack import control
 
     require_net_admin("`pvmlab provisioner stop`")
     h = home()
     h.require()
-    result = control.stop(h)
+    say = (lambda _msg: None) if as_json else (lambda msg: click.echo(msg, err=True))
+    result = control.stop_stack(h, stop_vms=force, say=say)
     if as_json:
         emit_json(result)
         return
+    for vm in result["stopped_vms"]:
+        click.echo(f"stopped VM {vm['name']} (pid {vm['pid']}, {vm['how']})")
     for item in result["stopped"]:
         click.echo(f"stopped {item['name']} (pid {item['pid']})")
     if result["stragglers"]:
@@ -117,20 +139,24 @@ def stop(as_json: bool) -> None:
     click.echo(f"lab network {h.netns} removed")
 
 
-@provisioner.command()
+@provisioner.command("status")
 @json_option
-def status(as_json: bool) -> None:
-    """Show each service, its PID, the addresses, the namespace and bridge, and the leases."""
+def status_cmd(as_json: bool) -> None:
+    """Show whether the lab is running, stopped or degraded (and why), each service, its PID,
+    the addresses, the namespace and bridge, the leases and any damaged VM record."""
     from pvmlab.stack import control
 
     h = home()
     h.require()
-    st = control.status(h)
+    st = control.stack_status(h)
     if as_json:
         emit_json(st)
         return
-    state = "running" if st["running"] else "stopped"
-    click.echo(f"lab {h.root}: {state}")
+    click.echo(f"lab {h.root}: {st['state']}")
+    for problem in st["problems"]:
+        click.echo(f"  {problem['problem']} (fix: {problem['hint']})")
+    for damaged in st["damaged_records"]:
+        click.echo(f"damaged VM record: {damaged['problem']} (fix: {damaged['hint']})")
     if st["address"] is None:
         click.echo("no lab defined (`pvmlab provisioner create`)")
         return
@@ -199,22 +225,28 @@ def _follow(path: Path, offset: int, prefix: str) -> int:
     return offset + end + 1
 
 
-@provisioner.command()
-def reload() -> None:
-    """Re-render the DHCP reservations from the VM definitions and have dnsmasq re-read them."""
+@provisioner.command("reload")
+def reload_cmd() -> None:
+    """Re-render the DHCP reservations from the VM definitions and have dnsmasq re-read them.
+
+    Returns once dnsmasq has re-read them. Damaged VM records are left out, with a warning.
+    """
     from pvmlab.stack import control
 
     h = home()
     h.require()
-    if control.reload(h):
+    for damaged in control.damaged_records(h):
+        click.echo(f"warning: {damaged['problem']} ({damaged['hint']})", err=True)
+    if control.reload_stack(h):
         click.echo("reservations reloaded")
     else:
         click.echo("the stack is not running: nothing to reload")
 
 
-@provisioner.command()
+@provisioner.command("destroy")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-def destroy(yes: bool) -> None:
+@click.option("--force", is_flag=True, help="Stop running VMs first instead of refusing.")
+def destroy_cmd(yes: bool, force: bool) -> None:
     """Stop the lab and forget its definition (lab.json). VMs and images are kept."""
     from pvmlab.network.privilege import require_net_admin
     from pvmlab.stack import control
@@ -226,7 +258,7 @@ def destroy(yes: bool) -> None:
         raise StateError(f"no lab is defined in {h.root}", "nothing to destroy")
     if not yes:
         click.confirm(f"stop the lab in {h.root} and remove its definition?", abort=True)
-    control.stop(h)
+    control.stop_stack(h, stop_vms=force)
     with h.locked():
         h.lab_file.unlink(missing_ok=True)
     click.echo(f"lab in {h.root} stopped and its definition removed")
@@ -243,7 +275,7 @@ def _print_services(st: dict[str, Any]) -> None:
         detail = svc.get("url") or ", ".join(svc.get("serves", ["dnsmasq", "http"]))
         if svc.get("restarts"):
             detail += f" (restarted {svc['restarts']}x)"
-        state = "running" if svc["running"] else "stopped"
+        state = "running" if svc["running"] else "not answering" if svc["pid"] else "stopped"
         rows.append([svc["name"], state, str(svc["pid"] or "-"), detail])
     table(None, ["service", "state", "pid", "serves"], rows)
 

@@ -5,6 +5,10 @@
     remove_tap(home, vm)
     down(home)               everything above removed again, also after a crash
     is_up(home)
+    inspect_network(home, lab)   what the kernel says is wrong with the namespace and bridge
+    restore_tap(home, vm, pid)   a running VM's tap back on the bridge (moved out of a lost
+                                 namespace when QEMU still holds it there)
+    in_netns_thread(ns, fn)      run ``fn`` in a thread that joined the namespace (a probe)
 
 Everything lives inside the namespace ``home.netns``; nothing is created in the host's own
 network namespace, so the lab can never answer DHCP on the user's LAN. Each object made is
@@ -19,13 +23,17 @@ All changes go through iproute2's ``ip`` (run by ``pvmlab.spawn``).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import ipaddress
 import json
 import logging
 import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pvmlab import spawn
 from pvmlab.errors import StateError
@@ -35,15 +43,20 @@ from pvmlab.records import validate
 from pvmlab.records.models import LabSpec
 
 __all__ = [
+    "NetworkProblem",
     "down",
     "ensure_tap",
+    "in_netns_thread",
+    "inspect_network",
     "ipv6_address",
     "is_up",
     "link_names",
     "netns_exists",
     "netns_pids",
+    "process_in_netns",
     "remove_tap",
     "require_net_admin",
+    "restore_tap",
     "ula_interface",
     "up",
 ]
@@ -51,6 +64,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NETNS_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 # --- the record of what was made ------------------------------------------------------------
@@ -125,6 +140,142 @@ def is_up(home: LabHome) -> bool:
         return False
     link = _link(home.netns, home.bridge)
     return link is not None and "UP" in link.get("flags", [])
+
+
+def _netns_identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def process_in_netns(pid: int, netns: str) -> bool:
+    """Whether process ``pid`` lives in the namespace named ``netns`` (compared by inode, so a
+    process left in a deleted namespace, or in an older one of the same name, is told apart)."""
+    mine = _netns_identity(Path(f"/proc/{pid}/ns/net"))
+    return mine is not None and mine == _netns_identity(NETNS_DIR / netns)
+
+
+@dataclass(frozen=True)
+class NetworkProblem:
+    """One thing wrong with the lab network, as the kernel reports it."""
+
+    problem: str
+    hint: str = "run `pvmlab provisioner start` to repair the lab"
+
+
+def inspect_network(home: LabHome, lab: LabSpec) -> list[NetworkProblem]:
+    """What is wrong with the namespace and the bridge ([] when both are as ``up`` leaves them)."""
+    ns, br = home.netns, home.bridge
+    if not netns_exists(ns):
+        return [NetworkProblem(f"network namespace {ns} is missing")]
+    link = _link(ns, br)
+    if link is None:
+        return [NetworkProblem(f"bridge {br} is missing from namespace {ns}")]
+    problems = []
+    if "UP" not in link.get("flags", []):
+        problems.append(NetworkProblem(f"bridge {br} is down"))
+    if lab.address not in _addresses(link):
+        problems.append(NetworkProblem(f"bridge {br} does not hold the lab address {lab.address}"))
+    return problems
+
+
+def tap_link(home: LabHome, vm_name: str) -> dict[str, Any] | None:
+    """The VM's tap in the lab namespace as ``ip -j link`` shows it (None when it is not there)."""
+    if not netns_exists(home.netns):
+        return None
+    links = _ip_json(home.netns, "link", "show", "dev", home.tap(vm_name))
+    return links[0] if links else None
+
+
+def tap_problem(home: LabHome, vm_name: str, qemu_pid: int) -> NetworkProblem | None:
+    """What keeps a running VM's tap from carrying its traffic (None when nothing does)."""
+    tap = home.tap(vm_name)
+    link = tap_link(home, vm_name)
+    if link is None:
+        if _tap_in_process_netns(home, vm_name, qemu_pid):
+            return NetworkProblem(f"tap {tap} of running VM {vm_name} is outside namespace "
+                                  f"{home.netns} (left in a deleted namespace)")
+        return NetworkProblem(
+            f"tap {tap} of running VM {vm_name} is gone",
+            f"restart the VM: `pvmlab vm stop {vm_name}` then `pvmlab vm start {vm_name}`",
+        )
+    if link.get("master") != home.bridge:
+        return NetworkProblem(f"tap {tap} of running VM {vm_name} is not on bridge {home.bridge}")
+    if "UP" not in link.get("flags", []):
+        return NetworkProblem(f"tap {tap} of running VM {vm_name} is down")
+    return None
+
+
+def _tap_in_process_netns(home: LabHome, vm_name: str, pid: int) -> bool:
+    """Whether the tap sits in the namespace of process ``pid`` (QEMU keeps a deleted one)."""
+    if process_in_netns(pid, home.netns):
+        return False
+    proc = spawn.run(
+        ["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "link", "show", "dev", home.tap(vm_name)],
+        check=False,
+    )
+    return proc.returncode == 0
+
+
+def restore_tap(home: LabHome, vm_name: str, qemu_pid: int) -> str | None:
+    """Put a running VM's tap back on the bridge; return what was done (None: nothing needed).
+
+    A tap left in a deleted namespace (its QEMU keeps that namespace alive) is moved into the
+    lab's namespace: QEMU keeps its file descriptor, so the guest's link comes back. A tap
+    that is gone cannot be given back to QEMU: StateError naming the VM restart.
+    """
+    validate.vm_name(vm_name)
+    problem = tap_problem(home, vm_name, qemu_pid)
+    if problem is None:
+        return None
+    require_net_admin("repairing a VM's link to the lab network")
+    ns, tap = home.netns, home.tap(vm_name)
+    with _locked(home):
+        done = "re-attached"
+        if tap_link(home, vm_name) is None:
+            if not _tap_in_process_netns(home, vm_name, qemu_pid):
+                raise StateError(problem.problem, problem.hint)
+            spawn.run(["nsenter", f"--net=/proc/{qemu_pid}/ns/net",
+                       "ip", "link", "set", "dev", tap, "netns", ns])
+            done = "moved back into the lab namespace and re-attached"
+        spawn.run(["ip", "-n", ns, "link", "set", tap, "master", home.bridge])
+        spawn.run(["ip", "-n", ns, "link", "set", tap, "up"])
+        record = _load_record(home)
+        _note(home, record, "taps", tap)
+    log.info("tap %s of VM %s %s", tap, vm_name, done)
+    return f"tap {tap} of VM {vm_name} {done}"
+
+
+def in_netns_thread(netns: str, fn: Callable[[], T]) -> T:
+    """Run ``fn`` in a short-lived thread that joined namespace ``netns``; return its result.
+
+    Only that thread changes namespace (``setns``), so a socket ``fn`` opens lives in the
+    lab's network while the caller stays where it is. Exceptions of ``fn`` are raised here.
+    """
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            fd = os.open(NETNS_DIR / netns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                if libc.setns(fd, CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, os.strerror(err))
+            finally:
+                os.close(fd)
+            outcome["value"] = fn()
+        except BaseException as exc:  # handed to the caller's thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"netns-{netns}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]  # type: ignore[no-any-return]
 
 
 def netns_pids(netns: str) -> list[int]:

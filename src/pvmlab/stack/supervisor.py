@@ -1,21 +1,30 @@
 """The stack's background process: owns dnsmasq and the HTTP server of one lab.
 
-    python -m pvmlab.stack.supervisor --home H
+    python -m pvmlab.stack.supervisor --home H --ready-fd N
 
-It is started detached by ``pvmlab.stack.control.start`` inside the lab's network namespace and
-runs one asyncio loop:
+It is started detached by ``pvmlab.stack.control.start_stack`` inside the lab's network
+namespace and runs one asyncio loop:
 
 1. stages the iPXE first stages into the TFTP root and renders dnsmasq's configuration;
 2. starts the HTTP server on the provisioner address, port 80;
 3. runs dnsmasq in the foreground and waits until its DHCP and TFTP sockets are bound;
-4. only then writes ``stack/state.json`` (atomically): that file is the readiness signal the
-   starter waits for. A start-up failure is written to ``stack/start-error.json`` instead
-   (problem + hint) and the process exits 1, so ``provisioner start`` can report it in one line.
+4. opens its control socket (``LabHome.supervisor_socket``), writes ``stack/state.json`` (the
+   record ``provisioner status`` shows: start time, restarts) and only then tells its starter
+   ``READY`` on the pipe it inherited as fd N. A start-up failure is written on that pipe
+   instead, as one JSON line (error class, problem, hint), and the process exits 1, so
+   ``provisioner start`` reports it in one line. The starter blocks on the pipe: no file is
+   polled, and a supervisor that dies without a word closes the pipe (end of file).
 
 While running: if dnsmasq dies it is started again at once (same lease file, so leases are
 kept; back-off only when it keeps dying right after start), and state.json gets the new PID.
-SIGHUP re-renders the configuration and forwards SIGHUP to dnsmasq (which re-reads the
-reservations). SIGTERM or SIGINT stop dnsmasq and the HTTP server; the process then exits 0.
+dnsmasq runs under ``setpriv --pdeathsig TERM``: if the supervisor is killed (even with
+SIGKILL) the kernel stops dnsmasq too, so no orphan keeps answering DHCP.
+
+Reloading has one path, ``Supervisor.reload_reservations``: render the configuration, SIGHUP
+dnsmasq, and wait until dnsmasq logs that it re-read the reservations. A ``reload`` request on
+the control socket gets the answer only then (``provisioner reload`` returns after dnsmasq
+re-read the file); SIGHUP to the supervisor runs the same path with nobody waiting.
+SIGTERM or SIGINT stop dnsmasq and the HTTP server; the process then exits 0.
 Its log (stderr) is ``logs/supervisor.log``.
 """
 
@@ -45,15 +54,16 @@ log = logging.getLogger("pvmlab.supervisor")
 
 HTTP_PORT = 80
 READY_TIMEOUT = 15.0
+RELOAD_TIMEOUT = 10.0
+REQUEST_TIMEOUT = 5.0
 DHCP_PORT, TFTP_PORT = 67, 69
+READY = "READY"
+# the kernel stops dnsmasq when the supervisor dies, however it dies (util-linux's setpriv)
+PDEATHSIG_PREFIX = ("setpriv", "--pdeathsig", "TERM")
 
 
 def state_path(home: LabHome) -> Path:
     return home.stack_state
-
-
-def error_path(home: LabHome) -> Path:
-    return home.stack_start_error
 
 
 def pid_file(home: LabHome) -> Path:
@@ -64,10 +74,10 @@ def stderr_path(home: LabHome) -> Path:
     return home.dnsmasq_stderr
 
 
-def bound_udp_ports() -> set[int]:
-    """UDP ports with a bound socket in this process's network namespace."""
+def bound_udp_ports(pid: int | str = "self") -> set[int]:
+    """UDP ports with a bound socket in the network namespace of process ``pid``."""
     ports: set[int] = set()
-    for table in ("/proc/self/net/udp", "/proc/self/net/udp6"):
+    for table in (f"/proc/{pid}/net/udp", f"/proc/{pid}/net/udp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -88,6 +98,10 @@ class Supervisor:
         self.restarts = 0
         self.started = utc_now()
         self.dnsmasq_started = ""
+        self.serving = asyncio.Event()  # set while a dnsmasq has bound its ports
+        self.reload_lock = asyncio.Lock()
+        self.reloads: set[asyncio.Task[None]] = set()
+        self.socket_inode: int | None = None
 
     # --- state ------------------------------------------------------------------------------
 
@@ -192,7 +206,7 @@ class Supervisor:
                 log.error("configuration not re-rendered, the previous one is used: %s", exc)
             began = time.monotonic()
             with open_truncated(stderr_path(self.home)) as err, spawn.spawn(
-                dnsmasq.argv(self.home), stderr=err, grace=5.0
+                [*PDEATHSIG_PREFIX, *dnsmasq.argv(self.home)], stderr=err, grace=5.0
             ) as proc:
                 self.proc = proc
                 try:
@@ -204,10 +218,14 @@ class Supervisor:
                 else:
                     self.dnsmasq_started = utc_now()
                     self.write_state()
+                    self.serving.set()
                     log.info("dnsmasq serving (pid %d)", proc.pid)
                     if not ready.done():
                         ready.set_result(None)
-                    await self._until_exit_or_stop(proc)
+                    try:
+                        await self._until_exit_or_stop(proc)
+                    finally:
+                        self.serving.clear()
                     if self.stopping.is_set():
                         log.info("stopping dnsmasq (pid %d)", proc.pid)
                         break  # leaving the with block terminates it
@@ -235,22 +253,123 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(exited, stop, return_exceptions=True)
 
-    def reload(self) -> None:
-        """SIGHUP: re-render the configuration and have dnsmasq re-read its reservations."""
-        try:
+    # --- reload: the one path ---------------------------------------------------------------
+
+    async def reload_reservations(self) -> int:
+        """Render the configuration and return once dnsmasq has re-read the reservations.
+
+        Returns the PID of the dnsmasq that read them. A dnsmasq being restarted reads the new
+        file when it starts, so then the reload waits for it to serve again. Raises
+        PvmlabError when the records cannot be rendered (the old configuration stays) or
+        dnsmasq does not confirm within RELOAD_TIMEOUT.
+        """
+        async with self.reload_lock:
             self._render()
+            deadline = time.monotonic() + RELOAD_TIMEOUT
+            while True:
+                remaining = deadline - time.monotonic()
+                try:
+                    await asyncio.wait_for(self.serving.wait(), max(remaining, 0.0))
+                except TimeoutError:
+                    raise StateError(
+                        f"dnsmasq is not serving, so it did not re-read the reservations "
+                        f"within {RELOAD_TIMEOUT:.0f} s",
+                        "see `pvmlab provisioner logs --service supervisor`",
+                    ) from None
+                proc = self.proc
+                if proc is not None and await self._hup_and_confirm(proc, deadline):
+                    log.info("reservations reloaded (dnsmasq pid %d re-read them)", proc.pid)
+                    return proc.pid
+                # dnsmasq exited meanwhile: the restarted one reads the new file at start,
+                # and is asked again once it serves
+                await asyncio.sleep(0.05)
+
+    async def _hup_and_confirm(self, proc: subprocess.Popen[bytes], deadline: float) -> bool:
+        """SIGHUP dnsmasq and wait for its "read <hosts file>" log line (False: it exited)."""
+        log_file = dnsmasq.log_path(self.home)
+        hosts = dnsmasq.hosts_path(self.home).absolute()
+        offset = log_file.stat().st_size if log_file.exists() else 0
+        try:
+            proc.send_signal(signal.SIGHUP)
+        except ProcessLookupError:
+            return False
+        while time.monotonic() < deadline:
+            if _hosts_read_since(log_file, offset, hosts):
+                return True
+            if proc.poll() is not None:
+                return False
+            await asyncio.sleep(0.01)
+        raise StateError(
+            f"dnsmasq (pid {proc.pid}) did not confirm re-reading {hosts} "
+            f"within {RELOAD_TIMEOUT:.0f} s",
+            "see `pvmlab provisioner logs --service dnsmasq`",
+        )
+
+    def reload_on_signal(self) -> None:
+        """SIGHUP to the supervisor: the same reload, with nobody waiting for the answer."""
+
+        async def reload() -> None:
+            try:
+                await self.reload_reservations()
+            except PvmlabError as exc:
+                log.error("reload refused, configuration kept as it was: %s", exc)
+
+        task = asyncio.ensure_future(reload())
+        self.reloads.add(task)
+        task.add_done_callback(self.reloads.discard)
+
+    # --- the control socket --------------------------------------------------------------------
+
+    async def serve_request(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        """One JSON request line in, one JSON answer line out (``reload`` or ``ping``)."""
+        answer: dict[str, Any]
+        try:
+            line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
+            request = json.loads(line or b"{}")
+            command = request.get("command") if isinstance(request, dict) else None
+            if command == "reload":
+                answer = {"ok": True, "dnsmasq_pid": await self.reload_reservations()}
+            elif command == "ping":
+                answer = {"ok": True, **self.state()}
+            else:
+                answer = failure_record(
+                    StateError(f"unknown request {command!r}", "this is a bug in pvmlab")
+                )
         except PvmlabError as exc:
-            log.error("reload refused, configuration kept as it was: %s", exc)
-            return
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGHUP)
-            log.info("reservations reloaded (SIGHUP sent to dnsmasq pid %d)", proc.pid)
+            answer = failure_record(exc)
+        except (TimeoutError, ValueError, ConnectionError) as exc:
+            answer = failure_record(
+                StateError(f"bad request on the control socket: {exc}", "this is a bug")
+            )
+        with contextlib.suppress(ConnectionError):
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    async def open_control_socket(self) -> asyncio.AbstractServer:
+        """Listen on the home's control socket, readable and writable by root only."""
+        path = self.home.supervisor_socket
+        path.unlink(missing_ok=True)  # a previous supervisor's, which is gone (start stops it)
+        old_umask = os.umask(0o177)
+        try:
+            server = await asyncio.start_unix_server(self.serve_request, path=str(path))
+        except OSError as exc:
+            raise StateError(
+                f"cannot open the stack's control socket {path}: {exc.strerror or exc}",
+                "choose a lab home with a shorter path (PVMLAB_HOME)",
+            ) from None
+        finally:
+            os.umask(old_umask)
+        self.socket_inode = path.stat().st_ino
+        return server
 
     # --- main -------------------------------------------------------------------------------
 
-    async def run(self) -> int:
+    async def run(self, notify: ReadyPipe) -> int:
         from pvmlab.assets import ipxe
         from pvmlab.stack import autoexec
         from pvmlab.stack.http import start_http
@@ -258,7 +377,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self.reload_on_signal)
 
         if not Path(f"/sys/class/net/{self.home.bridge}").exists():
             raise StateError(
@@ -273,14 +392,21 @@ class Supervisor:
         try:
             ready: asyncio.Future[None] = loop.create_future()
             keeper = asyncio.ensure_future(self.run_dnsmasq(ready))
+            server: asyncio.AbstractServer | None = None
             try:
                 await ready
+                server = await self.open_control_socket()
                 self.write_state()
                 write_atomic(pid_file(self.home), f"{os.getpid()}\n")
                 log.info("stack ready: %s", json.dumps(self.state()))
+                notify.ready()
                 await keeper
             finally:
                 self.stopping.set()
+                if server is not None:
+                    server.close()
+                for task in list(self.reloads):
+                    task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await keeper
         finally:
@@ -289,23 +415,64 @@ class Supervisor:
         return 0
 
     def cleanup_files(self) -> None:
-        """Remove state.json and the pid file, if they are still this process's."""
+        """Remove state.json, the pid file and the control socket, if still this process's."""
         if read_json(state_path(self.home)).get("supervisor_pid") == os.getpid():
             state_path(self.home).unlink(missing_ok=True)
         if spawn.read_pid_file(pid_file(self.home)) == os.getpid():
             pid_file(self.home).unlink(missing_ok=True)
+        sock = self.home.supervisor_socket
+        with contextlib.suppress(OSError):
+            if self.socket_inode is not None and sock.stat().st_ino == self.socket_inode:
+                sock.unlink()
 
 
-def report_failure(home: LabHome, exc: BaseException) -> None:
+def _hosts_read_since(log_file: Path, offset: int, hosts: Path) -> bool:
+    """Whether dnsmasq logged re-reading ``hosts`` after byte ``offset`` of its log."""
+    try:
+        with log_file.open("rb") as fh:
+            fh.seek(offset)
+            new = fh.read().decode(errors="replace")
+    except OSError:
+        return False
+    return f"read {hosts}" in new
+
+
+def failure_record(exc: BaseException) -> dict[str, Any]:
+    """An error as one JSON-ready record: the starter or a client rebuilds it with its class."""
     if isinstance(exc, PvmlabError):
-        record = {"type": type(exc).__name__, "problem": exc.problem, "hint": exc.hint}
-    else:
-        record = {
-            "type": "ProcessError",
-            "problem": f"the stack supervisor failed: {type(exc).__name__}: {exc}",
-            "hint": "see `pvmlab provisioner logs --service supervisor`",
-        }
-    write_json(error_path(home), record)
+        return {"ok": False, "type": type(exc).__name__, "problem": exc.problem, "hint": exc.hint}
+    return {
+        "ok": False,
+        "type": "ProcessError",
+        "problem": f"the stack supervisor failed: {type(exc).__name__}: {exc}",
+        "hint": "see `pvmlab provisioner logs --service supervisor`",
+    }
+
+
+class ReadyPipe:
+    """The write end of the starter's readiness pipe: one line, READY or a JSON error, once."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        if fd is not None:
+            os.set_inheritable(fd, False)  # dnsmasq must not hold the starter's pipe open
+
+    def _say(self, line: str) -> None:
+        if self.fd is None:
+            return
+        fd, self.fd = self.fd, None
+        try:
+            os.write(fd, line.encode() + b"\n")
+        except OSError as exc:  # the starter gave up waiting: nobody to tell
+            log.warning("could not tell the starter: %s", exc)
+        finally:
+            os.close(fd)
+
+    def ready(self) -> None:
+        self._say(READY)
+
+    def failed(self, exc: BaseException) -> None:
+        self._say(json.dumps(failure_record(exc)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -314,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
         description="Run a lab's dnsmasq and HTTP server (started by `pvmlab provisioner start`).",
     )
     parser.add_argument("--home", required=True, type=Path, help="the lab home")
+    parser.add_argument(
+        "--ready-fd", type=int, default=None,
+        help="an inherited pipe: READY or a JSON error is written on it once",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO,
@@ -323,18 +494,20 @@ def main(argv: list[str] | None = None) -> int:
     home = LabHome(args.home.absolute())
     log.info("supervisor starting for %s in namespace %s", home.root, home.netns)
     sup: Supervisor | None = None
+    notify = ReadyPipe(args.ready_fd)
     try:
         lab = store.load_lab(home)
         sup = Supervisor(home, lab)
-        code = asyncio.run(sup.run())
+        code = asyncio.run(sup.run(notify))
     except Exception as exc:
         if isinstance(exc, PvmlabError):
             log.error("%s", exc)
         else:
             log.exception("supervisor failed")
-        report_failure(home, exc)
+        notify.failed(exc)
         code = 1
     finally:
+        notify.failed(StateError("the stack supervisor stopped before it was ready"))
         if sup is not None:
             sup.cleanup_files()
     log.info("supervisor exiting with code %d", code)

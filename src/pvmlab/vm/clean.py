@@ -77,8 +77,8 @@ def purge(home: LabHome, *, say: Callable[[str], None] = lambda _m: None) -> Non
     from pvmlab.network import lab as network
     from pvmlab.stack import control
 
-    if control.is_running(home):
-        control.stop(home)
+    if control.is_stack_running(home):
+        control.stop_stack(home)
         say("provisioner stack stopped")
     if network.is_up(home):
         network.down(home)

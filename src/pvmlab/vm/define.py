@@ -154,4 +154,4 @@ def reload_stack(home: LabHome) -> None:
     """Have a running stack re-read the reservations (a no-op when it is stopped)."""
     from pvmlab.stack import control
 
-    control.reload(home)
+    control.reload_stack(home)

@@ -85,11 +85,7 @@ def rotate_log(log_path: Path) -> None:
 def require_stack(home: LabHome) -> None:
     from pvmlab.stack import control
 
-    if not control.is_running(home):
-        raise StateError(
-            "the provisioner stack is not running, so the VM would get no DHCP answer",
-            "start it with `pvmlab provisioner start`",
-        )
+    control.require_serving(home)  # names `provisioner start` when stopped or degraded
 
 
 def config_for(
