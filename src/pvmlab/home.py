@@ -10,7 +10,8 @@
     logs/           dnsmasq, HTTP, supervisor and per-VM console logs
     pids/           pid files (supervisor, VMs)
     monitors/       QMP sockets
-    stack/          the stack's runtime state (state.json, dnsmasq leases)
+    stack/          the stack's runtime state (state.json, dnsmasq leases, uplink.json)
+    ssh/            the lab's SSH key pair and its known_hosts (``vm ssh``, ``vm cp``)
     cache/          downloads (``distro pull``, official iPXE builds)
 
 Every kernel object the lab creates (network namespace, bridge, taps) is named from a short
@@ -32,7 +33,7 @@ from typing import Any
 
 from pvmlab.errors import StateError
 
-SUBDIRS = ("images", "vms", "configs", "tftp", "logs", "pids", "monitors", "stack")
+SUBDIRS = ("images", "vms", "configs", "tftp", "logs", "pids", "monitors", "stack", "ssh")
 TAP_PREFIX = "pvt"  # every VM tap is this + 8 hex digits (11 characters, under IFNAMSIZ)
 
 
@@ -120,6 +121,33 @@ class LabHome:
 
     def vm_qmp(self, name: str) -> Path:
         return self.monitors / f"{name}.qmp"
+
+    # --- uplink and SSH access (feature: uplink; pvmlab.network.uplink, pvmlab.vm.ssh) -------
+    @property
+    def uplink_link(self) -> str:
+        """The uplink's interface inside the lab namespace (made by pasta)."""
+        return f"pvup{self.lab_id}"  # 12 characters, under IFNAMSIZ
+
+    @property
+    def uplink_state(self) -> Path:
+        return self.stack / "uplink.json"
+
+    @property
+    def uplink_log(self) -> Path:
+        return self.logs / "uplink.log"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.root / "ssh"
+
+    @property
+    def ssh_key(self) -> Path:
+        """The lab's SSH private key (ed25519); the public key is this path + ``.pub``."""
+        return self.ssh_dir / "id_ed25519"
+
+    @property
+    def ssh_known_hosts(self) -> Path:
+        return self.ssh_dir / "known_hosts"
 
     def exists(self) -> bool:
         return self.root.is_dir()

@@ -29,6 +29,7 @@ from pvmlab import errors, spawn
 from pvmlab.errors import DependencyError, ProcessError, PvmlabError, StateError
 from pvmlab.home import LabHome, file_lock, read_json
 from pvmlab.network import lab as netlab
+from pvmlab.network import uplink
 from pvmlab.network.privilege import require_net_admin
 from pvmlab.records import store
 from pvmlab.stack import dnsmasq
@@ -144,14 +145,17 @@ def start(home: LabHome, timeout: float = START_TIMEOUT) -> dict[str, Any]:
     lab = store.load_lab(home)
     with _control_lock(home):
         if is_running(home):
+            uplink.start(home, lab)  # brings back a lost uplink (nothing when up or not wanted)
             return status(home)
         _preflight(home)
+        uplink.preflight(lab)
         dnsmasq.write_configs(home, lab)  # refuses bad records before anything is created
         was_up = netlab.is_up(home)
         if was_up:
             _stop_orphans(home)
         netlab.up(home, lab)
-        return _launch(home, was_up, timeout)
+        with uplink.attached(home, lab):  # when the lab has one; stopped if the launch fails
+            return _launch(home, was_up, timeout)
 
 
 def _launch(home: LabHome, was_up: bool, timeout: float) -> dict[str, Any]:
@@ -206,6 +210,7 @@ def stop(home: LabHome) -> dict[str, Any]:
         if dns is not None:  # the supervisor was killed without a chance to stop it
             spawn.terminate([dns], STOP_TIMEOUT)
             stopped.append({"name": "dnsmasq", "pid": dns})
+        stopped += [{"name": "uplink", "pid": pid} for pid in uplink.stop(home)]
         stragglers = netlab.down(home)
         for path in (state_path(home), pid_file(home), dnsmasq.pid_path(home)):
             with contextlib.suppress(FileNotFoundError):
@@ -254,6 +259,7 @@ def status(home: LabHome) -> dict[str, Any]:
         "tftp_root": str(home.tftp),
         "leases": [lease.as_dict() for lease in dnsmasq.read_leases(home)],
         "reservations": [{"name": v.name, "mac": v.mac, "ip": v.ip} for v in vms],
+        "uplink": uplink.status(home, lab),
     }
 
 
