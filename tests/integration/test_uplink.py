@@ -2,8 +2,8 @@
 the lab namespace, with DNS from the lab's dnsmasq; the host's firewall and sysctls never change.
 
 The outside world here is the Debian package archive this machine's apt uses (the one site
-reachable from these machines); a client namespace on the lab bridge (busybox udhcpc,
-nslookup, wget) stands for a target. Nothing is timed.
+reachable from these machines; fixture ``archive_release_url``); a client namespace on the lab
+bridge (busybox udhcpc, nslookup, wget) stands for a target. Nothing is timed.
 """
 
 from __future__ import annotations
@@ -24,27 +24,6 @@ from pvmlab.errors import ProcessError
 from pvmlab.home import LabHome
 
 pytestmark = pytest.mark.integration
-
-APT_SOURCES = (Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*")))
-
-
-def archive_release_url() -> str:
-    """``http://HOST/PATH/dists/SUITE/Release`` of the first Debian archive in apt's sources."""
-    for path in APT_SOURCES:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        uris = re.findall(r"^URIs:\s*(http://\S+)", text, re.M)  # deb822 .sources
-        uris += re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(http://\S+)", text, re.M)  # one-line
-        suites = re.findall(r"^Suites:\s*(\S+)", text, re.M) + re.findall(
-            r"^deb\s+(?:\[[^]]*\]\s+)?http://\S+\s+(\S+)", text, re.M
-        )
-        for uri in uris:
-            if "security" not in uri and suites:
-                return f"{uri.rstrip('/')}/dists/{suites[0]}/Release"
-    pytest.fail("no http:// Debian archive in apt's sources: the uplink test needs one")
-
 
 def host_network_rules() -> dict[str, bytes]:
     """The host's firewall rulesets and forwarding sysctls, as they read now."""
@@ -105,9 +84,9 @@ def sentinel_netns(tmp_path: Path) -> Iterator[str]:
 
 
 def test_uplink_gives_the_lab_the_archive_and_leaves_the_host_alone(
-    tmp_path: Path, sentinel_netns: str
+    tmp_path: Path, sentinel_netns: str, archive_release_url: str
 ) -> None:
-    url = archive_release_url()
+    url = archive_release_url
     host = urlsplit(url).hostname or ""
     before = host_network_rules()
     with netlab.running_lab(tmp_path / "home", "--uplink") as lab:
@@ -136,8 +115,8 @@ def test_uplink_gives_the_lab_the_archive_and_leaves_the_host_alone(
     spawn.run(["ip", "netns", "exec", sentinel_netns, "true"])  # its mount is still there
 
 
-def test_without_uplink_the_lab_stays_offline(tmp_path: Path) -> None:
-    url = archive_release_url()
+def test_without_uplink_the_lab_stays_offline(tmp_path: Path, archive_release_url: str) -> None:
+    url = archive_release_url
     host = urlsplit(url).hostname or ""
     outside = socket.getaddrinfo(host, 80, socket.AF_INET)[0][4][0]  # as the host resolves it
     before = host_network_rules()

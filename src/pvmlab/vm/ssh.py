@@ -194,6 +194,7 @@ _DIAGNOSTICS = (
     ("unreachable", re.compile(r"^ssh: connect to host \S+ port \d+: (No route to host|"
                                r"Connection timed out|Network is unreachable)")),
     ("denied", re.compile(r"^(\S+@\S+: )?Permission denied \(")),
+    ("closed", re.compile(r"^(scp: Connection closed|lost connection)$")),  # scp's echo of them
     # the whole "REMOTE HOST IDENTIFICATION HAS CHANGED" banner, printed before any login
     ("hostkey", re.compile(
         r"^(Host key verification failed\.|@+$|@ +WARNING: REMOTE HOST|IT IS POSSIBLE THAT "
@@ -250,8 +251,8 @@ def _relay(stream: IO[bytes], held: list[str]) -> None:
     """Copy the client's stderr to ours, holding back ssh's own connection diagnostics."""
     for raw in iter(stream.readline, b""):
         line = raw.decode(errors="replace")
-        if classify(line.rstrip("\n")) is not None:
-            held.append(line.rstrip("\n"))
+        if classify(line.rstrip("\r\n")) is not None:  # ssh ends its own lines with CRLF
+            held.append(line.rstrip("\r\n"))
             continue
         sys.stderr.write(line)
         sys.stderr.flush()
@@ -295,7 +296,7 @@ def probe(home: LabHome, vm: VMSpec, user: str = DEFAULT_USER) -> Literal[True] 
         return exc.problem
     if proc.returncode == 0:
         return True
-    lines = proc.stderr.strip().splitlines()
+    lines = [ln.rstrip("\r") for ln in proc.stderr.strip().splitlines()]
     kinds = [kind for line in lines if (kind := classify(line)) is not None]
     return str(failure(home, vm, user, kinds, lines[-1] if lines else ""))
 
