@@ -150,3 +150,22 @@ def test_missing_pasta_is_one_line_naming_the_package(
     assert "pasta is not installed" in proc.stderr
     assert "apt-get install passt" in proc.stderr
     assert not netlab.netns_exists(LabHome(home).netns)  # refused before anything was made
+
+
+def test_a_killed_uplink_shows_down_comes_back_and_is_stopped_without_its_record(
+    tmp_path: Path,
+) -> None:
+    with netlab.running_lab(tmp_path / "home", "--uplink") as lab:
+        first = int(lab.refresh()["uplink"]["pid"])
+        netlab.kill_pid(first, grace=0)
+        assert not spawn.pid_alive(first)
+        down = lab.refresh()["uplink"]
+        assert down["enabled"] and not down["running"] and down["pid"] is None
+        assert "uplink: DOWN" in run_pvmlab("provisioner", "status", home=lab.home).stdout
+        run_pvmlab("provisioner", "start", home=lab.home)  # the stack runs: only the uplink
+        again = lab.refresh()["uplink"]
+        assert again["running"] and again["nat"] and again["address"]
+        second = int(again["pid"])
+        assert second != first
+        (lab.home / "stack" / "uplink.json").unlink()  # stop finds it by the lab's names
+    assert not spawn.pid_alive(second)
