@@ -137,3 +137,22 @@ def test_create_records_the_uplink_choice(
     out = run_pvmlab("provisioner", "create", *flag, "--json", home=lab_home).stdout
     assert json.loads(out)["uplink"] is expected
     assert json.loads((lab_home / "lab.json").read_text())["uplink"] is expected
+
+
+def test_configure_switches_the_uplink_of_a_defined_lab(lab_home: Path) -> None:
+    run_pvmlab("provisioner", "create", home=lab_home)
+    out = run_pvmlab("provisioner", "configure", "--uplink", home=lab_home).stdout
+    assert out.splitlines()[0] == f"lab in {lab_home}: uplink on"
+    assert json.loads((lab_home / "lab.json").read_text())["uplink"] is True
+    shown = json.loads(run_pvmlab("provisioner", "configure", "--json", home=lab_home).stdout)
+    assert shown["uplink"] is True and shown["running"] is False
+    run_pvmlab("provisioner", "configure", "--no-uplink", home=lab_home)
+    assert json.loads((lab_home / "lab.json").read_text())["uplink"] is False
+
+
+def test_configure_without_a_lab_is_one_line(lab_home: Path) -> None:
+    lab_home.mkdir()
+    proc = run_pvmlab("provisioner", "configure", "--uplink", home=lab_home, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("pvmlab: error: no lab is defined")
+    assert proc.stderr.count("\n") == 1

@@ -89,6 +89,36 @@ def create(address: str, dhcp_range: str | None, uplink: bool, as_json: bool) ->
 
 
 @provisioner.command()
+@click.option(
+    "--uplink/--no-uplink",
+    default=None,
+    help="Give the targets outbound access, or take it away (see `provisioner create`).",
+)
+@json_option
+def configure(uplink: bool | None, as_json: bool) -> None:
+    """Change settings of the defined lab (today: its uplink); a running lab applies them at
+    its next start (`provisioner stop` + `start`)."""
+    from pvmlab.records import store
+    from pvmlab.stack import control
+
+    h = home()
+    h.require()
+    with h.locked():
+        lab = store.load_lab(h)
+        if uplink is not None and uplink != lab.uplink:
+            lab = lab.model_copy(update={"uplink": uplink})
+            store.save_lab(h, lab)
+    running = control.is_running(h)
+    if as_json:
+        emit_json({"home": str(h.root), **lab.model_dump(mode="json"), "running": running})
+        return
+    click.echo(f"lab in {h.root}: uplink {'on' if lab.uplink else 'off'}")
+    if running:
+        click.echo("the lab is running: `pvmlab provisioner stop && pvmlab provisioner start` "
+                   "applies it")
+
+
+@provisioner.command()
 @json_option
 def start(as_json: bool) -> None:
     """Create the lab network and start dnsmasq and the HTTP server (returns once serving)."""
