@@ -8,6 +8,8 @@ bridge (busybox udhcpc, nslookup, wget) stands for a target. Nothing is timed.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import socket
@@ -169,3 +171,27 @@ def test_a_killed_uplink_shows_down_comes_back_and_is_stopped_without_its_record
         assert second != first
         (lab.home / "stack" / "uplink.json").unlink()  # stop finds it by the lab's names
     assert not spawn.pid_alive(second)
+
+
+def test_an_uplink_that_fails_to_start_leaves_no_lab_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pasta that dies at once (here a stand-in script, as when the host has no default
+    route): `provisioner start` fails in one line and removes the network it made."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "pasta"
+    fake.write_text("#!/bin/sh\necho 'No routable interface for IPv4' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    home = tmp_path / "home"
+    run_pvmlab("provisioner", "create", "--uplink", home=home)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    proc = run_pvmlab("provisioner", "start", home=home, check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    assert "the uplink (pasta) exited while starting: No routable interface for IPv4" in (
+        proc.stderr
+    )
+    assert not netlab.netns_exists(LabHome(home).netns)
+    status = json.loads(run_pvmlab("provisioner", "status", "--json", home=home).stdout)
+    assert status["running"] is False and status["uplink"]["running"] is False

@@ -37,7 +37,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -312,14 +312,18 @@ def stop(home: LabHome) -> list[int]:
 
 
 @contextlib.contextmanager
-def attached(home: LabHome, lab: LabSpec) -> Iterator[dict[str, Any]]:
-    """``start`` for the ``with`` block; when the block fails the uplink is stopped again."""
-    st = start(home, lab)
+def attached(
+    home: LabHome, lab: LabSpec, undo: Callable[[LabHome], object] | None = None
+) -> Iterator[dict[str, Any]]:
+    """``start`` for the ``with`` block. When the start or the block fails, the uplink is
+    stopped again and ``undo(home)`` runs (the caller's own undo, e.g. the network it made)."""
     try:
-        yield st
+        yield start(home, lab)
     except BaseException:
         if lab.uplink:
             stop(home)
+        if undo is not None:
+            undo(home)
         raise
 
 

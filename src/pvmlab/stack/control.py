@@ -154,7 +154,8 @@ def start(home: LabHome, timeout: float = START_TIMEOUT) -> dict[str, Any]:
         if was_up:
             _stop_orphans(home)
         netlab.up(home, lab)
-        with uplink.attached(home, lab):  # when the lab has one; stopped if the launch fails
+        # the uplink, when the lab has one; on failure it is stopped and a new network removed
+        with uplink.attached(home, lab, undo=None if was_up else netlab.down):
             return _launch(home, was_up, timeout)
 
 
