@@ -298,8 +298,12 @@ def _print_uplink(st: dict[str, Any]) -> None:
     if not up.get("enabled"):
         click.echo("uplink: none (targets have no outbound access; `provisioner create --uplink`)")
         return
+    if not up.get("running") and not st["running"]:
+        click.echo(f"uplink: on ({up['program']}, starts with the lab)")
+        return
     if not up.get("running"):
-        click.echo(f"uplink: DOWN ({up['program']} not running; `pvmlab provisioner start`)")
+        click.echo(f"uplink: DOWN ({up['program']} not running; `pvmlab provisioner start` "
+                   "brings it back)")
         return
     dns = up["dns"]
     click.echo(
