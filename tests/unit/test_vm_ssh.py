@@ -135,3 +135,7 @@ def test_ssh_to_a_stopped_vm_is_refused_before_connecting(home: LabHome) -> None
     with pytest.raises(StateError, match="VM t1 is not running") as err:
         ssh.target(home, "t1")
     assert err.value.hint is not None and "pvmlab vm start t1" in err.value.hint
+
+
+def test_ssh_ready_says_why_a_stopped_vm_is_not_ready(home: LabHome) -> None:
+    assert ssh.ssh_ready(home, "t1", timeout=5) == "VM t1 is not running"

@@ -311,7 +311,7 @@ def ssh_ready(
     """
     from pvmlab.vm import state
 
-    spec = vm if isinstance(vm, VMSpec) else target(home, vm)
+    spec = vm if isinstance(vm, VMSpec) else store.load_vm(home, validate.vm_name(vm))
     _require("ssh")
     ensure_key(home)
     deadline = time.monotonic() + timeout
