@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system programs pvmlab drives: QEMU (x86_64 and aarch64), UEFI firmware,
-# dnsmasq, iPXE binaries, iproute2, busybox and Python's venv module.
+# dnsmasq, iPXE binaries, iproute2, busybox, pasta + nftables (the optional uplink), the
+# OpenSSH client (vm ssh) and Python's venv module.
 #
 # Idempotent: a package already present is not installed again, and nothing is downloaded when
 # everything is there. Debian and Ubuntu use apt; macOS gets Homebrew hints; anything else gets a
@@ -13,7 +14,7 @@ with_test_tools=0
 for arg in "$@"; do
   case "$arg" in
     --with-test-tools) with_test_tools=1 ;;
-    -h|--help) sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install-system-deps: unknown option '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -27,9 +28,11 @@ packages=(
   qemu-system-x86 qemu-system-arm qemu-utils
   ovmf qemu-efi-aarch64 ipxe-qemu ipxe
   dnsmasq-base iproute2 busybox-static cpio e2fsprogs
+  passt nftables openssh-client
   python3 python3-venv python3-pip
 )
-test_packages=(nginx-light curl)
+# dropbear + sftp-server go into the SSH test initramfs (tests/fixtures/bootassets.py)
+test_packages=(nginx-light curl dropbear-bin openssh-sftp-server)
 
 uname_s=$(uname -s)
 if [ "$uname_s" = Darwin ]; then

@@ -20,6 +20,7 @@ them outside pytest, so they stay context managers and functions rather than fix
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,29 @@ def utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
     monkeypatch.undo()
     time.tzset()
+
+
+APT_SOURCES = (Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*")))
+
+
+@pytest.fixture(scope="session")
+def archive_release_url() -> str:
+    """The outside world of the uplink tests: ``http://HOST/PATH/dists/SUITE/Release`` of the
+    first Debian archive in this machine's apt sources (reachable from these machines)."""
+    for path in APT_SOURCES:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        uris = re.findall(r"^URIs:\s*(http://\S+)", text, re.M)  # deb822 .sources
+        uris += re.findall(r"^deb\s+(?:\[[^]]*\]\s+)?(http://\S+)", text, re.M)  # one-line
+        suites = re.findall(r"^Suites:\s*(\S+)", text, re.M) + re.findall(
+            r"^deb\s+(?:\[[^]]*\]\s+)?http://\S+\s+(\S+)", text, re.M
+        )
+        for uri in uris:
+            if "security" not in uri and suites:
+                return f"{uri.rstrip('/')}/dists/{suites[0]}/Release"
+    pytest.fail("no http:// Debian archive in apt's sources: the uplink test needs one")
 
 
 def run_pvmlab(

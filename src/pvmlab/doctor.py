@@ -19,7 +19,7 @@ import re
 import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,21 @@ def check_debugfs() -> Check:
     version = program_version([path, "-V"])
     return Check(name, True, f"{version} {path}", required=False,
                  data={"path": path, "version": version})
+
+
+# programs of optional features: (program, version argv, Debian package, what it is for)
+FEATURE_PROGRAMS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("pasta", ("--version",), "passt", "--uplink"),
+    ("nft", ("--version",), "nftables", "--uplink"),
+    ("ssh", ("-V",), "openssh-client", "vm ssh/cp"),  # with ssh-keygen for the lab key
+)
+
+
+def check_feature_programs() -> Iterator[Check]:
+    """Optional programs, each named with the feature that needs it."""
+    for name, version_args, apt, feature in FEATURE_PROGRAMS:
+        found = check_program(name, version_args, apt, None, False)
+        yield replace(found, name=f"{name} ({feature})")
 
 
 # --- firmware -----------------------------------------------------------------------------------
@@ -329,6 +344,7 @@ def _iter_checks(home: LabHome) -> Iterator[Check]:
             continue
         yield check_program(name, version_args, apt, brew, required)
     yield check_debugfs()
+    yield from check_feature_programs()
     for arch in ARCHITECTURES:
         yield check_uefi(arch)
     yield check_seabios()

@@ -12,8 +12,9 @@
                     NAME.qemu.log, NAME.console.jsonl (console times)
     pids/           supervisor.pid, NAME.pid
     monitors/       NAME.qmp (QMP), NAME.console (serial socket)
-    stack/          state.json, start-error.json, network.json, dnsmasq.{leases,pid,stderr},
-                    .control.lock, .network.lock
+    stack/          state.json, network.json, dnsmasq.{leases,pid,stderr},
+                    uplink.json, supervisor.sock, .control.lock, .network.lock
+    ssh/            the lab's SSH key pair and its known_hosts (``vm ssh``, ``vm cp``)
     cache/          downloads/NAME/ARCH/METHOD/ (``distro pull``), ipxe/ (official iPXE builds)
 
 Every path above is built here, by a property or method of ``LabHome``, and nowhere else.
@@ -48,7 +49,7 @@ from typing import IO, Any
 
 from pvmlab.errors import StateError
 
-SUBDIRS = ("images", "vms", "configs", "tftp", "logs", "pids", "monitors", "stack")
+SUBDIRS = ("images", "vms", "configs", "tftp", "logs", "pids", "monitors", "stack", "ssh")
 CACHE = "cache"  # made on first download, not by ``ensure``
 TAP_PREFIX = "pvt"  # every VM tap is this + 8 hex digits (11 characters, under IFNAMSIZ)
 
@@ -279,6 +280,33 @@ class LabHome:
     @property
     def supervisor_socket(self) -> Path:
         return self.stack / "supervisor.sock"
+
+    # --- uplink and SSH access (feature: uplink; pvmlab.network.uplink, pvmlab.vm.ssh) -------
+    @property
+    def uplink_link(self) -> str:
+        """The uplink's interface inside the lab namespace (made by pasta)."""
+        return f"pvup{self.lab_id}"  # 12 characters, under IFNAMSIZ
+
+    @property
+    def uplink_state(self) -> Path:
+        return self.stack / "uplink.json"
+
+    @property
+    def uplink_log(self) -> Path:
+        return self.logs / "uplink.log"
+
+    @property
+    def ssh_dir(self) -> Path:
+        return self.root / "ssh"
+
+    @property
+    def ssh_key(self) -> Path:
+        """The lab's SSH private key (ed25519); the public key is this path + ``.pub``."""
+        return self.ssh_dir / "id_ed25519"
+
+    @property
+    def ssh_known_hosts(self) -> Path:
+        return self.ssh_dir / "known_hosts"
 
     def exists(self) -> bool:
         return self.root.is_dir()

@@ -40,9 +40,19 @@ def provisioner() -> None:
     metavar="START,END",
     help="Dynamic range for unknown MACs (default: .100-.199 of a /24, the upper half otherwise).",
 )
+@click.option(
+    "--uplink/--no-uplink",
+    default=False,
+    show_default=True,
+    help=(
+        "Give the targets outbound access (NAT inside the lab namespace through a userspace "
+        "uplink, pasta from the passt package; DNS from dnsmasq on the lab bridge). The host's "
+        "firewall and sysctls are not touched."
+    ),
+)
 @json_option
-def create(address: str, dhcp_range: str | None, as_json: bool) -> None:
-    """Record the lab network (address, subnet, dynamic DHCP range) in the lab home."""
+def create(address: str, dhcp_range: str | None, uplink: bool, as_json: bool) -> None:
+    """Record the lab network (address, subnet, dynamic DHCP range, uplink) in the lab home."""
     from pvmlab.records import store
     from pvmlab.records.models import LabSpec
 
@@ -63,7 +73,9 @@ def create(address: str, dhcp_range: str | None, as_json: bool) -> None:
     with h.locked():
         if h.lab_file.exists():  # created meanwhile by another `provisioner create`
             raise already
-        lab = LabSpec(address=str(iface), dhcp_start=str(start), dhcp_end=str(end))
+        lab = LabSpec(
+            address=str(iface), dhcp_start=str(start), dhcp_end=str(end), uplink=uplink
+        )
         store.save_lab(h, lab)
     if as_json:
         emit_json({"home": str(h.root), **lab.model_dump(mode="json")})
@@ -71,8 +83,39 @@ def create(address: str, dhcp_range: str | None, as_json: bool) -> None:
         click.echo(
             f"lab defined in {h.root}: provisioner {lab.address}, "
             f"dynamic range {lab.dhcp_start}-{lab.dhcp_end}"
+            + (", with an uplink" if lab.uplink else "")
         )
         click.echo("next: `pvmlab provisioner start`")
+
+
+@provisioner.command()
+@click.option(
+    "--uplink/--no-uplink",
+    default=None,
+    help="Give the targets outbound access, or take it away (see `provisioner create`).",
+)
+@json_option
+def configure(uplink: bool | None, as_json: bool) -> None:
+    """Change settings of the defined lab (today: its uplink); a running lab applies them at
+    its next start (`provisioner stop` + `start`)."""
+    from pvmlab.records import store
+    from pvmlab.stack import control
+
+    h = home()
+    h.require()
+    with h.locked():
+        lab = store.load_lab(h)
+        if uplink is not None and uplink != lab.uplink:
+            lab = lab.model_copy(update={"uplink": uplink})
+            store.save_lab(h, lab)
+    running = control.is_stack_running(h)
+    if as_json:
+        emit_json({"home": str(h.root), **lab.model_dump(mode="json"), "running": running})
+        return
+    click.echo(f"lab in {h.root}: uplink {'on' if lab.uplink else 'off'}")
+    if running:
+        click.echo("the lab is running: `pvmlab provisioner stop && pvmlab provisioner start` "
+                   "applies it")
 
 
 @provisioner.command("start")
@@ -105,6 +148,7 @@ def start_cmd(as_json: bool) -> None:
     else:
         click.echo(f"lab started: {st['address']} on bridge {st['bridge']} in netns {st['netns']}")
     _print_services(st)
+    _print_uplink(st)
 
 
 @provisioner.command("stop")
@@ -165,6 +209,7 @@ def status_cmd(as_json: bool) -> None:
     )
     click.echo(f"netns {st['netns']}  bridge {st['bridge']}  network up: {st['network_up']}")
     _print_services(st)
+    _print_uplink(st)
     _print_leases(st)
 
 
@@ -278,6 +323,27 @@ def _print_services(st: dict[str, Any]) -> None:
         state = "running" if svc["running"] else "not answering" if svc["pid"] else "stopped"
         rows.append([svc["name"], state, str(svc["pid"] or "-"), detail])
     table(None, ["service", "state", "pid", "serves"], rows)
+
+
+def _print_uplink(st: dict[str, Any]) -> None:
+    up = st.get("uplink") or {}
+    if not up.get("enabled"):
+        click.echo("uplink: none (targets have no outbound access; `provisioner create --uplink`)")
+        return
+    if not up.get("running") and not st["running"]:
+        click.echo(f"uplink: on ({up['program']}, starts with the lab)")
+        return
+    if not up.get("running"):
+        click.echo(f"uplink: DOWN ({up['program']} not running; `pvmlab provisioner start` "
+                   "brings it back)")
+        return
+    dns = up["dns"]
+    click.echo(
+        f"uplink: up, {up['program']} pid {up['pid']}, {up['interface']} {up['address']} "
+        f"via {up['gateway']}, NAT {'on' if up['nat'] else 'MISSING'}; DNS on "
+        f"{dns['served_on']} -> {dns['forwarded_to']} -> "
+        f"{', '.join(dns['host_resolvers']) or 'the host resolver'}"
+    )
 
 
 def _print_leases(st: dict[str, Any]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 
 import click
@@ -12,7 +13,8 @@ from pvmlab.cli import common
 @click.command(
     "setup",
     help=(
-        "Create the lab home (images/, vms/, configs/, logs/, ...) and check every dependency: "
+        "Create the lab home (images/, vms/, configs/, logs/, ...) and the lab's SSH key "
+        "(ssh/id_ed25519, for `vm ssh`), and check every dependency: "
         "QEMU per architecture, qemu-img, dnsmasq, iproute2, debugfs (e2fsprogs, for cloud "
         "images), UEFI firmware, SeaBIOS, iPXE binaries, privileges, /dev/kvm and /dev/net/tun. "
         "Each missing one is printed with the "
@@ -22,10 +24,13 @@ from pvmlab.cli import common
 @common.json_option
 def setup(as_json: bool) -> None:
     from pvmlab import doctor
+    from pvmlab.vm import ssh
 
     home = common.home()
     home.ensure()
     checks = doctor.run_checks(home)
+    if shutil.which("ssh-keygen") is not None:
+        ssh.ensure_key(home)  # the lab's SSH key pair (`vm ssh`, `vm cp`, installs)
     ok = doctor.all_required_ok(checks)
     if as_json:
         common.emit_json(

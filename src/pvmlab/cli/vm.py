@@ -1,4 +1,5 @@
-"""`pvmlab vm …` (create, start, stop, list, logs, console, timeline, clean) and `pvmlab clean`."""
+"""`pvmlab vm …` (create, start, stop, list, logs, console, timeline, ssh, cp, clean) and
+`pvmlab clean`."""
 
 from __future__ import annotations
 
@@ -376,6 +377,65 @@ def console_cmd(name: str) -> None:
             f"`pvmlab vm logs {name}` shows its last console",
         )
     attach.attach(state.console_socket(h, name), name=name)
+
+
+@vm.command("ssh", context_settings={"ignore_unknown_options": True})
+@click.argument("name")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option(
+    "-l",
+    "--user",
+    default="root",
+    show_default=True,
+    help=(
+        "Login user on the VM. The lab's unattended installs put the lab key in root's "
+        "authorized_keys; cloud images log in as their distro's user (debian, ubuntu, fedora)."
+    ),
+)
+def ssh_cmd(name: str, command: tuple[str, ...], user: str) -> None:
+    """Open a shell on VM NAME, or run COMMAND there, over SSH with the lab's key.
+
+    \b
+    Put the command after `--`:  pvmlab vm ssh t1 -- cat /etc/hostname
+    ssh runs inside the lab namespace and goes to the VM's reserved IP with the lab's key
+    (ssh/id_ed25519 in the lab home) and the lab's own known_hosts (a new VM's key is
+    accepted on first contact, then checked). The exit code is the remote command's.
+    """
+    from pvmlab.vm import ssh
+
+    h = home()
+    vm_spec = ssh.target(h, _name(name))
+    code = ssh.run_client(h, vm_spec, user, ssh.ssh_argv(h, vm_spec, user, list(command)))
+    sys.exit(code)
+
+
+@vm.command("cp")
+@click.argument("src")
+@click.argument("dst")
+@click.option("-r", "--recursive", is_flag=True, help="Copy directories with their contents.")
+@click.option(
+    "-l", "--user", default="root", show_default=True, help="Login user on the VM (as vm ssh)."
+)
+def cp_cmd(src: str, dst: str, recursive: bool, user: str) -> None:
+    """Copy files between this machine and a VM: NAME:path marks the VM's side.
+
+    \b
+      pvmlab vm cp ./payload.tar t1:/tmp/
+      pvmlab vm cp t1:/var/log/installer/syslog .
+    Uses scp (SFTP) with the same key and known_hosts as `vm ssh`. A local file whose name
+    has a ':' is written ./name.
+    """
+    from pvmlab.vm import ssh
+
+    h = home()
+    h.require()
+    plan = ssh.scp_argv(h, src, dst, user, recursive)
+    ssh.target(h, plan.vm.name)
+    code = ssh.run_client(h, plan.vm, user, plan.argv)
+    if code != 0:
+        raise StateError(
+            f"copying {src} to {dst} failed (scp exit code {code})", "see scp's message above"
+        )
 
 
 @vm.command("clean")

@@ -100,6 +100,7 @@ class LabSpec(Record):
     address: Interface = "192.168.105.1/24"
     dhcp_start: IPv4
     dhcp_end: IPv4
+    uplink: bool = False  # outbound access for the targets (pvmlab.network.uplink)
     created: str = Field(default_factory=utc_now)
 
     @model_validator(mode="after")

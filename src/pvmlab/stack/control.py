@@ -38,6 +38,7 @@ from pvmlab import errors, spawn
 from pvmlab.errors import DependencyError, ProcessError, PvmlabError, StateError
 from pvmlab.home import LabHome, file_lock
 from pvmlab.network import lab as netlab
+from pvmlab.network import uplink
 from pvmlab.network.privilege import effective_caps, missing_caps, require_net_admin
 from pvmlab.records import store
 from pvmlab.records.models import LabSpec
@@ -195,8 +196,9 @@ class StackHealth:
 
     @property
     def services_broken(self) -> bool:
-        """Something other than a VM's tap is wrong: the services must be started again."""
-        return any(p.component != "tap" for p in self.problems)
+        """Something other than a VM's tap or the uplink is wrong: the services must be started
+        again (a tap is given back, the uplink restarted, on their own)."""
+        return any(p.component not in ("tap", "uplink") for p in self.problems)
 
 
 def _http_answers(netns: str, ip: str) -> str | None:
@@ -277,6 +279,9 @@ def stack_health(home: LabHome, lab: LabSpec | None = None) -> StackHealth:
         tap = netlab.tap_problem(home, name, qemu)
         if tap is not None:
             problems.append(StackProblem("tap", tap.problem, tap.hint))
+    if lab.uplink and not uplink.uplink_pids(home):
+        problems.append(StackProblem(
+            "uplink", f"the lab's uplink ({uplink.PROGRAM}) is not running"))
     return StackHealth(
         DEGRADED if problems else RUNNING, problems, sup, dns, http_ok, vms,
         live if live.get("supervisor_pid") == sup else {},
@@ -300,7 +305,7 @@ def require_serving(home: LabHome) -> None:
             "the provisioner stack is not running, so the VM would get no DHCP answer",
             "start it with `pvmlab provisioner start`",
         )
-    broken = [p for p in health.problems if p.component != "tap"]
+    broken = [p for p in health.problems if p.component not in ("tap", "uplink")]
     if broken:
         raise StateError(
             f"the lab is degraded: {'; '.join(p.problem for p in broken)}",
@@ -364,6 +369,7 @@ def start_stack(home: LabHome, timeout: float = START_TIMEOUT) -> dict[str, Any]
             return {**stack_status(home), "already_running": True, "was": RUNNING,
                     "repairs": [], "warnings": warnings}
         _preflight(home)
+        uplink.preflight(lab)
         dnsmasq.write_configs(home, lab)  # refuses bad records before anything is changed
         repairs = [p.problem for p in health.problems if p.component != "tap"]
         restart = health.state == STOPPED or health.services_broken
@@ -380,8 +386,11 @@ def start_stack(home: LabHome, timeout: float = START_TIMEOUT) -> dict[str, Any]
             else:
                 if done:
                     repairs.append(done)
-        if restart:
-            _launch(home, undo_network=not was_up and not health.vms, timeout=timeout)
+        made_network = not was_up and not health.vms
+        # the uplink, when the lab has one; on failure it is stopped and a new network removed
+        with uplink.attached(home, lab, undo=netlab.down if made_network else None):
+            if restart:
+                _launch(home, undo_network=False, timeout=timeout)
     if health.state == STOPPED:
         repairs = []
     return {**stack_status(home), "already_running": False, "was": health.state,
@@ -498,6 +507,7 @@ def stop_stack(
                     how = runtime.stop(home, name, timeout=VM_STOP_TIMEOUT, say=say)
                 stopped_vms.append({"name": name, "pid": vms[name], "how": how})
         stopped = _stop_stack_processes(home)
+        stopped += [{"name": "uplink", "pid": pid} for pid in uplink.stop(home)]
         stragglers = netlab.down(home)
         for path in (state_path(home), pid_file(home), dnsmasq.pid_path(home),
                      home.supervisor_socket):
@@ -554,6 +564,7 @@ def stack_status(home: LabHome) -> dict[str, Any]:
             {"name": d.name, "path": str(d.path), "problem": d.problem, "hint": d.hint}
             for d in damaged
         ],
+        "uplink": uplink.status(home, lab),
     }
 
 

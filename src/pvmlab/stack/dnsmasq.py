@@ -29,6 +29,7 @@ from pvmlab import arch
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome, file_lock, write_atomic
 from pvmlab.network import lab as netlab
+from pvmlab.network import uplink
 from pvmlab.records import store, validate
 from pvmlab.records.models import LabSpec, VMSpec
 from pvmlab.stack import render
@@ -152,6 +153,7 @@ def render_conf(
         ipaddress.IPv6Interface(ipv6)  # a ValueError here is a bug, not user input
     return _ENV.get_template("dnsmasq.conf.j2").render(
         router_advertisements=ipv6 is not None,
+        dns_upstream=uplink.DNS_FORWARD if lab.uplink else None,
         home_root=_safe_path(home.root.absolute()),
         bridge=_ifname(bridge or home.bridge),
         address=str(iface.ip),

@@ -17,7 +17,7 @@ from pathlib import Path
 from pvmlab.errors import StateError
 from pvmlab.home import LabHome
 from pvmlab.records import store
-from pvmlab.vm import runtime, state
+from pvmlab.vm import runtime, ssh, state
 from pvmlab.vm.define import reload_stack
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,13 @@ def remove_files(home: LabHome, name: str) -> None:
 def clean_vm(
     home: LabHome, name: str, *, reload: bool = True, say: Callable[[str], None] = lambda _m: None
 ) -> None:
-    store.load_vm(home, name)  # an unknown name is an error
+    spec = store.load_vm(home, name)  # an unknown name is an error
     how = runtime.stop(home, name, force=True, say=say)
     if how != "not-running":
         say(f"{name}: stopped ({how})")
     with home.locked():
         remove_files(home, name)
+    ssh.forget_host(home, spec.ip)  # a later machine at this address has another host key
     say(f"{name}: removed")
     if reload:
         reload_stack(home)

@@ -146,6 +146,9 @@ def create(home: LabHome, req: CreateRequest) -> VMSpec:
             with contextlib.suppress(FileNotFoundError):
                 home.vm_file(vm.name).unlink()
             raise
+    from pvmlab.vm import ssh
+
+    ssh.forget_host(home, vm.ip)  # a new machine: whatever key was recorded for its IP is stale
     reload_stack(home)
     return vm
 
