@@ -139,7 +139,7 @@ def test_missing_pasta_is_one_line_naming_the_package(
 ) -> None:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for program in ("ip", "dnsmasq", "nft", "sysctl"):
+    for program in ("ip", "dnsmasq", "nft", "sysctl", "setpriv", "nsenter"):
         found = shutil.which(program)
         assert found is not None, program
         (bin_dir / program).symlink_to(found)

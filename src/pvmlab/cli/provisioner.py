@@ -330,7 +330,7 @@ def _print_uplink(st: dict[str, Any]) -> None:
     if not up.get("enabled"):
         click.echo("uplink: none (targets have no outbound access; `provisioner create --uplink`)")
         return
-    if not up.get("running") and not st["running"]:
+    if not up.get("running") and st.get("state", "stopped") == "stopped":
         click.echo(f"uplink: on ({up['program']}, starts with the lab)")
         return
     if not up.get("running"):
