@@ -121,6 +121,18 @@ class LabHome:
     def vm_qmp(self, name: str) -> Path:
         return self.monitors / f"{name}.qmp"
 
+    # installcfg: a VM's own install template (copied at `vm create`), its install status
+    # (posted by the installer), and the lab's SSH public key the install configs authorise.
+    def vm_install_template(self, name: str) -> Path:
+        return self.vm_dir(name) / "install.j2"
+
+    def vm_install_status(self, name: str) -> Path:
+        return self.vm_dir(name) / "install-status.json"
+
+    @property
+    def ssh_public_key(self) -> Path:
+        return self.root / "ssh" / "id_ed25519.pub"
+
     def exists(self) -> bool:
         return self.root.is_dir()
 
