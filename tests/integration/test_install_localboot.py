@@ -1,0 +1,105 @@
+"""End to end: once a machine has reported itself installed, its network boot hands over to its
+local disk under real OVMF (x86_64 UEFI, PXE first, the disk as the second boot entry).
+
+The "installed system" on the disk is a stand-in, since a real install needs the uplink: a FAT
+disk (QEMU's vvfat, converted to qcow2) holding the lab's own iPXE as the removable-media boot
+file, with an ``autoexec.ipxe`` that prints a marker. Reaching that marker after the PXE chain
+proves the chain: firmware PXE -> iPXE -> per-MAC script says "installed" and exits with an
+error -> OVMF tries its next boot entry -> the disk boots. The status is recorded through the
+library call the HTTP route uses (the route itself, and its address check, are unit-tested).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_pvmlab
+from netlab import is_ours, kill_pid, running_lab
+from pvmlab.assets.ipxe import FIRST_STAGES
+from pvmlab.home import LabHome
+from pvmlab.records import store
+from pvmlab.records.models import DistroAssets
+from pvmlab.spawn import read_pid_file
+from pvmlab.stack import installcfg
+
+pytestmark = pytest.mark.integration
+
+DISK_MARK = "PVMLAB-LOCAL-DISK-OK"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[Path]:
+    home = (tmp_path / "home").absolute()
+    with running_lab(home):
+        try:
+            yield home
+        finally:
+            run_pvmlab("clean", home=home, check=False)
+            pid = read_pid_file(home / "pids" / "inst1.pid")
+            if pid is not None and is_ours(pid, str(home)):
+                kill_pid(pid)
+
+
+def fake_distro(home: LabHome) -> None:
+    """A distro record for the VM (its kernel is never fetched: the machine is installed)."""
+    folder = store.distro_dir(home, "debian-12", "x86_64")
+    folder.mkdir(parents=True)
+    (folder / "vmlinuz").write_bytes(b"not booted")
+    (folder / "initrd").write_bytes(b"not booted")
+    store.save_distro(home, DistroAssets(
+        name="debian-12", arch="x86_64", kernel_sha256="0" * 64, initrd_sha256="0" * 64,
+        kernel_size=10, initrd_size=10, source="netboot",
+    ))  # fmt: skip
+
+
+def installed_disk(home: LabHome, dest: Path, work: Path) -> None:
+    """A qcow2 disk that boots (UEFI removable-media path) iPXE, which prints DISK_MARK."""
+    boot = work / "EFI" / "BOOT"
+    boot.mkdir(parents=True)
+    (boot / "BOOTX64.EFI").write_bytes((home.tftp / FIRST_STAGES["efi-x86_64"]).read_bytes())
+    (boot / "autoexec.ipxe").write_text(f"#!ipxe\necho {DISK_MARK}\nshell\n")
+    dest.unlink()
+    subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", f"fat:{work}", str(dest)],
+                   check=True, timeout=60)  # fmt: skip
+
+
+def test_installed_machine_boots_its_disk_after_pxe(tmp_path: Path, lab: Path) -> None:
+    home = LabHome(lab)
+    fake_distro(home)
+    vm = json.loads(run_pvmlab(
+        "vm", "create", "inst1", "--arch", "x86_64", "--firmware", "uefi", "--distro",
+        "debian-12", "--unattended", "--disk-size", "64M", "--json", home=lab,
+    ).stdout)  # fmt: skip
+    installed_disk(home, home.vm_dir("inst1") / "disk.qcow2", tmp_path / "fat")
+    spec = store.load_vm(home, "inst1")
+    installcfg.record_status(home, spec, "installed", "stand-in disk", spec.ip)
+
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "pvmlab.cli.main", "--home", str(lab),
+            "vm", "start", "inst1", "--accel", "tcg", "--wait", "--wait-for", DISK_MARK,
+            "--timeout", "400",
+        ],
+        capture_output=True, text=True, timeout=500, cwd=REPO,
+    )  # fmt: skip
+    console = (lab / "logs" / "inst1.log").read_text(errors="replace")
+    assert proc.returncode == 0, proc.stdout + proc.stderr + console[-3000:]
+    said = "pvmlab: inst1 is installed, booting its local disk"
+    assert said in console
+    assert console.index(said) < console.index(DISK_MARK)
+    reqs = [json.loads(ln) for ln in (lab / "logs" / "http.log").read_text().splitlines()]
+    mine = [(r["path"], r["status"]) for r in reqs if r.get("client") == vm["ip"]]
+    assert ("/boot.ipxe", 200) in mine
+    assert not [p for p, _ in mine if p.startswith(("/images/", "/preseed/"))]
+
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        run_pvmlab("vm", "stop", "inst1", "--force", home=lab, check=False, timeout=60)
+    run_pvmlab("vm", "reinstall", "inst1", home=lab)
+    assert installcfg.status_summary(home, store.load_vm(home, "inst1")) == "pending"
