@@ -1,12 +1,17 @@
 """End to end: once a machine has reported itself installed, its network boot hands over to its
-local disk under real OVMF (x86_64 UEFI, PXE first, the disk as the second boot entry).
+local disk (x86_64, PXE first, the disk as the second boot entry), under OVMF and SeaBIOS.
 
-The "installed system" on the disk is a stand-in, since a real install needs the uplink: a FAT
-disk (QEMU's vvfat, converted to qcow2) holding the lab's own iPXE as the removable-media boot
-file, with an ``autoexec.ipxe`` that prints a marker. Reaching that marker after the PXE chain
-proves the chain: firmware PXE -> iPXE -> per-MAC script says "installed" and exits with an
-error -> OVMF tries its next boot entry -> the disk boots. The status is recorded through the
-library call the HTTP route uses (the route itself, and its address check, are unit-tested).
+The "installed system" on the disk is a stand-in, since a real install needs the uplink:
+- UEFI: a FAT disk (QEMU's vvfat, converted to qcow2) holding the lab's own iPXE as the
+  removable-media boot file, with an ``autoexec.ipxe`` that prints a marker. Reaching it after
+  the PXE chain proves: firmware PXE -> iPXE -> per-MAC script says "installed" and exits with an
+  error -> OVMF tries its next boot entry -> the disk boots.
+- BIOS: a 512-byte MBR boot sector that writes the marker to the first serial port. The NIC
+  ROM's iPXE runs ``sanboot --drive 0x80``; if that failed, the script's ``exit 1`` would make
+  SeaBIOS try the disk itself, so this proves the disk boots instead of the installer, not
+  which of the two paths got there (the iPXE ROM prints to VGA only).
+The status is recorded through the library call the HTTP route uses (the route itself, and its
+address check, are unit-tested).
 """
 
 from __future__ import annotations
@@ -70,14 +75,45 @@ def installed_disk(home: LabHome, dest: Path, work: Path) -> None:
                    check=True, timeout=60)  # fmt: skip
 
 
-def test_installed_machine_boots_its_disk_after_pxe(tmp_path: Path, lab: Path) -> None:
+def boot_sector_disk(dest: Path, work: Path) -> None:
+    """A qcow2 disk whose MBR writes DISK_MARK to COM1 (port 0x3f8) and halts."""
+    message = f"{DISK_MARK}\r\n".encode() + b"\0"
+    code = bytearray()
+    code += b"\xfa\xfc"  # cli; cld
+    code += b"\x31\xc0\x8e\xd8"  # xor ax,ax; mov ds,ax
+    at_si = len(code)
+    code += b"\xbe\x00\x00"  # mov si, message (patched below)
+    code += b"\xba\xf8\x03"  # mov dx, 0x3f8
+    loop = len(code)
+    code += b"\xac\x84\xc0\x74\x03"  # lodsb; test al,al; jz done
+    code += b"\xee"  # out dx, al
+    code += bytes([0xEB, (loop - (len(code) + 2)) & 0xFF])  # jmp loop
+    code += b"\xf4\xeb\xfd"  # done: hlt; jmp done
+    code[at_si + 1 : at_si + 3] = (0x7C00 + len(code)).to_bytes(2, "little")
+    sector = bytes(code) + message
+    raw = work / "mbr.img"
+    work.mkdir(parents=True)
+    raw.write_bytes(sector.ljust(510, b"\0") + b"\x55\xaa" + bytes(1024 * 1024 - 512))
+    dest.unlink()
+    subprocess.run(["qemu-img", "convert", "-q", "-f", "raw", "-O", "qcow2", str(raw), str(dest)],
+                   check=True, timeout=60)  # fmt: skip
+
+
+@pytest.mark.parametrize("firmware", ["uefi", "bios"])
+def test_installed_machine_boots_its_disk_after_pxe(
+    tmp_path: Path, lab: Path, firmware: str
+) -> None:
     home = LabHome(lab)
     fake_distro(home)
     vm = json.loads(run_pvmlab(
-        "vm", "create", "inst1", "--arch", "x86_64", "--firmware", "uefi", "--distro",
+        "vm", "create", "inst1", "--arch", "x86_64", "--firmware", firmware, "--distro",
         "debian-12", "--unattended", "--disk-size", "64M", "--json", home=lab,
     ).stdout)  # fmt: skip
-    installed_disk(home, home.vm_dir("inst1") / "disk.qcow2", tmp_path / "fat")
+    disk = home.vm_dir("inst1") / "disk.qcow2"
+    if firmware == "uefi":
+        installed_disk(home, disk, tmp_path / "fat")
+    else:
+        boot_sector_disk(disk, tmp_path / "mbr")
     spec = store.load_vm(home, "inst1")
     installcfg.record_status(home, spec, "installed", "stand-in disk", spec.ip)
 
@@ -92,11 +128,13 @@ def test_installed_machine_boots_its_disk_after_pxe(tmp_path: Path, lab: Path) -
     console = (lab / "logs" / "inst1.log").read_text(errors="replace")
     assert proc.returncode == 0, proc.stdout + proc.stderr + console[-3000:]
     said = "pvmlab: inst1 is installed, booting its local disk"
-    assert said in console
-    assert console.index(said) < console.index(DISK_MARK)
+    if firmware == "uefi":  # OVMF copies iPXE's console to the serial port; SeaBIOS does not
+        assert said in console
+        assert console.index(said) < console.index(DISK_MARK)
     reqs = [json.loads(ln) for ln in (lab / "logs" / "http.log").read_text().splitlines()]
     mine = [(r["path"], r["status"]) for r in reqs if r.get("client") == vm["ip"]]
     assert ("/boot.ipxe", 200) in mine
+    assert ("/ipxe", 200) in mine
     assert not [p for p, _ in mine if p.startswith(("/images/", "/preseed/"))]
 
     with contextlib.suppress(subprocess.TimeoutExpired):
