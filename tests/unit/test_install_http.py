@@ -144,6 +144,10 @@ def test_status_from_another_address_is_refused(server: Server) -> None:
                                   body=b"phase=installed", headers=form)  # fmt: skip
     assert status == 403 and "127.0.0.3 is not the address of VM deb" in body
     assert installcfg.read_status(server.home, "deb") == {}
+    refused = server.log(1)[0]
+    assert (refused["client"], refused["status"], refused["kind"], refused["vm"]) == (
+        CLOUD_IP, 403, "status", "deb"
+    )
     _, script = server.request("/ipxe?mac=0e-00-00-00-10-01", peer=CLOUD_IP)
     assert any(x.startswith("kernel ") for x in script.splitlines())
 

@@ -139,6 +139,8 @@ async def status(request: web.Request) -> web.Response:
     if phase is None:
         return _text(400, "no phase given (send phase=NAME, e.g. phase=installed)")
     _note(request, phase=phase[:32])
+    # On the event loop, not a thread: reports are serialised, so two of one machine never
+    # interleave their read-modify-write of its small status file.
     try:
         stored = installcfg.record_status(
             request.app[HOME_KEY], vm, phase, fields.get("message", ""), request.remote or ""
