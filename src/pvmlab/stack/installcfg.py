@@ -32,6 +32,7 @@ table knows it, its MAC (``peer_problem``).
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import traceback
@@ -282,11 +283,17 @@ def _template_line(exc: BaseException) -> int | None:
     return frames[-1].lineno if frames else None
 
 
+@functools.lru_cache(maxsize=64)
+def _compile(text: str) -> jinja2.Template:
+    """A template compiled once per distinct text (compiling costs more than rendering)."""
+    return _SANDBOX.from_string(text)
+
+
 def render_text(text: str, values: dict[str, Any], origin: str) -> str:
     """Render one template in the sandbox; every failure is one InstallTemplateError line."""
     hint = f"facts a template can use: {', '.join(sorted(values))}"
     try:
-        template = _SANDBOX.from_string(text)
+        template = _compile(text)
     except jinja2.TemplateSyntaxError as exc:
         raise InstallTemplateError(
             f"install template {origin}, line {exc.lineno}: {exc.message}",
