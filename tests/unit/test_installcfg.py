@@ -8,6 +8,7 @@ Everything here runs the real renderers and record code against a lab home made 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,17 @@ def test_no_lab_key_is_said_not_hidden(home: LabHome) -> None:
     assert "sshkey" not in ks and "NO SSH key" in ks
     preseed = docs(home, make(home, "n3", "debian-12", install="default"))["preseed"]
     assert "authorized_keys" not in preseed and "NO SSH key" in preseed
+
+
+def test_a_key_made_by_ssh_keygen_is_authorised(home: LabHome) -> None:
+    home.ssh_public_key.parent.mkdir(parents=True)
+    private = home.ssh_public_key.with_suffix("")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pvmlab lab key 1",
+                    "-f", str(private)], check=True)  # fmt: skip
+    key = home.ssh_public_key.read_text().strip()
+    vm = make(home, "k0", "debian-cloud", install="default")
+    user = yaml.safe_load(docs(home, vm)["user-data"])
+    assert user["users"][0]["ssh_authorized_keys"] == [key]
 
 
 def test_a_malformed_lab_key_is_refused(home: LabHome) -> None:

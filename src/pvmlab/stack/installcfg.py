@@ -75,9 +75,10 @@ MAX_OUTPUT = 1024 * 1024  # characters of a rendered document
 MAX_MESSAGE = 200  # characters of a status message kept
 MAX_HISTORY = 20  # status reports kept per VM
 PHASE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
-# An OpenSSH public key line: type, base64 blob, optional comment of plain characters.
+# An OpenSSH public key line: type, base64 blob, optional comment of plain characters (none
+# that a shell's double quotes or a YAML plain scalar would interpret: no quotes, $, `, \, #).
 _SSH_KEY = re.compile(
-    r"(ssh-[a-z0-9-]+|ecdsa-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+( [\w.@+-]+)?"
+    r"(ssh-[a-z0-9-]+|ecdsa-[a-z0-9-]+|sk-[a-z0-9@.-]+) [A-Za-z0-9+/=]+( [\w.@+:,=/ -]+)?"
 )
 
 _SANDBOX = render.sandbox()
