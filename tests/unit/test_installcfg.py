@@ -8,11 +8,16 @@ Everything here runs the real renderers and record code against a lab home made 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from pykickstart.constants import KS_SCRIPT_POST
+from pykickstart.errors import KickstartError
+from pykickstart.parser import KickstartParser
+from pykickstart.version import makeVersion
 
 from conftest import run_pvmlab
 from pvmlab.errors import StateError, ValidationError
@@ -162,6 +167,43 @@ def test_kickstart_has_the_machines_facts(home: LabHome) -> None:
     assert f'sshkey --username=pvmlab "{KEY}"' in lines
     assert "url --url=https://download.fedoraproject.org/pub/fedora/linux/releases/42/Everything/x86_64/os" in lines  # noqa: E501
     assert f"curl -fsS -X POST -d phase=installed -d message=post+done {BASE}/status/0e-00-00-00-00-0f || true" in lines  # noqa: E501
+
+
+def test_kickstart_parses_with_pykickstart(home: LabHome) -> None:
+    """Anaconda's own parser (pykickstart), for the Fedora version the catalog serves."""
+    with_key(home)
+    vm = make(home, "f2", "fedora-42", install="default", mac="0e:00:00:00:00:1f",
+              ip="192.168.105.22", proxy="http://192.168.105.1:3128")  # fmt: skip
+    handler = makeVersion("F42")
+    KickstartParser(handler).readKickstartFromString(docs(home, vm)["ks"])
+    net = handler.network.network[0]
+    assert (net.device, net.bootProto, net.ip, net.gateway) == (
+        "0e:00:00:00:00:1f", "static", "192.168.105.22", "192.168.105.1"
+    )
+    assert (handler.url.proxy, handler.rootpw.lock) == ("http://192.168.105.1:3128", True)
+    assert [(k.username, k.key) for k in handler.sshkey.sshUserList] == [("pvmlab", KEY)]
+    assert [u.name for u in handler.user.userList] == ["pvmlab"]
+    post = [s.script for s in handler.scripts if s.type == KS_SCRIPT_POST]
+    assert len(post) == 1 and f"phase=installed -d message=post+done {BASE}/status/" in post[0]
+    with pytest.raises(KickstartError, match="unrecognized arguments"):  # the parser is strict
+        KickstartParser(makeVersion("F42")).readKickstartFromString("network --bogus=1\n")
+
+
+@pytest.mark.skipif(shutil.which("debconf-set-selections") is None, reason="needs debconf")
+def test_preseed_passes_debconf_check(home: LabHome, tmp_path: Path) -> None:
+    """Every line is owner, question, type, value as debconf reads it (its --checkonly)."""
+    with_key(home)
+    for name, mirror in (("d2", None), ("d3", "https://mirror.example/debian")):
+        vm = make(home, name, "debian-12", install="default", mirror=mirror)
+        path = tmp_path / f"{name}.cfg"
+        path.write_text(docs(home, vm)["preseed"])
+        proc = subprocess.run(["debconf-set-selections", "--checkonly", str(path)],
+                              capture_output=True, text=True, check=False)  # fmt: skip
+        assert (proc.returncode, proc.stderr) == (0, ""), proc.stderr
+    path.write_text("d-i netcfg/get_hostname strang x\n")  # the check does catch a bad line
+    proc = subprocess.run(["debconf-set-selections", "--checkonly", str(path)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert "Unknown type" in proc.stderr
 
 
 def test_no_lab_key_is_said_not_hidden(home: LabHome) -> None:
