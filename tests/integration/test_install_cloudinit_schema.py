@@ -70,8 +70,9 @@ def test_shipped_cloud_config_is_valid(
     if with_key:
         home.ssh_public_key.parent.mkdir(parents=True)
         home.ssh_public_key.write_text(KEY + "\n")
-    vm = create(home, CreateRequest(name="c1", arch="x86_64", distro=distro, install="default",
-                                     proxy="http://192.168.105.1:3128"))  # fmt: skip
+    req = CreateRequest(name="c1", arch="x86_64", distro=distro, install="default",
+                        proxy="http://192.168.105.1:3128", disk_size="1G")  # fmt: skip
+    vm = create(home, req)
     assert vm.install == ("user-data" if source == "cloud-image" else "autoinstall")
     lab = store.load_lab(home)
     for doc in ("user-data", "vendor-data"):

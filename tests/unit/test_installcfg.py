@@ -61,6 +61,7 @@ def with_key(h: LabHome) -> None:
 
 
 def make(h: LabHome, name: str, distro: str, **kw: object) -> VMSpec:
+    kw.setdefault("disk_size", "1G")  # installers need a disk to install onto
     return create(h, CreateRequest(name=name, arch="x86_64", distro=distro, **kw))  # type: ignore[arg-type]
 
 
@@ -362,7 +363,7 @@ def test_cli_errors_are_one_line(home: LabHome, tmp_path: Path) -> None:
         (["--unattended", "--mirror", "ftp://x"], "invalid mirror"),
     ):
         proc = run_pvmlab("vm", "create", "c1", "--arch", "x86_64", "--distro", "fedora-42",
-                          *args, home=home.root, check=False)  # fmt: skip
+                          "--disk-size", "1G", *args, home=home.root, check=False)  # fmt: skip
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0] and "hint:" in lines[0], proc.stderr
@@ -378,12 +379,17 @@ def test_no_shipped_default_for_an_imported_kernel(home: LabHome) -> None:
         make(home, "x1", "mykernel", install="default")
     with pytest.raises(ValidationError, match="needs a distro"):
         create(home, CreateRequest(name="x2", arch="x86_64", install="default"))
+    with pytest.raises(ValidationError, match="no disk for the installer \\(kickstart\\)"):
+        make(home, "x3", "fedora-42", install="default", disk_size=None)
+    assert make(home, "x4", "debian-cloud", install="default", disk_size=None).install == (
+        "user-data"  # a cloud image brings its own root disk
+    )
 
 
 def test_cli_create_reinstall_and_list(home: LabHome) -> None:
     created = json.loads(run_pvmlab(
         "vm", "create", "l1", "--arch", "x86_64", "--distro", "debian-12", "--unattended",
-        "--json", home=home.root,
+        "--disk-size", "1G", "--json", home=home.root,
     ).stdout)  # fmt: skip
     assert created["install"] == "preseed"
     rows = json.loads(run_pvmlab("vm", "list", "--json", home=home.root).stdout)

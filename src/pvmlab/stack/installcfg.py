@@ -371,6 +371,11 @@ def resolve(
         raise ValidationError(
             f"unknown install kind {kind!r}", f"choose one of: {', '.join(INSTALL_KINDS)}"
         )
+    if chosen != "user-data" and vm.disk_bytes is None:
+        raise ValidationError(
+            f"VM {vm.name} has no disk for the installer ({chosen}) to install onto",
+            "give it one with --disk-size, e.g. --disk-size 10G",
+        )
     text = read_user_template(template) if template is not None else None
     origin = str(template.absolute()) if template is not None else None
     try:
