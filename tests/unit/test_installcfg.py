@@ -325,9 +325,17 @@ def test_user_template_is_copied_and_rendered(home: LabHome, tmp_path: Path) -> 
     )
     with pytest.raises(ValidationError, match="'nonsense' is undefined"):
         reinstall(home, "m1", "preseed", mine)
-    (tmp_path / "ok.preseed").write_text("second {{ name }}\n")
+    (tmp_path / "ok.preseed").write_text("second {{ name }} {{ mirror.url }}\n")
     reinstall(home, "m1", "preseed", tmp_path / "ok.preseed")
-    assert docs(home, store.load_vm(home, "m1"))["preseed"] == "second m1\n"
+    assert docs(home, store.load_vm(home, "m1"))["preseed"] == "second m1 \n"
+    reinstall(home, "m1", mirror="http://10.1.1.1/debian")  # keeps the template, new mirror
+    assert docs(home, store.load_vm(home, "m1"))["preseed"] == "second m1 http://10.1.1.1/debian\n"
+    with pytest.raises(ValidationError, match="invalid proxy"):
+        reinstall(home, "m1", proxy="http://x y")
+    reinstall(home, "m1", "default")  # back to the shipped preseed; the copy is gone
+    assert store.load_vm(home, "m1").install_template is None
+    assert not home.vm_install_template("m1").exists()
+    assert "d-i preseed/early_command" in docs(home, store.load_vm(home, "m1"))["preseed"]
 
 
 @pytest.mark.parametrize(

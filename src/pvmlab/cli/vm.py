@@ -164,12 +164,14 @@ def reinstall_cmd(name: str, as_json: bool, **install: Any) -> None:
     """Make VM NAME install again at its next network boot.
 
     Clears its install status, so its boot script runs the installer again instead of
-    booting the local disk. An install option replaces its install configuration first.
+    booting the local disk. Install options replace its install configuration (or mirror,
+    proxy) first.
     """
     from pvmlab.vm.define import reinstall
 
     req = _install_request(install)
-    spec = reinstall(home(), _name(name), req["install"], req["install_template"])
+    spec = reinstall(home(), _name(name), req["install"], req["install_template"],
+                     mirror=req["mirror"], proxy=req["proxy"])  # fmt: skip
     if as_json:
         emit_json(spec.model_dump(mode="json"))
     else:

@@ -166,31 +166,43 @@ def create(home: LabHome, req: CreateRequest) -> VMSpec:
 
 
 def reinstall(
-    home: LabHome, name: str, install: str | None = None, template: Path | None = None
+    home: LabHome,
+    name: str,
+    install: str | None = None,
+    template: Path | None = None,
+    *,
+    mirror: str | None = None,
+    proxy: str | None = None,
 ) -> VMSpec:
     """Have VM ``name`` install again at its next network boot: its install status is cleared
-    (so its iPXE script boots the installer again), and with ``install`` its install
-    configuration is replaced first (checked by rendering it, like at create)."""
+    (so its iPXE script boots the installer again). With ``install`` its install configuration
+    is replaced first, with ``mirror``/``proxy`` those; the result is checked by rendering it,
+    as at create."""
     lab = store.load_lab(home)
     with home.locked():
         vm = store.load_vm(home, validate.vm_name(name))
+        changes = {
+            what: installcfg.check_url(url, what)
+            for what, url in (("mirror", mirror), ("proxy", proxy))
+            if url is not None
+        }
+        vm = vm.model_copy(update=changes)
         text = None
         if install is not None:
             vm, text = installcfg.resolve(home, vm, install, template)
-            installcfg.check(home, lab, vm, base_url_for(lab), text)
         elif vm.install is None:
             raise ValidationError(
                 f"VM {vm.name} has no unattended install",
                 "give one: --unattended, or --preseed/--autoinstall/--kickstart/--user-data FILE",
             )
-        else:  # the stored template must still render
-            installcfg.check(home, lab, vm, base_url_for(lab))
+        installcfg.check(home, lab, vm, base_url_for(lab), text)
         if install is not None:
             installcfg.store_template(home, vm, text)
+        if install is not None or changes:
             store.save_vm(home, vm)
         installcfg.clear_status(home, vm.name)
-    # TODO(lead): when the uplink branch's SSH known_hosts forget function is merged, call it
-    # here for vm.ip / vm.name: the reinstalled machine has new host keys.
+    # TODO(lead): the uplink branch has pvmlab.vm.ssh.forget_host(home, ip); call it here with
+    # vm.ip once merged: the reinstalled machine comes back with new SSH host keys.
     return vm
 
 
