@@ -24,7 +24,7 @@ from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import store
 from pvmlab.records.models import DistroAssets, LabSpec, VMSpec
-from pvmlab.stack import bootconfig, installcfg
+from pvmlab.stack import bootconfig, dnsmasq, installcfg
 from pvmlab.stack.http import render_machine_script
 from pvmlab.vm.define import CreateRequest, create, reinstall
 
@@ -292,6 +292,16 @@ def test_installed_machine_boots_its_disk_until_reinstall(
     reinstall(home, "i1")
     assert installcfg.read_status(home, "i1") == {}
     assert script() == before
+
+
+def test_uefi_http_boot_is_refused_at_once(home: LabHome) -> None:
+    """After the script's ``exit 1`` OVMF tries its HTTP Boot entries before the disk. EDK2's
+    HTTP Boot retries its DHCP for ~60 s unless an offer carries option 60 "HTTPClient" and a
+    URL, so the lab answers with a URL its HTTP server refuses (404): on to the disk at once."""
+    conf = dnsmasq.render_conf(home, store.load_lab(home)).splitlines()
+    assert "dhcp-vendorclass=set:httpboot,HTTPClient" in conf
+    assert "dhcp-option-force=tag:httpboot,60,HTTPClient" in conf
+    assert "dhcp-boot=tag:!ipxe,tag:httpboot,http://192.168.105.1/no-http-boot" in conf
 
 
 def test_status_is_bounded_and_installed_sticks(home: LabHome) -> None:
