@@ -1,5 +1,5 @@
 """End to end: once a machine has reported itself installed, its network boot hands over to its
-local disk (x86_64, PXE first, the disk as the second boot entry), under OVMF and SeaBIOS.
+local disk (PXE first, the disk as the second boot entry), under OVMF, AAVMF and SeaBIOS.
 
 The "installed system" on the disk is a stand-in, since a real install needs the uplink:
 - UEFI: a FAT disk (QEMU's vvfat, converted to qcow2) holding the lab's own iPXE as the
@@ -52,23 +52,27 @@ def lab(tmp_path: Path) -> Iterator[Path]:
                 kill_pid(pid)
 
 
-def fake_distro(home: LabHome) -> None:
+def fake_distro(home: LabHome, arch: str) -> None:
     """A distro record for the VM (its kernel is never fetched: the machine is installed)."""
-    folder = store.distro_dir(home, "debian-12", "x86_64")
+    folder = store.distro_dir(home, "debian-12", arch)
     folder.mkdir(parents=True)
     (folder / "vmlinuz").write_bytes(b"not booted")
     (folder / "initrd").write_bytes(b"not booted")
     store.save_distro(home, DistroAssets(
-        name="debian-12", arch="x86_64", kernel_sha256="0" * 64, initrd_sha256="0" * 64,
+        name="debian-12", arch=arch, kernel_sha256="0" * 64, initrd_sha256="0" * 64,  # type: ignore[arg-type]
         kernel_size=10, initrd_size=10, source="netboot",
     ))  # fmt: skip
 
 
-def installed_disk(home: LabHome, dest: Path, work: Path) -> None:
+UEFI_BOOT = {"x86_64": ("efi-x86_64", "BOOTX64.EFI"), "aarch64": ("efi-arm64", "BOOTAA64.EFI")}
+
+
+def installed_disk(home: LabHome, arch: str, dest: Path, work: Path) -> None:
     """A qcow2 disk that boots (UEFI removable-media path) iPXE, which prints DISK_MARK."""
+    role, name = UEFI_BOOT[arch]
     boot = work / "EFI" / "BOOT"
     boot.mkdir(parents=True)
-    (boot / "BOOTX64.EFI").write_bytes((home.tftp / FIRST_STAGES["efi-x86_64"]).read_bytes())
+    (boot / name).write_bytes((home.tftp / FIRST_STAGES[role]).read_bytes())
     (boot / "autoexec.ipxe").write_text(f"#!ipxe\necho {DISK_MARK}\nshell\n")
     dest.unlink()
     subprocess.run(["qemu-img", "convert", "-q", "-O", "qcow2", f"fat:{work}", str(dest)],
@@ -99,19 +103,21 @@ def boot_sector_disk(dest: Path, work: Path) -> None:
                    check=True, timeout=60)  # fmt: skip
 
 
-@pytest.mark.parametrize("firmware", ["uefi", "bios"])
+@pytest.mark.parametrize(
+    ("arch", "firmware"), [("x86_64", "uefi"), ("x86_64", "bios"), ("aarch64", "uefi")]
+)
 def test_installed_machine_boots_its_disk_after_pxe(
-    tmp_path: Path, lab: Path, firmware: str
+    tmp_path: Path, lab: Path, arch: str, firmware: str
 ) -> None:
     home = LabHome(lab)
-    fake_distro(home)
+    fake_distro(home, arch)
     vm = json.loads(run_pvmlab(
-        "vm", "create", "inst1", "--arch", "x86_64", "--firmware", firmware, "--distro",
+        "vm", "create", "inst1", "--arch", arch, "--firmware", firmware, "--distro",
         "debian-12", "--unattended", "--disk-size", "64M", "--json", home=lab,
     ).stdout)  # fmt: skip
     disk = home.vm_dir("inst1") / "disk.qcow2"
     if firmware == "uefi":
-        installed_disk(home, disk, tmp_path / "fat")
+        installed_disk(home, arch, disk, tmp_path / "fat")
     else:
         boot_sector_disk(disk, tmp_path / "mbr")
     spec = store.load_vm(home, "inst1")
