@@ -308,6 +308,18 @@ class LabHome:
     def ssh_known_hosts(self) -> Path:
         return self.ssh_dir / "known_hosts"
 
+    # installcfg: a VM's own install template (copied at `vm create`), its install status
+    # (posted by the installer), and the lab's SSH public key the install configs authorise.
+    def vm_install_template(self, name: str) -> Path:
+        return self.vm_dir(name) / "install.j2"
+
+    def vm_install_status(self, name: str) -> Path:
+        return self.vm_dir(name) / "install-status.json"
+
+    @property
+    def ssh_public_key(self) -> Path:
+        return self.ssh_key.with_name(self.ssh_key.name + ".pub")
+
     def exists(self) -> bool:
         return self.root.is_dir()
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
 from pvmlab.arch import CLI_CHOICES, DEFAULT_FIRMWARE, FIRMWARE_NAMES
 from pvmlab.cli.common import emit_json, home, json_option
-from pvmlab.errors import StateError
+from pvmlab.errors import StateError, ValidationError
 from pvmlab.qemu.argv import ACCEL_NAMES, BOOT_MODES, Boot
 from pvmlab.records import store, validate
 from pvmlab.records.models import DEFAULT_CPUS, DEFAULT_MEMORY_MIB
@@ -29,6 +30,51 @@ def _err(msg: str) -> None:
 
 def _name(value: str) -> str:
     return validate.vm_name(value)
+
+
+_TEMPLATE_NOTE = " A Jinja2 template, copied at create (see docs/install.md)."
+_INSTALL_FILES = {
+    "preseed": "Install unattended with this Debian/Ubuntu installer preseed.",
+    "autoinstall": "Install unattended with this Ubuntu autoinstall (cloud-config user-data"
+    " with an autoinstall: key).",
+    "kickstart": "Install unattended with this Fedora/RHEL kickstart.",
+    "user-data": "Boot with this cloud-init NoCloud user-data (cloud images).",
+}
+
+
+def install_options(fn: Any) -> Any:
+    """The options that give a VM an unattended install (shared by create and reinstall)."""
+    path = click.Path(dir_okay=False, path_type=Path)
+    fn = click.option("--proxy", help="HTTP proxy URL the installer uses.")(fn)
+    fn = click.option(
+        "--mirror", help="Package mirror URL the installer uses (http(s)://host[:port]/path)."
+    )(fn)
+    for kind, text in reversed(_INSTALL_FILES.items()):
+        fn = click.option(f"--{kind}", f"install_{kind.replace('-', '_')}", type=path,
+                          metavar="FILE", help=text + _TEMPLATE_NOTE)(fn)  # fmt: skip
+    return click.option(
+        "--unattended",
+        is_flag=True,
+        help="Install unattended with the shipped configuration for the distro (debian: preseed,"
+        " ubuntu: autoinstall, fedora: kickstart, cloud images: user-data): SSH server, user"
+        " pvmlab with sudo and the lab's SSH key.",
+    )(fn)
+
+
+def _install_request(opts: dict[str, Any]) -> dict[str, Any]:
+    """The install fields of a request from the install options (at most one kind)."""
+    given = [(k, opts[f"install_{k.replace('-', '_')}"]) for k in _INSTALL_FILES]
+    chosen = [(k, p) for k, p in given if p is not None]
+    if opts["unattended"]:
+        chosen.append(("default", None))
+    if len(chosen) > 1:
+        raise ValidationError(
+            "give at most one of --unattended, --preseed, --autoinstall, --kickstart, --user-data",
+            "a VM installs with one configuration",
+        )
+    kind, template = chosen[0] if chosen else (None, None)
+    return {"install": kind, "install_template": template,
+            "mirror": opts["mirror"], "proxy": opts["proxy"]}  # fmt: skip
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -70,6 +116,7 @@ def vm() -> None:
     "--cpus", type=int, default=DEFAULT_CPUS, show_default=True, help="Number of virtual CPUs."
 )
 @click.option("--disk-size", help="Create a qcow2 disk of this size (e.g. 10G).")
+@install_options
 @json_option
 def create_cmd(
     name: str,
@@ -83,10 +130,12 @@ def create_cmd(
     cpus: int,
     disk_size: str | None,
     as_json: bool,
+    **install: Any,
 ) -> None:
     """Define a target VM.
 
-    Written to vms/NAME.json; a running stack reserves its MAC and IP at once.
+    Written to vms/NAME.json; a running stack reserves its MAC and IP at once. With an install
+    option the VM installs unattended at its network boots until it reports itself installed.
     """
     from pvmlab.qemu.accel import host_arch
     from pvmlab.vm.define import CreateRequest, create
@@ -102,6 +151,7 @@ def create_cmd(
         memory_mib=memory,
         cpus=cpus,
         disk_size=disk_size,
+        **_install_request(install),
     )
     spec = create(home(), req)
     if as_json:
@@ -110,6 +160,32 @@ def create_cmd(
         _say(
             f"created VM {spec.name}: {spec.arch} {spec.firmware}, MAC {spec.mac}, IP {spec.ip}"
             + (f", distro {spec.distro}" if spec.distro else "")
+            + (f", unattended install ({spec.install})" if spec.install else "")
+        )
+
+
+@vm.command("reinstall")
+@click.argument("name")
+@install_options
+@json_option
+def reinstall_cmd(name: str, as_json: bool, **install: Any) -> None:
+    """Make VM NAME install again at its next network boot.
+
+    Clears its install status, so its boot script runs the installer again instead of
+    booting the local disk. Install options replace its install configuration (or mirror,
+    proxy) first.
+    """
+    from pvmlab.vm.define import reinstall
+
+    req = _install_request(install)
+    spec = reinstall(home(), _name(name), req["install"], req["install_template"],
+                     mirror=req["mirror"], proxy=req["proxy"])  # fmt: skip
+    if as_json:
+        emit_json(spec.model_dump(mode="json"))
+    else:
+        _say(
+            f"VM {spec.name} installs again ({spec.install}) at its next network boot"
+            f" (`pvmlab vm start {spec.name}`; restart it if it is running)"
         )
 
 
@@ -287,6 +363,7 @@ def stop_cmd(name: str, force: bool, timeout: float) -> None:
 
 
 def _rows() -> list[dict[str, Any]]:
+    from pvmlab.stack import installcfg
     from pvmlab.vm import state
 
     h = home()
@@ -307,6 +384,7 @@ def _rows() -> list[dict[str, Any]]:
                 "state": "running" if pid is not None else "stopped",
                 "accel": rt.accel if rt else None,
                 "pid": pid,
+                "install": installcfg.status_summary(h, spec),
             }
         )
     return out
@@ -323,7 +401,8 @@ def list_cmd(as_json: bool) -> None:
     if not rows:
         _say("no VMs (create one with `pvmlab vm create NAME`)")
         return
-    cols = ["name", "arch", "firmware", "boot", "mac", "ip", "distro", "state", "accel", "pid"]
+    cols = ["name", "arch", "firmware", "boot", "mac", "ip", "distro", "state", "accel", "pid",
+            "install"]  # fmt: skip
     cells = [[c.upper() for c in cols]] + [[str(r[c] or "-") for c in cols] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     for row in cells:  # plain aligned columns: readable, and never wrapped in a pipe

@@ -11,9 +11,10 @@ them again when a file is read back, so a hand-edited file cannot smuggle bad va
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticError
@@ -75,6 +76,23 @@ SHA256 = Annotated[str, _checked(validate.sha256)]
 MemoryMiB = Annotated[int, _checked(validate.memory_mib)]
 CPUs = Annotated[int, _checked(validate.cpus)]
 Interface = Annotated[str, _checked(lambda value: str(validate.ipv4_interface(value)))]
+
+InstallKind = Literal["preseed", "autoinstall", "kickstart", "user-data"]
+INSTALL_KINDS: tuple[InstallKind, ...] = ("preseed", "autoinstall", "kickstart", "user-data")
+# A mirror or proxy URL goes into installer files (preseed lines, YAML, kickstart options):
+# http(s), a host, an optional port and a plain path; nothing that could end a value.
+_HTTP_URL = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?(/[A-Za-z0-9._~/+-]*)?")
+
+
+def http_url(value: str) -> str:
+    if not _HTTP_URL.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a plain http(s) URL (scheme, host, optional port and path)"
+        )
+    return value
+
+
+HttpURL = Annotated[str, AfterValidator(http_url)]
 
 
 def first_problem(exc: Exception) -> str:
@@ -141,6 +159,12 @@ class VMSpec(Record):
     cpus: CPUs = DEFAULT_CPUS
     disk_bytes: int | None = None
     created: str = Field(default_factory=utc_now)
+    # Unattended install (pvmlab.stack.installcfg): what the installer is given over HTTP, the
+    # user's template file it was copied from (None: the shipped default), mirror and proxy.
+    install: InstallKind | None = None
+    install_template: str | None = None
+    mirror: HttpURL | None = None
+    proxy: HttpURL | None = None
 
 
 class DistroAssets(Record):

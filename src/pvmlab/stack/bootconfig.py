@@ -9,7 +9,12 @@ built from it prints that and exits to the next boot device.
 The kernel command line is the VM's own when set, else the distro's, plus:
   - ``initrd=<name>`` naming the initrd as iPXE loads it (``initrd --name``); old iPXE builds
     under EFI do not hand the initrd to the kernel without it (lab-facts, "NIC ROM trap");
-  - a serial console when none is given (``ttyAMA0`` on aarch64, ``ttyS0`` on x86_64).
+  - a serial console when none is given (``ttyAMA0`` on aarch64, ``ttyS0`` on x86_64);
+  - for an unattended install, the pointer to the machine's install configuration
+    (``pvmlab.stack.installcfg.kernel_args``).
+
+Once such a machine has reported itself installed, its config says ``local_boot``: the iPXE
+script then leaves the network boot for the local disk (until ``vm reinstall``).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pvmlab.errors import PvmlabError
 from pvmlab.home import LabHome
 from pvmlab.records import store, validate
 from pvmlab.records.models import Arch, DistroAssets, Firmware, LabSpec, VMSpec
+from pvmlab.stack import installcfg
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,8 @@ class BootConfig(BaseModel):
     kernel_sha256: str | None = None
     initrd_sha256: str | None = None
     problem: str | None = None  # why this machine cannot boot from the network (None: it can)
+    install: str | None = None  # unattended install kind (installcfg), when the VM has one
+    local_boot: bool = False  # installed: the script boots the local disk, not the installer
 
     @property
     def bootable(self) -> bool:
@@ -118,12 +126,16 @@ def _distro_problem(home: LabHome, vm: VMSpec) -> tuple[DistroAssets | None, str
 def build(home: LabHome, vm: VMSpec, base_url: str) -> BootConfig:
     """The boot configuration of one VM (``problem`` set when it cannot boot)."""
     head = BootConfig(
-        vm=vm.name, mac=vm.mac, ip=vm.ip, arch=vm.arch, firmware=vm.firmware, distro=vm.distro
+        vm=vm.name, mac=vm.mac, ip=vm.ip, arch=vm.arch, firmware=vm.firmware, distro=vm.distro,
+        install=vm.install,
     )
+    if vm.install is not None and installcfg.is_installed(home, vm.name):
+        return head.model_copy(update={"local_boot": True})
     distro, problem = _distro_problem(home, vm)
     if distro is None:
         return head.model_copy(update={"problem": problem})
     base = vm.cmdline if vm.cmdline is not None else distro.cmdline
+    base = " ".join([base, *installcfg.kernel_args(vm, base_url)])
     cmdline = compose_cmdline(base, vm.arch, distro.initrd)
     try:
         validate.cmdline(cmdline)

@@ -305,6 +305,8 @@ def make_app(home: LabHome, lab: LabSpec, url: str) -> web.Application:
     app.router.add_get("/config/{mac}", config_json)
     app.router.add_get("/images/{path:.+}", images)
     app.router.add_get("/tftp/{path:.+}", tftp)
+    from pvmlab.stack import installroutes  # unattended installs: /preseed, /ks, /nocloud, /status
+    installroutes.add_routes(app)
     return app
 
 

@@ -12,6 +12,7 @@ import ipaddress
 import logging
 import shutil
 from dataclasses import dataclass
+from pathlib import Path
 
 from pvmlab import spawn
 from pvmlab.arch import check_pair
@@ -25,6 +26,8 @@ from pvmlab.records.models import (
     LabSpec,
     VMSpec,
 )
+from pvmlab.stack import installcfg
+from pvmlab.stack.bootconfig import base_url_for
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,10 @@ class CreateRequest:
     memory_mib: int = DEFAULT_MEMORY_MIB
     cpus: int = DEFAULT_CPUS
     disk_size: str | None = None
+    install: str | None = None  # an install kind, or "default" (the distro's shipped one)
+    install_template: Path | None = None  # the user's template (None: the shipped default)
+    mirror: str | None = None
+    proxy: str | None = None
 
 
 def check_ip(lab: LabSpec, value: str, taken: dict[str, str]) -> ipaddress.IPv4Address:
@@ -84,6 +91,9 @@ def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
     cpus = validate.cpus(req.cpus)
     disk_bytes = validate.disk_size(req.disk_size) if req.disk_size is not None else None
     cmdline = validate.cmdline(req.cmdline) if req.cmdline is not None else None
+    for what, url in (("mirror", req.mirror), ("proxy", req.proxy)):
+        if url is not None:
+            installcfg.check_url(url, what)
     distro = None
     if req.distro is not None:
         distro = validate.distro_name(req.distro)
@@ -121,6 +131,8 @@ def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
         memory_mib=memory,
         cpus=cpus,
         disk_bytes=disk_bytes,
+        mirror=req.mirror,
+        proxy=req.proxy,
     )
 
 
@@ -130,6 +142,8 @@ def create(home: LabHome, req: CreateRequest) -> VMSpec:
     lab = store.load_lab(home)
     with home.locked():
         vm = validate_request(home, lab, req)
+        vm, template = installcfg.resolve(home, vm, req.install, req.install_template)
+        installcfg.check(home, lab, vm, base_url_for(lab), template)
         vm_dir = home.vm_dir(vm.name)
         made_dir = not vm_dir.exists()
         try:
@@ -139,6 +153,7 @@ def create(home: LabHome, req: CreateRequest) -> VMSpec:
                 spawn.run(
                     ["qemu-img", "create", "-q", "-f", "qcow2", str(disk), str(vm.disk_bytes)]
                 )
+            installcfg.store_template(home, vm, template)
             store.save_vm(home, vm)
         except BaseException:
             if made_dir:
@@ -150,6 +165,48 @@ def create(home: LabHome, req: CreateRequest) -> VMSpec:
 
     ssh.forget_host(home, vm.ip)  # a new machine: whatever key was recorded for its IP is stale
     reload_stack(home)
+    return vm
+
+
+def reinstall(
+    home: LabHome,
+    name: str,
+    install: str | None = None,
+    template: Path | None = None,
+    *,
+    mirror: str | None = None,
+    proxy: str | None = None,
+) -> VMSpec:
+    """Have VM ``name`` install again at its next network boot: its install status is cleared
+    (so its iPXE script boots the installer again). With ``install`` its install configuration
+    is replaced first, with ``mirror``/``proxy`` those; the result is checked by rendering it,
+    as at create."""
+    lab = store.load_lab(home)
+    with home.locked():
+        vm = store.load_vm(home, validate.vm_name(name))
+        changes = {
+            what: installcfg.check_url(url, what)
+            for what, url in (("mirror", mirror), ("proxy", proxy))
+            if url is not None
+        }
+        vm = vm.model_copy(update=changes)
+        text = None
+        if install is not None:
+            vm, text = installcfg.resolve(home, vm, install, template)
+        elif vm.install is None:
+            raise ValidationError(
+                f"VM {vm.name} has no unattended install",
+                "give one: --unattended, or --preseed/--autoinstall/--kickstart/--user-data FILE",
+            )
+        installcfg.check(home, lab, vm, base_url_for(lab), text)
+        if install is not None:
+            installcfg.store_template(home, vm, text)
+        if install is not None or changes:
+            store.save_vm(home, vm)
+        installcfg.clear_status(home, vm.name)
+    from pvmlab.vm import ssh
+
+    ssh.forget_host(home, vm.ip)  # the reinstalled machine comes back with new SSH host keys
     return vm
 
 

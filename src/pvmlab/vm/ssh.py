@@ -59,7 +59,7 @@ def _require(program: str) -> str:
 
 
 def public_key_path(home: LabHome) -> Path:
-    return home.ssh_key.with_name(home.ssh_key.name + ".pub")
+    return home.ssh_public_key
 
 
 def ensure_key(home: LabHome) -> Path:

@@ -1,0 +1,160 @@
+"""The HTTP side of unattended installs (``pvmlab.stack.installcfg``), added to the lab's server:
+
+    GET  /preseed/<mac>              the machine's preseed            (install kind preseed)
+    GET  /ks/<mac>                   its kickstart                    (kickstart)
+    GET  /nocloud/<mac>/<doc>        user-data, meta-data, vendor-data, network-config
+                                                                      (user-data, autoinstall)
+    POST /status/<mac>               an install phase: ``phase`` and ``message`` as a form,
+                                     JSON object or query parameters (body at most 4 KiB)
+
+Only the machine may ask (its reserved address, and its MAC when the neighbour table knows the
+peer): anyone else gets 403, an unknown MAC 404, a machine without this kind of configuration
+404. A template that fails to render answers 500 with one line of text, and logs that line.
+Each request's log line (logs/http.log) carries ``mac``, ``vm`` and ``kind`` (the document, or
+``status``) and, for status reports, ``phase``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from pvmlab.errors import PvmlabError, ValidationError
+from pvmlab.home import LabHome
+from pvmlab.records import store, validate
+from pvmlab.records.models import LabSpec, VMSpec
+from pvmlab.stack import installcfg
+from pvmlab.stack.http import EXTRA, HOME_KEY, LAB_KEY, TEXT, URL_KEY
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 4096
+
+
+def _note(request: web.Request, **fields: Any) -> None:
+    if EXTRA not in request:
+        request[EXTRA] = {}
+    request[EXTRA].update(fields)
+
+
+def _text(status: int, text: str) -> web.Response:
+    return web.Response(status=status, text=text + "\n", content_type=TEXT, charset="utf-8")
+
+
+async def _machine(request: web.Request, kind: str) -> VMSpec:
+    """The VM the path's MAC names, when the peer is that VM (else an HTTP error)."""
+    _note(request, kind=kind)
+    try:
+        mac = validate.mac(request.match_info["mac"])
+    except ValidationError as exc:
+        raise web.HTTPBadRequest(text=f"{exc.problem}\n") from None
+    _note(request, mac=mac)
+    vms = await asyncio.to_thread(store.load_vms, request.app[HOME_KEY])
+    vm = installcfg.find_vm(vms, mac)
+    if vm is None:
+        raise web.HTTPNotFound(text=f"no VM in this lab has MAC {mac}\n")
+    _note(request, vm=vm.name)
+    neighbours = await asyncio.to_thread(installcfg.neighbour_macs)
+    problem = installcfg.peer_problem(vm, request.remote, neighbours)
+    if problem is not None:
+        log.warning("refused %s %s from %s: %s", request.method, request.path,
+                    request.remote, problem)  # fmt: skip
+        raise web.HTTPForbidden(text=f"forbidden: {problem}\n")
+    return vm
+
+
+async def _document(request: web.Request, doc: str) -> web.Response:
+    vm = await _machine(request, doc)
+    if vm.install is None or doc not in installcfg.documents(vm.install):
+        what = vm.install or "no unattended install"
+        return _text(404, f"VM {vm.name} has {what}, so no {doc} document")
+    home: LabHome = request.app[HOME_KEY]
+    lab: LabSpec = request.app[LAB_KEY]
+    base = request.app[URL_KEY]["base"]
+    try:
+        text = await asyncio.to_thread(installcfg.render_document, home, lab, vm, doc, base)
+    except PvmlabError as exc:
+        line = f"cannot render {doc} for VM {vm.name}: {exc.problem}"
+        log.warning("%s", line)
+        return _text(500, f"pvmlab: {line}")
+    return web.Response(text=text, content_type=TEXT, charset="utf-8")
+
+
+async def preseed(request: web.Request) -> web.Response:
+    return await _document(request, "preseed")
+
+
+async def kickstart(request: web.Request) -> web.Response:
+    return await _document(request, "ks")
+
+
+async def nocloud(request: web.Request) -> web.Response:
+    doc = request.match_info["doc"]
+    if doc not in installcfg.NOCLOUD_DOCS:
+        raise web.HTTPNotFound(text="not found: not a NoCloud document\n")
+    return await _document(request, doc)
+
+
+async def _status_fields(request: web.Request) -> dict[str, str]:
+    """phase and message from the query, then the body (form or JSON object)."""
+    declared = request.content_length or 0
+    if declared > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=declared)
+    body = b""
+    while len(body) <= MAX_BODY:  # read() returns what has arrived: collect up to the end
+        chunk = await request.content.read(MAX_BODY + 1 - len(body))
+        if not chunk:
+            break
+        body += chunk
+    if len(body) > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(body))
+    fields = {k: v for k, v in request.query.items() if k in ("phase", "message")}
+    if not body.strip():
+        return fields
+    if request.content_type == "application/json":
+        try:
+            obj = json.loads(body)
+        except ValueError:
+            raise web.HTTPBadRequest(text="the body is not JSON\n") from None
+        if not isinstance(obj, dict):
+            raise web.HTTPBadRequest(text="the JSON body is not an object\n")
+        pairs = [(k, v) for k, v in obj.items() if isinstance(v, str)]
+    else:  # a form (wget --post-data, curl -d, cloud-init's phone_home)
+        pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+    fields.update({k: v for k, v in pairs if k in ("phase", "message")})
+    return fields
+
+
+async def status(request: web.Request) -> web.Response:
+    vm = await _machine(request, "status")
+    if vm.install is None:
+        return _text(409, f"VM {vm.name} has no unattended install to report on")
+    fields = await _status_fields(request)
+    phase = fields.get("phase")
+    if phase is None:
+        return _text(400, "no phase given (send phase=NAME, e.g. phase=installed)")
+    _note(request, phase=phase[:32])
+    # On the event loop, not a thread: reports are serialised, so two of one machine never
+    # interleave their read-modify-write of its small status file.
+    try:
+        stored = installcfg.record_status(
+            request.app[HOME_KEY], vm, phase, fields.get("message", ""), request.remote or ""
+        )
+    except ValidationError as exc:
+        return _text(400, exc.problem)
+    log.info("VM %s reports install phase %s", vm.name, phase)
+    return web.json_response(
+        {"vm": vm.name, "phase": stored["phase"], "installed": stored["installed"]}
+    )
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/preseed/{mac}", preseed)
+    app.router.add_get("/ks/{mac}", kickstart)
+    app.router.add_get("/nocloud/{mac}/{doc}", nocloud)
+    app.router.add_post("/status/{mac}", status)
