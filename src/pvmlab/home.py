@@ -121,6 +121,11 @@ class LabHome:
     def vm_qmp(self, name: str) -> Path:
         return self.monitors / f"{name}.qmp"
 
+    # boot: one VM's lock (start/stop/clean of that VM), beside its pid file; never deleted
+    # while the lab lives, so every holder locks the same file
+    def vm_lock(self, name: str) -> Path:
+        return self.pids / f"{name}.lock"
+
     def exists(self) -> bool:
         return self.root.is_dir()
 

@@ -143,6 +143,7 @@ def start_detached(
     log_file: Path | None = None,
     env: Mapping[str, str] | None = None,
     stdin_devnull: bool = True,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
     """Start a long-lived program in its own session (it survives pvmlab's exit).
 
@@ -165,6 +166,7 @@ def start_detached(
             start_new_session=True,
             env=dict(env) if env is not None else None,
             close_fds=True,
+            pass_fds=tuple(pass_fds),  # e.g. a pipe the program reports back on
         )
     except FileNotFoundError as exc:
         raise _not_found(full[0]) from exc

@@ -156,3 +156,14 @@ def test_bios_on_aarch64_has_no_machine() -> None:
 def test_argv_is_pure() -> None:
     c = cfg(disk=Path("/d.qcow2"))
     assert build_argv(c) == build_argv(c)
+
+
+@pytest.mark.parametrize(("arch", "firmware", "device"), [
+    ("x86_64", "uefi", "pvpanic"),
+    ("x86_64", "bios", "pvpanic"),
+    ("aarch64", "uefi", "pvpanic-pci"),
+])  # fmt: skip
+def test_guest_panics_reach_qemu_and_pause_the_vm(arch: str, firmware: str, device: str) -> None:
+    argv = build_argv(cfg(arch=arch, firmware=firmware))
+    assert device in opt(argv, "-device")
+    assert opt(argv, "-action") == ["panic=pause"]

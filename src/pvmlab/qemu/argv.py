@@ -145,6 +145,14 @@ def _boot_menu(cfg: QemuConfig) -> list[str]:
     return ["-boot", "menu=on,splash-time=0"]
 
 
+def _panic_device(cfg: QemuConfig) -> list[str]:
+    """A pvpanic device, so a guest kernel's panic reaches QEMU (a guest with the pvpanic driver
+    reports it), and ``panic=pause``: the VM then stays, in run state ``guest-panicked``, for
+    ``vm list`` and ``vm start --wait`` to report (QEMU's default would exit)."""
+    device = "pvpanic-pci" if cfg.arch == "aarch64" else "pvpanic"  # ISA on x86_64 (pc, q35)
+    return ["-device", device, "-action", "panic=pause"]
+
+
 def _nic(cfg: QemuConfig, bootindex: int | None) -> list[str]:
     if cfg.tap is None:
         return []
@@ -217,6 +225,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         "-qmp", f"unix:{_opt(cfg.qmp_socket)},server=on,wait=off",
         "-pidfile", str(cfg.pid_file),
         *_rng(cfg),
+        *_panic_device(cfg),
         *_boot_menu(cfg),
         *_nic(cfg, nic_index),
         *_ipxe_media(cfg, media_index),
