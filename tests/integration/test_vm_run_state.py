@@ -273,3 +273,33 @@ def test_a_damaged_record_is_contained(tmp_path: Path, boot_assets: dict[str, Bo
         err = cleaned.stderr.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("pvmlab: error: could not remove 1 VM(s): newer")
         assert set(listing(home)) == {"newer"} and not qemus_of(home)
+
+
+def test_boots_in_parallel_threads_report_the_timeline_s_seconds(
+    tmp_path: Path, boot_assets: dict[str, BootAssets]
+) -> None:
+    """`start_and_wait` for two VMs at once from two threads (what a lab-file runner does):
+    both ready, each with the very seconds `vm timeline` gives for that boot (one clock)."""
+    import re
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pvmlab.observe import timeline
+    from pvmlab.vm import boot
+
+    with lab_with(tmp_path, {"tiny": boot_assets["x86_64"]}) as home:
+        lab = LabHome(home)
+        names = ["p1", "p2"]
+        for name in names:
+            create(home, name, "tiny")
+        pattern = re.compile(MARKER)
+
+        def one(name: str) -> boot.BootResult:
+            return boot.start_and_wait(lab, name, pattern=pattern, timeout=600, accel="tcg")
+
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(pool.map(one, names))
+        for name, result in zip(names, results, strict=True):
+            assert (result.name, result.outcome) == (name, "ready"), result.reason
+            assert result.line.startswith(f"{MARKER} console=ttyS0")
+            assert result.elapsed == timeline.for_vm(lab, name, pattern).total
+        assert results[0].pid != results[1].pid
