@@ -232,7 +232,9 @@ def test_a_damaged_record_is_contained(tmp_path: Path, boot_assets: dict[str, Bo
         lab = LabHome(home)
         good = create(home, "good", "tiny", HOLD)
         bad = create(home, "bad", "tiny", HOLD)
-        run_pvmlab("vm", "start", "bad", "--accel", "tcg", home=home)
+        run_pvmlab(
+            "vm", "start", "bad", "--accel", "tcg", "--wait-for", "pvmlab: holding", home=home
+        )  # fmt: skip
         record = json.loads(lab.vm_file("bad").read_text())
         record["memory_mib"] = "lots"  # invalid, but the MAC and IP can still be read
         lab.vm_file("bad").write_text(json.dumps(record))
@@ -246,6 +248,8 @@ def test_a_damaged_record_is_contained(tmp_path: Path, boot_assets: dict[str, Bo
         assert rows["bad"]["pid"] in qemus_of(home)  # still running, by its pid file
         table = run_pvmlab("vm", "list", home=home)
         assert f"bad: damaged record {lab.vm_file('bad')}" in table.stderr
+        logs = run_pvmlab("vm", "logs", "bad", home=home).stdout
+        assert "pvmlab: holding (pvmlab.hold)" in logs.splitlines()
 
         newer = create(home, "newer", "tiny")  # not blocked, and keeps off bad's address
         assert newer["ip"] not in (good["ip"], bad["ip"])

@@ -9,6 +9,7 @@ import click
 
 from pvmlab.cli.common import emit_json, home, json_option
 from pvmlab.errors import StateError
+from pvmlab.home import LabHome
 from pvmlab.records import store, validate
 
 DEFAULT_WAIT_FOR = r"login:"
@@ -24,6 +25,13 @@ def _err(msg: str) -> None:
 
 def _name(value: str) -> str:
     return validate.vm_name(value)
+
+
+def _require_defined(h: LabHome, name: str) -> None:
+    """VM ``name`` has a record, readable or not (its logs and console need no more)."""
+    h.require()
+    if not h.vm_file(name).exists():
+        raise StateError(f"no VM named {name!r}", "see `pvmlab vm list` for the defined VMs")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -361,7 +369,7 @@ def logs_cmd(name: str, follow: bool, lines: int | None) -> None:
 
     name = _name(name)
     h = home()
-    store.load_vm(h, name)
+    _require_defined(h, name)
     path = h.vm_log(name)
     if not follow:
         if lines is not None:
@@ -390,7 +398,7 @@ def console_cmd(name: str) -> None:
 
     name = _name(name)
     h = home()
-    store.load_vm(h, name)
+    _require_defined(h, name)
     if state.running_pid(h, name) is None:
         raise StateError(
             f"VM {name} is not running",
@@ -420,7 +428,7 @@ def clean_vm_cmd(name: str | None, all_: bool) -> None:
     clean.clean_vm(h, _name(name or ""), say=_say)
 
 
-def _clean_all(h: Any) -> None:
+def _clean_all(h: LabHome) -> None:
     """Remove every VM; one that cannot be removed does not stop the others."""
     from pvmlab.vm import clean as clean_mod
 
