@@ -152,20 +152,28 @@ def start_and_wait(
         finally:
             os.close(write_fd)  # the watcher holds its own copy
         say(f"started VM {name} (pid {started.pid}); console: {home.vm_log(name)}")
-        return _wait(home, name, started, pattern, timeout, _Events(read_fd), called)
+        return wait_for_boot(
+            home, name, started, pattern=pattern, timeout=timeout, events_fd=read_fd, called=called
+        )
     finally:
         os.close(read_fd)
 
 
-def _wait(
+def wait_for_boot(
     home: LabHome,
     name: str,
     started: runtime.Started,
+    *,
     pattern: re.Pattern[str],
     timeout: float,
-    events: _Events,
-    called: float,
+    events_fd: int,
+    called: float | None = None,
 ) -> BootResult:
+    """Wait for the outcome of a start: ``events_fd`` is the read end of the pipe the VM's
+    watcher writes its events to; QEMU's run state is asked on the side."""
+    events = _Events(events_fd)
+    called = started.t0 if called is None else called
+
     def result(outcome: Outcome, elapsed: float, **kw: Any) -> BootResult:
         if outcome != "ready":
             kw.setdefault("qemu_log", runtime.qemu_log_tail(home, name))
