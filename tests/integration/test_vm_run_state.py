@@ -174,10 +174,16 @@ def test_tap_goes_when_the_guest_powers_itself_off(
     with lab_with(tmp_path, {"tiny": boot_assets["x86_64"]}) as home:
         lab = LabHome(home)
         create(home, "brief", "tiny")  # /init prints the marker and powers off
-        out = run_pvmlab(
-            "vm", "start", "brief", "--accel", "tcg", "--wait-for", MARKER, home=home
-        ).stdout  # fmt: skip
-        assert f"saw {MARKER!r}" in out
+        result = json.loads(
+            run_pvmlab(
+                "vm", "start", "brief", "--accel", "tcg", "--wait-for", MARKER, "--json",
+                home=home,
+            ).stdout
+        )  # fmt: skip
+        assert result["outcome"] == "ready" and result["line"].startswith(MARKER)
+        # --wait and `vm timeline` give the same seconds for the same boot
+        timeline = json.loads(run_pvmlab("vm", "timeline", "brief", "--json", home=home).stdout)
+        assert timeline["total"] == result["elapsed"]
         tap = lab.tap("brief")
         deadline = time.monotonic() + 120  # a bound for a hung test, not a measurement
         while (qemus_of(home) or tap in network.link_names(lab.netns)) and (

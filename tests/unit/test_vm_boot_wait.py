@@ -129,3 +129,10 @@ def test_timeout(home: LabHome, qemu: subprocess.Popen[bytes]) -> None:
     result = wait(home, qemu, "login:", timeout=1)
     assert result.outcome == "timeout"
     assert result.reason == "VM v1 did not show 'login:' on its console within 1 s"
+
+
+def test_a_pattern_may_start_with_a_dash(home: LabHome, qemu: subprocess.Popen[bytes]) -> None:
+    writer = write_later(home.vm_log("v1"), b"--- ready ---\n")
+    result = wait(home, qemu, "--- ready", timeout=120)
+    writer.join()
+    assert (result.outcome, result.line) == ("ready", "--- ready ---")

@@ -150,6 +150,13 @@ def create_cmd(
     is_flag=True,
     help="Run in the foreground with the serial console on this terminal (Ctrl-A X quits).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the outcome as JSON for scripts (with --wait: ready, exited, halted or timeout,"
+    " the seconds since QEMU's launch, the matching line, QMP's run state).",
+)
 def start_cmd(
     name: str,
     boot: str,
@@ -158,6 +165,7 @@ def start_cmd(
     timeout: float,
     accel: str | None,
     interactive: bool,
+    as_json: bool,
 ) -> None:
     """Start a VM (network boot by default).
 
@@ -173,25 +181,30 @@ def start_cmd(
     if wait_explicit is not None and wait_explicit.name == "COMMANDLINE":
         wait = True
     pattern = console.compile_pattern(wait_for) if wait else None
-    if interactive and wait:
-        raise StateError("--interactive and --wait cannot be combined", "choose one")
+    if interactive and (wait or as_json):
+        raise StateError("--interactive cannot be combined with --wait or --json", "choose one")
     h = home()
+    say = _err if as_json else _say  # with --json, stdout holds the JSON alone
     if pattern is None:
         started = runtime.start_vm(
-            h, name, boot=boot, requested_accel=accel, interactive=interactive, say=_say
+            h, name, boot=boot, requested_accel=accel, interactive=interactive, say=say
         )
-        if not interactive:
+        if as_json:
+            emit_json({"name": name, "pid": started.pid, "accel": started.accel.name})
+        elif not interactive:
             _say(f"started VM {name} (pid {started.pid}); console: {h.vm_log(name)}")
         return
     result = boot_mod.start_and_wait(
-        h, name, pattern=pattern, timeout=timeout, boot=boot, accel=accel, say=_say
+        h, name, pattern=pattern, timeout=timeout, boot=boot, accel=accel, say=say
     )
+    if as_json:
+        emit_json(result.as_dict())
     if result.ready:
-        _say(f"{name}: saw {wait_for!r} after {result.elapsed:.1f} s: {result.line}")
-        _say_timeline(name, pattern)
+        say(f"{name}: saw {wait_for!r} after {result.elapsed:.1f} s: {result.line}")
+        if not as_json:
+            _say_timeline(name, pattern)
         return
-    spec = store.load_vm(h, name)
-    _explain_failure(name, spec.mac, spec.ip)
+    _explain_failure(name)
     if result.outcome == "halted":
         raise StateError(
             result.reason,
@@ -245,7 +258,8 @@ def timeline_cmd(name: str, wait_for: str | None, as_json: bool) -> None:
         timeline.print_table(tl)
 
 
-def _explain_failure(name: str, mac: str, ip: str) -> None:
+def _explain_failure(name: str) -> None:
+    from pvmlab.errors import PvmlabError
     from pvmlab.observe import console, stacklog
 
     h = home()
@@ -253,7 +267,12 @@ def _explain_failure(name: str, mac: str, ip: str) -> None:
     _err(f"--- last {len(lines)} console lines of {name} ---")
     for line in lines:
         _err(f"  {line}")
-    for line in stacklog.view(h, mac, ip).summary():
+    try:
+        spec = store.load_vm(h, name)
+    except PvmlabError as exc:  # the record was damaged meanwhile: no addresses to look for
+        _err(f"no stack view: {exc}")
+        return
+    for line in stacklog.view(h, spec.mac, spec.ip).summary():
         _err(line)
 
 

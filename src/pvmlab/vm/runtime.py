@@ -192,9 +192,13 @@ def start_vm(
 
         media = ipxemedia.build(home, name, vm.arch, lab) if boot == "ipxe" else None
         tap = network.ensure_tap(home, name)
-        cfg = config_for(
-            home, vm, chosen.name, boot=boot, tap=tap, interactive=interactive, ipxe_media=media
-        )
+        try:
+            cfg = config_for(
+                home, vm, chosen.name, boot=boot, tap=tap, interactive=interactive, ipxe_media=media
+            )
+        except BaseException:  # no QEMU will use the tap (and no watcher will remove it)
+            remove_leftovers(home, name)
+            raise
         argv = build_argv(cfg)
         for d in (home.logs, home.pids, home.monitors):
             d.mkdir(parents=True, exist_ok=True)

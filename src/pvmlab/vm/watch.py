@@ -45,7 +45,7 @@ def argv(
         "--home", str(home.root), "--vm", name, "--pid", str(pid), "--t0", repr(t0),
     ]  # fmt: skip
     if ready is not None:
-        out += ["--ready", ready]
+        out.append(f"--ready={ready}")  # one word: a pattern may itself start with '-'
     if notify_fd is not None:
         out += ["--notify-fd", str(notify_fd)]
     return out
