@@ -15,7 +15,11 @@ When QEMU exits, whoever made it exit (a guest that powered itself off, a crash,
 the watcher removes the VM's tap and runtime files. Why here: it is the only pvmlab process
 sure to be alive when a guest powers off on its own, long after the CLI returned. It takes the
 VM's lock first and does nothing if a QEMU of this VM is running again (a ``vm start`` that came
-right after), so it never removes a tap a new QEMU uses.
+right after), so it never removes a tap a new QEMU uses. (The other way, a non-persistent tap
+handed to QEMU by fd, would vanish with QEMU by itself, but pvmlab would have to open it inside
+the lab namespace and pass it through ``ip netns exec``, the bridge port would need setting up
+after QEMU holds it, and a tap left by a QEMU from before, or a failed start, would still need
+this clean-up; the watcher already exists and already outlives the CLI.)
 """
 
 from __future__ import annotations
