@@ -12,6 +12,7 @@ import contextlib
 import json
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -96,3 +97,26 @@ def boot_seconds(stdout: str) -> float:
     m = re.search(rf"saw '{MARKER}' after ([0-9.]+) s", stdout)
     assert m, stdout
     return float(m.group(1))
+
+
+def wait_console(log: Path, pattern: str | re.Pattern[str], timeout: float) -> str | None:
+    """The first console line (escapes removed) matching ``pattern`` within ``timeout`` s, or None.
+
+    For a test that waits for a later step of a guest already started and waited for once: the
+    VM's watcher reports only the start's own pattern, so this re-reads the log (test-side).
+    """
+    from pvmlab.observe.console import clean
+
+    regex = re.compile(pattern)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            text = clean(log.read_text(errors="replace"))
+        except OSError:
+            text = ""
+        for line in text.splitlines():
+            if regex.search(line):
+                return line
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.5)

@@ -141,6 +141,7 @@ class Architecture:
     machines: Mapping[Firmware, str]  # -machine per firmware this arch has
     tcg_cpu: str | None  # -cpu under TCG (None: QEMU's default model); KVM/HVF use "host"
     serial_console: str  # the Linux console= of the machine's first UART
+    panic_device: str  # the pvpanic device model (a guest's panic reaches QEMU's run state)
     first_stages: Mapping[Firmware, FirstStage]
     efi_boot_file: str  # UEFI's removable-media boot file, EFI/BOOT/<this>
     descriptor_arch: str  # "architecture" in QEMU's firmware descriptors
@@ -169,6 +170,7 @@ X86_64 = Architecture(
     machines=MappingProxyType({"uefi": "q35", "bios": "pc"}),
     tcg_cpu=None,  # QEMU's default model boots everything we need, fastest
     serial_console="ttyS0",  # 16550
+    panic_device="pvpanic",  # ISA, on pc and q35
     first_stages=MappingProxyType({"uefi": EFI_X86_64, "bios": BIOS_PXE}),
     efi_boot_file="BOOTX64.EFI",
     descriptor_arch="x86_64",
@@ -191,6 +193,7 @@ AARCH64 = Architecture(
     machines=MappingProxyType({"uefi": "virt"}),
     tcg_cpu="max",
     serial_console="ttyAMA0",  # PL011
+    panic_device="pvpanic-pci",  # virt has no ISA bus
     first_stages=MappingProxyType({"uefi": EFI_ARM64}),
     efi_boot_file="BOOTAA64.EFI",
     descriptor_arch="aarch64",

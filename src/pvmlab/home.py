@@ -320,6 +320,11 @@ class LabHome:
     def ssh_public_key(self) -> Path:
         return self.ssh_key.with_name(self.ssh_key.name + ".pub")
 
+    # boot: one VM's lock (start/stop/clean of that VM), beside its pid file; never deleted
+    # while the lab lives, so every holder locks the same file
+    def vm_lock(self, name: str) -> Path:
+        return self.pids / f"{name}.lock"
+
     def exists(self) -> bool:
         return self.root.is_dir()
 

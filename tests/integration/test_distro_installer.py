@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bootlab import qemu_pids
+from bootlab import qemu_pids, wait_console
 from conftest import REPO, run_pvmlab
 from fixtures.bootassets import _Apt, cache_root
 from mirror import trees
@@ -149,12 +149,12 @@ def test_debian_installer_runs_unattended_from_its_preseed(
     log = lab / "logs" / "pre1.log"
     assert proc.returncode == 0, proc.stdout + proc.stderr + log.read_text(errors="replace")[-3000:]
     marked = time.monotonic() - t0
-    mirror = pvconsole.wait_for(log, MIRROR_STEP, timeout=600)
+    mirror = wait_console(log, MIRROR_STEP, timeout=600)
     reached = time.monotonic() - t0
-    failed = pvconsole.wait_for(log, MIRROR_FAILED, timeout=300)
+    failed = wait_console(log, MIRROR_FAILED, timeout=300)
     console = pvconsole.clean(log.read_text(errors="replace"))
-    assert mirror.outcome == "matched", console[-4000:]
-    assert failed.outcome == "matched", console[-4000:]
+    assert mirror is not None, console[-4000:]
+    assert failed is not None, console[-4000:]
     assert FIRST_SCREEN not in console  # no language question: the preseed answered it
     assert f"{PRESEED_MARK} pre1" in console
 
@@ -172,5 +172,5 @@ def test_debian_installer_runs_unattended_from_its_preseed(
     assert [r["install"] for r in listed if r["name"] == "pre1"] == ["preseed"]
     record_property("preseed_marker_seconds", round(marked, 1))
     record_property("preseed_mirror_step_seconds", round(reached, 1))
-    print(f"\nmirror failed line: {failed.line!r}")
+    print(f"\nmirror failed line: {failed!r}")
     print(f"\npreseed read after {marked:.1f} s, mirror step after {reached:.1f} s (TCG, UEFI)")

@@ -21,6 +21,9 @@ SERIAL = [
     "-serial", "chardev:serial0",
 ]  # fmt: skip
 CONTROL = ["-qmp", "unix:/home/monitors/t1.qmp,server=on,wait=off", "-pidfile", "/home/pids/t1.pid"]
+# A guest's panic reaches QEMU's run state (guest-panicked) and pauses the VM there.
+PANIC_X86 = ["-device", "pvpanic", "-action", "panic=pause"]
+PANIC_ARM = ["-device", "pvpanic-pci", "-action", "panic=pause"]
 TAP = ["-netdev", "tap,id=net0,ifname=pvt12345678,script=no,downscript=no"]
 
 
@@ -44,6 +47,7 @@ def test_x86_64_uefi_tcg_network_boot() -> None:
         *SERIAL,
         *CONTROL,
         "-device", "virtio-rng-pci",
+        *PANIC_X86,
         "-boot", "menu=on,splash-time=0",
         *TAP,
         "-device", "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,romfile=,bootindex=0",
@@ -66,6 +70,7 @@ def test_x86_64_bios_kvm_disk_first() -> None:
         "-display", "none",
         *SERIAL,
         *CONTROL,
+        *PANIC_X86,
         *TAP,
         "-device", "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,bootindex=1",
         "-drive", "if=none,id=disk0,format=qcow2,file=/home/vms/t1/disk.qcow2",
@@ -89,6 +94,7 @@ def test_aarch64_uefi_tcg_network_then_disk() -> None:
         *SERIAL,
         *CONTROL,
         "-device", "virtio-rng-pci",
+        *PANIC_ARM,
         "-boot", "menu=on,splash-time=0",
         *TAP,
         "-device", "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,romfile=,bootindex=0",
@@ -117,6 +123,7 @@ def test_aarch64_hvf_ipxe_media_first_then_network_then_disk() -> None:
         *SERIAL,
         *CONTROL,
         "-device", "virtio-rng-pci",
+        *PANIC_ARM,
         "-boot", "menu=on,splash-time=0",
         *TAP,
         "-device", "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,romfile=,bootindex=1",
@@ -237,3 +244,14 @@ def test_bios_on_aarch64_has_no_machine() -> None:
 def test_argv_is_pure() -> None:
     c = cfg(disk=Path("/d.qcow2"))
     assert build_argv(c) == build_argv(c)
+
+
+@pytest.mark.parametrize(("arch", "firmware", "device"), [
+    ("x86_64", "uefi", "pvpanic"),
+    ("x86_64", "bios", "pvpanic"),
+    ("aarch64", "uefi", "pvpanic-pci"),
+])  # fmt: skip
+def test_guest_panics_reach_qemu_and_pause_the_vm(arch: str, firmware: str, device: str) -> None:
+    argv = build_argv(cfg(arch=arch, firmware=firmware))
+    assert device in opt(argv, "-device")
+    assert opt(argv, "-action") == ["panic=pause"]

@@ -1,16 +1,21 @@
-"""Waiting for text on a console log that another writer fills (a real thread writing a file)."""
+"""A console log that another writer fills (a real thread writing a file): the stamper reports
+the awaited line and QEMU's exit; tail, escapes and follow."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pvmlab.errors import ValidationError
-from pvmlab.observe.console import clean, compile_pattern, follow, tail, wait_for
+from pvmlab.observe import stamp
+from pvmlab.observe.console import clean, compile_pattern, follow, tail
 
 
 def writer(path: Path, chunks: list[bytes], delay: float = 0.05) -> threading.Thread:
@@ -25,44 +30,61 @@ def writer(path: Path, chunks: list[bytes], delay: float = 0.05) -> threading.Th
     return t
 
 
+def watch_while(log: Path, pattern: str, write: Callable[[], None]) -> list[dict[str, Any]]:
+    """The stamper's events while ``write`` fills ``log`` from another thread and a real
+    process (the stand-in for QEMU) lives until it is done."""
+    events: list[dict[str, Any]] = []
+    with subprocess.Popen(["sleep", "600"]) as proc:
+        t = threading.Thread(target=write)
+        t.start()
+        stamper = threading.Thread(
+            target=stamp.watch,
+            args=(log, stamp.stamps_path(log), proc.pid, time.time()),
+            kwargs={"poll": 0.01, "ready": re.compile(pattern), "on_event": events.append},
+        )
+        stamper.start()
+        t.join()
+        time.sleep(0.1)  # let the stamper see the last write while "QEMU" still runs
+        proc.kill()
+        proc.wait()
+        stamper.join(30)
+    return events
+
+
+def appender(log: Path, chunks: list[bytes]) -> Callable[[], None]:
+    def run() -> None:
+        for c in chunks:
+            time.sleep(0.05)
+            with log.open("ab") as fh:
+                fh.write(c)
+
+    return run
+
+
 def test_match_across_writes_and_missing_file_at_first(tmp_path: Path) -> None:
     log = tmp_path / "vm.log"
-    t = writer(log, [b"booting...\r\nPVMLAB-BO", b"OT-OK console=ttyS0\r\n"])
-    result = wait_for(log, re.compile("PVMLAB-BOOT-OK"), timeout=30, poll=0.01)
-    t.join()
-    assert result.outcome == "matched"
-    assert result.line == "PVMLAB-BOOT-OK console=ttyS0"
+    chunks = [b"booting...\r\nPVMLAB-BO", b"OT-OK console=ttyS0\r\n"]
+    events = watch_while(log, "PVMLAB-BOOT-OK", appender(log, chunks))
+    assert [e["event"] for e in events] == ["ready", "exit"]
+    assert events[0]["line"] == "PVMLAB-BOOT-OK console=ttyS0"
 
 
-def test_timeout(tmp_path: Path) -> None:
+def test_no_match_ends_with_the_exit(tmp_path: Path) -> None:
     log = tmp_path / "vm.log"
-    log.write_text("nothing useful\n")
-    result = wait_for(log, re.compile("login:"), timeout=0.2, poll=0.01)
-    assert result.outcome == "timeout"
-
-
-def test_exit_is_noticed_before_timeout_and_last_words_count(tmp_path: Path) -> None:
-    log = tmp_path / "vm.log"
-    log.write_text("kernel panic\n")
-    assert wait_for(log, re.compile("login:"), timeout=60, alive=lambda: False).outcome == "exited"
-    log.write_text("x\nhost login: \n")
-    r = wait_for(log, re.compile("login:"), timeout=60, alive=lambda: False)
-    assert r.outcome == "matched"
+    events = watch_while(log, "login:", appender(log, [b"kernel panic\n"]))
+    assert [e["event"] for e in events] == ["exit"]
 
 
 def test_truncated_log_is_read_again(tmp_path: Path) -> None:
     log = tmp_path / "vm.log"
-    log.write_text("a" * 1000)
-    calls = {"n": 0}
+    log.write_text("a" * 1000 + "\n")
 
-    def alive() -> bool:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            log.write_text("ready\n")  # restarted: shorter file with new text
-        return True
+    def restart() -> None:
+        time.sleep(0.2)
+        log.write_text("ready\n")  # restarted: a shorter file with new text
 
-    r = wait_for(log, re.compile("ready"), timeout=30, alive=alive, poll=0.01)
-    assert r.outcome == "matched"
+    events = watch_while(log, "ready", restart)
+    assert events[0]["event"] == "ready" and events[0]["line"] == "ready"
 
 
 def test_tail_and_escapes(tmp_path: Path) -> None:

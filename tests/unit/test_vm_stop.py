@@ -51,7 +51,7 @@ def test_powerdown_ignored_then_quit(home: LabHome) -> None:
     proc = start_qemu(home, with_qmp=True)
     said: list[str] = []
     try:
-        how = runtime.stop(home, "v1", timeout=0.5, say=said.append)
+        how = runtime.stop_vm(home, "v1", timeout=0.5, say=said.append)
         assert how == "quit"
         assert proc.wait(timeout=10) == 0  # QEMU exits cleanly on quit
         assert any("power button" in s for s in said)
@@ -59,7 +59,7 @@ def test_powerdown_ignored_then_quit(home: LabHome) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert state.state(home, "v1") == "stopped"
+    assert state.run_state(home, "v1") == "stopped"
     assert not home.vm_pid("v1").exists() and not home.vm_qmp("v1").exists()
 
 
@@ -67,7 +67,7 @@ def test_force_skips_the_power_button(home: LabHome) -> None:
     proc = start_qemu(home, with_qmp=True)
     said: list[str] = []
     try:
-        assert runtime.stop(home, "v1", force=True, say=said.append) == "quit"
+        assert runtime.stop_vm(home, "v1", force=True, say=said.append) == "quit"
         assert not any("power button" in s for s in said)
     finally:
         if proc.poll() is None:
@@ -78,7 +78,7 @@ def test_force_skips_the_power_button(home: LabHome) -> None:
 def test_no_monitor_means_kill(home: LabHome) -> None:
     proc = start_qemu(home, with_qmp=False)
     try:
-        assert runtime.stop(home, "v1", timeout=0.2) == "kill"
+        assert runtime.stop_vm(home, "v1", timeout=0.2) == "kill"
         assert proc.wait(timeout=10) == -9
     finally:
         if proc.poll() is None:
@@ -90,5 +90,5 @@ def test_no_monitor_means_kill(home: LabHome) -> None:
 def test_stopping_a_stopped_vm_cleans_stale_files(home: LabHome) -> None:
     home.vm_pid("v1").write_text("1\n")  # pid 1 is not this VM's QEMU
     home.vm_qmp("v1").write_text("")
-    assert runtime.stop(home, "v1") == "not-running"
+    assert runtime.stop_vm(home, "v1") == "not-running"
     assert not home.vm_pid("v1").exists() and not home.vm_qmp("v1").exists()

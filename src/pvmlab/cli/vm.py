@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import click
 from pvmlab.arch import CLI_CHOICES, DEFAULT_FIRMWARE, FIRMWARE_NAMES
 from pvmlab.cli.common import emit_json, home, json_option
 from pvmlab.errors import StateError, ValidationError
+from pvmlab.home import LabHome
 from pvmlab.qemu.argv import ACCEL_NAMES, BOOT_MODES, Boot
 from pvmlab.records import store, validate
 from pvmlab.records.models import DEFAULT_CPUS, DEFAULT_MEMORY_MIB
@@ -75,6 +75,13 @@ def _install_request(opts: dict[str, Any]) -> dict[str, Any]:
     kind, template = chosen[0] if chosen else (None, None)
     return {"install": kind, "install_template": template,
             "mirror": opts["mirror"], "proxy": opts["proxy"]}  # fmt: skip
+
+
+def _require_defined(h: LabHome, name: str) -> None:
+    """VM ``name`` has a record, readable or not (its logs and console need no more)."""
+    h.require()
+    if not h.vm_file(name).exists():
+        raise StateError(f"no VM named {name!r}", "see `pvmlab vm list` for the defined VMs")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -230,6 +237,13 @@ def reinstall_cmd(name: str, as_json: bool, **install: Any) -> None:
     is_flag=True,
     help="Run in the foreground with the serial console on this terminal (Ctrl-A X quits).",
 )
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print the outcome as JSON for scripts (with --wait: ready, exited, halted or timeout,"
+    " the seconds since QEMU's launch, the matching line, QMP's run state).",
+)
 def start_cmd(
     name: str,
     boot: Boot,
@@ -238,6 +252,7 @@ def start_cmd(
     timeout: float,
     accel: str | None,
     interactive: bool,
+    as_json: bool,
 ) -> None:
     """Start a VM (network boot by default).
 
@@ -245,6 +260,7 @@ def start_cmd(
     boot's is kept as NAME.log.1), QMP to monitors/NAME.qmp, its pid to pids/NAME.pid.
     """
     from pvmlab.observe import console
+    from pvmlab.vm import boot as boot_mod
     from pvmlab.vm import runtime
 
     name = _name(name)
@@ -252,38 +268,42 @@ def start_cmd(
     if wait_explicit is not None and wait_explicit.name == "COMMANDLINE":
         wait = True
     pattern = console.compile_pattern(wait_for) if wait else None
-    if interactive and wait:
-        raise StateError("--interactive and --wait cannot be combined", "choose one")
+    if interactive and (wait or as_json):
+        raise StateError("--interactive cannot be combined with --wait or --json", "choose one")
     h = home()
-    t0 = time.monotonic()
-    started = runtime.start(
-        h,
-        name,
-        boot=boot,
-        requested_accel=accel,
-        interactive=interactive,
-        wait_for=wait_for if pattern is not None else None,
-        say=_say,
-    )
-    if interactive:
-        return
-    _say(f"started VM {name} (pid {started.pid}); console: {h.vm_log(name)}")
+    say = _err if as_json else _say  # with --json, stdout holds the JSON alone
     if pattern is None:
+        started = runtime.start_vm(
+            h, name, boot=boot, requested_accel=accel, interactive=interactive, say=say
+        )
+        if as_json:
+            emit_json({"name": name, "pid": started.pid, "accel": started.accel.name})
+        elif not interactive:
+            _say(f"started VM {name} (pid {started.pid}); console: {h.vm_log(name)}")
         return
-    result = console.wait_for(h.vm_log(name), pattern, timeout=timeout, alive=started.alive)
-    elapsed = time.monotonic() - t0
-    if result.outcome == "matched":
-        _say(f"{name}: saw {wait_for!r} after {elapsed:.1f} s: {result.line}")
-        _say_timeline(name, pattern)
+    result = boot_mod.start_and_wait(
+        h, name, pattern=pattern, timeout=timeout, boot=boot, accel=accel, say=say
+    )
+    if as_json:
+        emit_json(result.as_dict())
+    if result.ready:
+        say(f"{name}: saw {wait_for!r} after {result.elapsed:.1f} s: {result.line}")
+        if not as_json:
+            _say_timeline(name, pattern)
         return
-    _explain_failure(name, started.vm.mac, started.vm.ip)
+    _explain_failure(name)
+    if result.outcome == "halted":
+        raise StateError(
+            result.reason,
+            f"the console and the stack's view are above; `pvmlab vm stop {name}` ends it",
+        )
     if result.outcome == "exited":
         raise StateError(
-            f"VM {name} stopped after {elapsed:.1f} s without showing {wait_for!r} on its console",
+            result.reason,
             f"the console and the stack's view are above; full console: {h.vm_log(name)}",
         )
     raise StateError(
-        f"VM {name} did not show {wait_for!r} on its console within {timeout:.0f} s",
+        result.reason,
         f"it is still running (`pvmlab vm stop {name}`); the console and stack's view are above",
     )
 
@@ -325,7 +345,8 @@ def timeline_cmd(name: str, wait_for: str | None, as_json: bool) -> None:
         timeline.print_timeline_table(tl)
 
 
-def _explain_failure(name: str, mac: str, ip: str) -> None:
+def _explain_failure(name: str) -> None:
+    from pvmlab.errors import PvmlabError
     from pvmlab.observe import console, stacklog
 
     h = home()
@@ -333,7 +354,12 @@ def _explain_failure(name: str, mac: str, ip: str) -> None:
     _err(f"--- last {len(lines)} console lines of {name} ---")
     for line in lines:
         _err(f"  {line}")
-    for line in stacklog.stack_view(h, mac, ip).summary_lines():
+    try:
+        spec = store.load_vm(h, name)
+    except PvmlabError as exc:  # the record was damaged meanwhile: no addresses to look for
+        _err(f"no stack view: {exc}")
+        return
+    for line in stacklog.stack_view(h, spec.mac, spec.ip).summary_lines():
         _err(line)
 
 
@@ -350,50 +376,76 @@ def _explain_failure(name: str, mac: str, ip: str) -> None:
 def stop_cmd(name: str, force: bool, timeout: float) -> None:
     """Stop a VM: power button, then QMP quit, then SIGKILL.
 
-    Its pid file, sockets and tap are removed afterwards.
+    A guest that is not running code (paused, internal error, panicked) is quit at once. Its
+    pid file, sockets and tap are removed afterwards.
     """
     from pvmlab.vm import runtime
 
     name = _name(name)
-    how = runtime.stop(home(), name, force=force, timeout=timeout, say=_say)
+    how = runtime.stop_vm(home(), name, force=force, timeout=timeout, say=_say)
     if how == "not-running":
         _say(f"VM {name} is not running")
     else:
         _say(f"stopped VM {name} ({how})")
 
 
+COLUMNS = ["name", "arch", "firmware", "boot", "mac", "ip", "distro", "state", "accel", "pid",
+           "install"]
+
+
 def _rows() -> list[dict[str, Any]]:
+    """One row per VM: the healthy records with their run state from QEMU (QMP), and the
+    damaged records with their path, problem and fix (state ``damaged``)."""
+    from pvmlab.qemu import qmp
     from pvmlab.stack import installcfg
-    from pvmlab.vm import state
+    from pvmlab.vm import runtime, state
 
     h = home()
     h.require()
-    out = []
-    for spec in store.load_vms(h):
-        pid = state.running_pid(h, spec.name)
+    healthy, damaged = store.scan_vms(h)
+    out: list[dict[str, Any]] = []
+    for spec in healthy:
+        run_state = state.run_state(h, spec.name)
         rt = state.load_runtime(h, spec.name)
-        out.append(
-            {
-                "name": spec.name,
-                "arch": spec.arch,
-                "firmware": spec.firmware,
-                "boot": rt.boot if rt else "pxe",
-                "mac": spec.mac,
-                "ip": spec.ip,
-                "distro": spec.distro,
-                "state": "running" if pid is not None else "stopped",
-                "accel": rt.accel if rt else None,
-                "pid": pid,
-                "install": installcfg.status_summary(h, spec),
-            }
+        row: dict[str, Any] = {
+            "name": spec.name,
+            "arch": spec.arch,
+            "firmware": spec.firmware,
+            "boot": rt.boot if rt else "pxe",
+            "mac": spec.mac,
+            "ip": spec.ip,
+            "distro": spec.distro,
+            "state": run_state,
+            "accel": rt.accel if rt else None,
+            "pid": state.running_pid(h, spec.name) if run_state != state.STOPPED else None,
+            "install": installcfg.status_summary(h, spec),
+        }
+        if run_state in qmp.HALTED_STATES or run_state == state.UNRESPONSIVE:
+            row["qemu_log"] = runtime.qemu_log_tail(h, spec.name)
+        out.append(row)
+    for bad in damaged:
+        pid = state.running_pid(h, bad.name)
+        row = {c: None for c in COLUMNS}
+        row.update(
+            name=bad.name,
+            state="damaged",
+            pid=pid,
+            record=str(bad.path),
+            problem=bad.problem,
+            hint=bad.hint,
         )
-    return out
+        out.append(row)
+    return sorted(out, key=lambda r: str(r["name"]))
 
 
 @vm.command("list")
 @json_option
 def list_cmd(as_json: bool) -> None:
-    """List VMs, their addresses and runtime state."""
+    """List VMs, their addresses and runtime state.
+
+    The state is QEMU's own (QMP): running, paused, internal-error, guest-panicked… or stopped.
+    A VM whose record cannot be read is listed as damaged, with the file and how to fix it.
+    """
     rows = _rows()
     if as_json:
         emit_json(rows)
@@ -401,12 +453,19 @@ def list_cmd(as_json: bool) -> None:
     if not rows:
         _say("no VMs (create one with `pvmlab vm create NAME`)")
         return
-    cols = ["name", "arch", "firmware", "boot", "mac", "ip", "distro", "state", "accel", "pid",
-            "install"]  # fmt: skip
-    cells = [[c.upper() for c in cols]] + [[str(r[c] or "-") for c in cols] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    cells = [[c.upper() for c in COLUMNS]] + [[str(r[c] or "-") for c in COLUMNS] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
     for row in cells:  # plain aligned columns: readable, and never wrapped in a pipe
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    for r in rows:
+        if r["state"] == "damaged":
+            _err(f"{r['name']}: damaged record {r['record']}: {r['problem']} (hint: {r['hint']})")
+        elif r.get("qemu_log") is not None:
+            said = " | ".join(r["qemu_log"]) or "(nothing)"
+            _err(
+                f"{r['name']}: the guest is {r['state']}; QEMU's last words: {said}"
+                f" (hint: `pvmlab vm stop {r['name']}`)"
+            )
 
 
 @vm.command("logs")
@@ -419,7 +478,7 @@ def logs_cmd(name: str, follow: bool, lines: int | None) -> None:
 
     name = _name(name)
     h = home()
-    store.load_vm(h, name)
+    _require_defined(h, name)
     path = h.vm_log(name)
     if not follow:
         if lines is not None:
@@ -448,7 +507,7 @@ def console_cmd(name: str) -> None:
 
     name = _name(name)
     h = home()
-    store.load_vm(h, name)
+    _require_defined(h, name)
     if state.running_pid(h, name) is None:
         raise StateError(
             f"VM {name} is not running",
@@ -532,11 +591,24 @@ def clean_vm_cmd(name: str | None, all_: bool) -> None:
     h = home()
     h.require()
     if all_:
-        names = clean.clean_all(h, say=_say)
-        if not names:
-            _say("no VMs to remove")
+        _clean_all(h)
         return
     clean.clean_vm(h, _name(name or ""), say=_say)
+
+
+def _clean_all(h: LabHome) -> None:
+    """Remove every VM; one that cannot be removed does not stop the others."""
+    from pvmlab.vm import clean as clean_mod
+
+    removed, failed = clean_mod.clean_all(h, say=_say)
+    if not removed and not failed:
+        _say("no VMs to remove")
+    if failed:
+        raise StateError(
+            f"could not remove {len(failed)} VM(s): "
+            + "; ".join(f"{n}: {why}" for n, why in failed.items()),
+            "the other VMs were removed; fix the cause and run the command again",
+        )
 
 
 @click.command("clean", context_settings={"help_option_names": ["-h", "--help"]})
@@ -554,6 +626,4 @@ def clean(purge: bool) -> None:
         clean_mod.purge(h, say=_say)
         return
     h.require()
-    names = clean_mod.clean_all(h, say=_say)
-    if not names:
-        _say("no VMs to remove")
+    _clean_all(h)

@@ -1,10 +1,11 @@
 """Time stamps for a VM's serial console: one JSON line per console line, with wall-clock times.
 
 QEMU's console log (``logs/NAME.log``) has no times, and ``-msg timestamp=on`` covers QEMU's own
-messages, not the guest's serial output. So ``vm start`` runs this small watcher next to QEMU:
+messages, not the guest's serial output. So ``vm start`` runs a small watcher next to QEMU
+(``pvmlab.vm.watch``) that stamps the console with this module; standalone:
 
     python -m pvmlab.observe.stamp --log logs/NAME.log --out logs/NAME.console.jsonl \
-        --pid QEMU_PID --t0 EPOCH
+        --pid QEMU_PID --t0 EPOCH [--ready PATTERN]
 
 It reads the log as it grows (every ``POLL`` seconds) and writes ``logs/NAME.console.jsonl``:
 
@@ -12,7 +13,14 @@ It reads the log as it grows (every ``POLL`` seconds) and writes ``logs/NAME.con
     {"t": 1.234, "end": 1.250, "line": "text"}           one console line: ``t`` when its first
                                                          byte was seen, ``end`` when its newline
                                                          was; both relative to ``t0``
+    {"event": "ready", "t": 8.5, "line": "login:",      the first line matching the awaited
+     "pattern": "login:"}                                pattern (``--ready``), ``t`` as above
     {"event": "exit", "t": 20.1}                         QEMU exited (the watcher ends too)
+
+Given a pattern, the stamper is the one reader that decides "ready": the event is written here
+(``vm timeline`` ends the boot at it) and handed to a waiting caller through ``on_event`` (the VM
+watcher passes it on over a pipe), so nobody else reads the console log to find the same line.
+A line still being written (a ``login:`` prompt has no newline) is matched too.
 
 Firmware prints a line and completes it only when the step is done (``>>Start PXE over IPv4.``
 then, seconds later, the address), so the time of a line's *first byte* marks when a step began
@@ -26,16 +34,20 @@ import argparse
 import io
 import json
 import os
+import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from pvmlab import spawn
 from pvmlab.home import open_truncated
 from pvmlab.observe.console import clean
 
 POLL = 0.02
+
+EventSink = Callable[[dict[str, Any]], None]
 
 
 def stamps_path(log: Path) -> Path:
@@ -46,17 +58,42 @@ def stamps_path(log: Path) -> Path:
 class Stamper:
     """Turns chunks of console bytes into stamped lines (kept apart from I/O for tests)."""
 
-    def __init__(self, out: IO[str], t0: float) -> None:
+    def __init__(
+        self,
+        out: IO[str],
+        t0: float,
+        *,
+        ready: re.Pattern[str] | None = None,
+        on_event: EventSink | None = None,
+    ) -> None:
         self.out = out
         self.t0 = t0
+        self.ready = ready
+        self.on_event = on_event
+        self.ready_event: dict[str, Any] | None = None
         self.partial = b""
         self.partial_t: float | None = None
+
+    def _check_ready(self, text: str, first: float) -> None:
+        if self.ready is None or self.ready_event is not None or not self.ready.search(text):
+            return
+        rec = {
+            "event": "ready",
+            "t": round(first - self.t0, 3),
+            "line": text.strip(),
+            "pattern": self.ready.pattern,
+        }
+        self.ready_event = rec
+        self.out.write(json.dumps(rec) + "\n")
+        if self.on_event is not None:
+            self.on_event(rec)
 
     def _emit(self, data: bytes, first: float, end: float) -> None:
         text = clean(data.decode(errors="replace")).rstrip()
         if text.strip():
             rec = {"t": round(first - self.t0, 3), "end": round(end - self.t0, 3), "line": text}
             self.out.write(json.dumps(rec) + "\n")
+            self._check_ready(text, first)
 
     def feed(self, chunk: bytes, now: float) -> None:
         if not chunk:
@@ -71,6 +108,8 @@ class Stamper:
         self.partial = rest
         if lines:
             self.partial_t = now if rest else None
+        if rest and self.partial_t is not None:  # a prompt waits on an unfinished line
+            self._check_ready(clean(rest.decode(errors="replace")), self.partial_t)
         self.out.flush()
 
     def finish(self, now: float) -> None:
@@ -80,13 +119,26 @@ class Stamper:
         self.out.flush()
 
 
-def watch(log: Path, out_path: Path, pid: int, t0: float, poll: float = POLL) -> None:
-    """Stamp ``log`` into ``out_path`` until process ``pid`` exits."""
+def watch(
+    log: Path,
+    out_path: Path,
+    pid: int,
+    t0: float,
+    poll: float = POLL,
+    *,
+    ready: re.Pattern[str] | None = None,
+    on_event: EventSink | None = None,
+) -> None:
+    """Stamp ``log`` into ``out_path`` until process ``pid`` exits.
+
+    ``on_event`` receives the ``ready`` event (when ``ready`` is given and first matches) and
+    the ``exit`` event, after they are written.
+    """
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with io.TextIOWrapper(open_truncated(out_path)) as out:  # never through a symlink
         out.write(json.dumps({"event": "start", "t": t0, "pid": pid}) + "\n")
         out.flush()
-        st = Stamper(out, t0)
+        st = Stamper(out, t0, ready=ready, on_event=on_event)
         offset = 0
         fh: IO[bytes] | None = None
         try:
@@ -112,23 +164,11 @@ def watch(log: Path, out_path: Path, pid: int, t0: float, poll: float = POLL) ->
                 fh.close()
             now = time.time()
             st.finish(now)
-            out.write(json.dumps({"event": "exit", "t": round(now - t0, 3)}) + "\n")
-
-
-def argv(log: Path, pid: int, t0: float) -> list[str]:
-    """The watcher's command line (run with ``spawn.start_detached``)."""
-    return [
-        *spawn.python_module("pvmlab.observe.stamp"),
-        "--log", str(log), "--out", str(stamps_path(log)),
-        "--pid", str(pid), "--t0", repr(t0),
-    ]  # fmt: skip
-
-
-def start_watcher(log: Path, pid: int, t0: float) -> None:
-    """Start the watcher detached; it ends by itself when QEMU (``pid``) exits."""
-    from pvmlab import spawn
-
-    spawn.start_detached(argv(log, pid, t0), cwd=spawn.PYTHON_CWD)
+            exit_rec = {"event": "exit", "t": round(now - t0, 3)}
+            out.write(json.dumps(exit_rec) + "\n")
+            out.flush()
+            if on_event is not None:
+                on_event(exit_rec)
 
 
 def main(args: list[str] | None = None) -> int:
@@ -140,8 +180,10 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="JSON-lines file to write")
     parser.add_argument("--pid", required=True, type=int, help="QEMU's pid: stop when it exits")
     parser.add_argument("--t0", required=True, type=float, help="the VM's start (epoch seconds)")
+    parser.add_argument("--ready", help="regular expression: write a ready event when it matches")
     ns = parser.parse_args(args)
-    watch(ns.log, ns.out, ns.pid, ns.t0)
+    ready = re.compile(ns.ready) if ns.ready is not None else None
+    watch(ns.log, ns.out, ns.pid, ns.t0, ready=ready)
     return 0
 
 

@@ -139,6 +139,13 @@ def _boot_menu(cfg: QemuConfig) -> list[str]:
     return ["-boot", "menu=on,splash-time=0"]
 
 
+def _panic_device(cfg: QemuConfig) -> list[str]:
+    """A pvpanic device, so a guest kernel's panic reaches QEMU (a guest with the pvpanic driver
+    reports it), and ``panic=pause``: the VM then stays, in run state ``guest-panicked``, for
+    ``vm list`` and ``vm start --wait`` to report (QEMU's default would exit)."""
+    return ["-device", architecture(cfg.arch).panic_device, "-action", "panic=pause"]
+
+
 def _nic(cfg: QemuConfig, bootindex: int | None) -> list[str]:
     if cfg.tap is None:
         return []
@@ -211,6 +218,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         "-qmp", f"unix:{_opt(cfg.qmp_socket)},server=on,wait=off",
         "-pidfile", str(cfg.pid_file),
         *_rng(cfg),
+        *_panic_device(cfg),
         *_boot_menu(cfg),
         *_nic(cfg, nic_index),
         *_ipxe_media(cfg, media_index),

@@ -120,7 +120,7 @@ def run_test_guest(arch: Arch, accel: str = "kvm", *, deadline: float = DEADLINE
                 if b"KVM internal error" in err:
                     break
             code = proc.poll()
-            run_state = qmp.status(socket) if code is None else None
+            run_state = qmp.query_status(socket) if code is None else None
             if code is not None:
                 err += stream.read()  # the rest, up to QEMU's exit
             else:

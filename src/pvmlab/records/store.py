@@ -64,6 +64,8 @@ class DamagedRecord:
     name: str
     path: Path
     problem: str
+    mac: str | None = None  # what the file still says, when it can be read as JSON at all:
+    ip: str | None = None  # new VMs keep away from these addresses
 
     @property
     def hint(self) -> str:
@@ -81,8 +83,24 @@ def scan_vms(home: LabHome) -> tuple[list[VMSpec], list[DamagedRecord]]:
         try:
             healthy.append(_load(path, VMSpec))
         except StateError as exc:
-            damaged.append(DamagedRecord(name, path, exc.problem))
+            mac, ip = _claimed_addresses(path)
+            damaged.append(DamagedRecord(name, path, exc.problem, mac, ip))
     return healthy, damaged
+
+
+def _claimed_addresses(path: Path) -> tuple[str | None, str | None]:
+    """The ``mac`` and ``ip`` strings of a record that does not validate, if it parses."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    mac, ip = raw.get("mac"), raw.get("ip")
+    return (
+        mac.strip().lower() if isinstance(mac, str) else None,
+        ip.strip() if isinstance(ip, str) else None,
+    )
 
 
 def load_vms(home: LabHome) -> list[VMSpec]:

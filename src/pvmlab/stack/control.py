@@ -496,15 +496,9 @@ def stop_stack(
         if vms:
             from pvmlab.vm import runtime
 
-            damaged = {d.name for d in store.scan_vms(home)[1]}
-            for name in sorted(vms):
+            for name in sorted(vms):  # the VM stop path works from the name alone
                 say(f"stopping VM {name} (pid {vms[name]})")
-                if name in damaged:  # the VM stop path needs its record: stop QEMU by PID
-                    spawn.terminate([vms[name]], VM_STOP_TIMEOUT)
-                    runtime.cleanup(home, name)
-                    how = "terminated"
-                else:
-                    how = runtime.stop(home, name, timeout=VM_STOP_TIMEOUT, say=say)
+                how = runtime.stop_vm(home, name, timeout=VM_STOP_TIMEOUT, say=say)
                 stopped_vms.append({"name": name, "pid": vms[name], "how": how})
         stopped = _stop_stack_processes(home)
         stopped += [{"name": "uplink", "pid": pid} for pid in uplink.stop(home)]

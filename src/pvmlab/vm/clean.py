@@ -14,7 +14,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from pvmlab.errors import StateError
+from pvmlab.errors import PvmlabError, StateError
 from pvmlab.home import LabHome
 from pvmlab.records import store
 from pvmlab.vm import runtime, ssh, state
@@ -44,25 +44,41 @@ def remove_files(home: LabHome, name: str) -> None:
 def clean_vm(
     home: LabHome, name: str, *, reload: bool = True, say: Callable[[str], None] = lambda _m: None
 ) -> None:
-    spec = store.load_vm(home, name)  # an unknown name is an error
-    how = runtime.stop(home, name, force=True, say=say)
-    if how != "not-running":
-        say(f"{name}: stopped ({how})")
-    with home.locked():
-        remove_files(home, name)
-    ssh.forget_host(home, spec.ip)  # a later machine at this address has another host key
+    """Stop VM ``name`` and remove everything of it; works from the name alone, so a VM whose
+    record is damaged can be removed too."""
+    try:
+        ip: str | None = store.load_vm(home, name).ip
+    except PvmlabError:
+        ip = None  # a damaged record: no address whose host key could be forgotten
+    with runtime.vm_locked(home, name):
+        how = runtime.stop_vm_locked(home, name, force=True, say=say)  # unknown name: error
+        if how != "not-running":
+            say(f"{name}: stopped ({how})")
+        with home.locked():  # the records are the lab's: MAC/IP allocation reads them all
+            remove_files(home, name)
+    if ip is not None:
+        ssh.forget_host(home, ip)  # a later machine at this address has another host key
     say(f"{name}: removed")
     if reload:
         reload_stack(home)
 
 
-def clean_all(home: LabHome, *, say: Callable[[str], None] = lambda _m: None) -> list[str]:
-    names = store.vm_names(home)
-    for name in names:
-        clean_vm(home, name, reload=False, say=say)
-    if names:
+def clean_all(
+    home: LabHome, *, say: Callable[[str], None] = lambda _m: None
+) -> tuple[list[str], dict[str, str]]:
+    """Remove every VM: (the names removed, {name: why} for those that could not be)."""
+    removed: list[str] = []
+    failed: dict[str, str] = {}
+    for name in store.vm_names(home):
+        try:
+            clean_vm(home, name, reload=False, say=say)
+            removed.append(name)
+        except (PvmlabError, OSError) as exc:
+            failed[name] = str(exc)
+            say(f"{name}: not removed: {exc}")
+    if removed:
         reload_stack(home)
-    return names
+    return removed, failed
 
 
 def purge(home: LabHome, *, say: Callable[[str], None] = lambda _m: None) -> None:

@@ -1,8 +1,9 @@
 """``vm create``: validate a VM definition against the lab and write it.
 
 The whole check-and-write runs under ``LabHome.locked()``, so concurrent ``vm create`` calls
-never hand out the same MAC or IP. Nothing is written until every check passed; a failure while
-creating the disk removes what was made.
+never hand out the same MAC or IP (a VM start or stop does not take that lock). A damaged
+record of another VM does not stop it: the MAC and IP it still names are avoided. Nothing is
+written until every check passed; a failure while creating the disk removes what was made.
 """
 
 from __future__ import annotations
@@ -103,12 +104,13 @@ def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
                 "see `pvmlab distro ls`; add one with `pvmlab distro import`",
             )
 
-    existing = store.load_vms(home)
+    existing, damaged = store.scan_vms(home)
     if home.vm_file(name).exists() or any(v.name == name for v in existing):
         raise ValidationError(
             f"a VM named {name!r} already exists", "choose another name or `pvmlab vm clean` it"
         )
-    macs = {v.mac: v.name for v in existing}
+    # A damaged record does not block the lab, but the addresses it still names stay taken.
+    macs = {d.mac: d.name for d in damaged if d.mac} | {v.mac: v.name for v in existing}
     if req.mac is not None:
         mac = validate.mac(req.mac)
         if mac in macs:
@@ -118,7 +120,7 @@ def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
             )
     else:
         mac = validate.random_mac(macs)
-    ips = {v.ip: v.name for v in existing}
+    ips = {d.ip: d.name for d in damaged if d.ip} | {v.ip: v.name for v in existing}
     addr = check_ip(lab, req.ip, ips) if req.ip is not None else allocate_ip(lab, set(ips))
     return VMSpec(
         name=name,

@@ -8,8 +8,15 @@ like NVRAM on real hardware); ``--boot ipxe`` rebuilds the VM's iPXE boot media
 detached in the namespace. The previous console log is kept as ``logs/NAME.log.1`` and the new
 one starts empty, so ``--wait`` never matches text of an earlier boot.
 
-Stop: ACPI power button over QMP, wait; then QMP ``quit``; then SIGKILL. Whatever happened, the
-pid file, sockets and tap are removed afterwards.
+Both hold the VM's own lock (``LabHome.vm_lock``), never the lab's: a VM whose QEMU takes 15 s
+to open its monitor delays only commands on that VM, not ``vm create`` or other VMs' starts.
+
+Stop: ACPI power button over QMP, wait; then QMP ``quit``; then SIGKILL. A guest that is not
+running (QMP says ``paused``, ``internal-error``, ``guest-panicked``…) cannot press a button, so
+it is quit at once. Whatever happened, the pid file, sockets and tap are removed afterwards (and
+by the VM's watcher, ``pvmlab.vm.watch``, when QEMU exits on its own). Stopping needs no VM
+record: the runtime state is the pid file checked against /proc, so a VM whose record is damaged
+can still be stopped.
 """
 
 from __future__ import annotations
@@ -27,16 +34,15 @@ from pathlib import Path
 
 from pvmlab import spawn
 from pvmlab.arch import firmware as firmware_table
-from pvmlab.errors import ProcessError, StateError
-from pvmlab.home import LabHome
-from pvmlab.observe import stamp
+from pvmlab.errors import ProcessError, PvmlabError, StateError
+from pvmlab.home import LabHome, file_lock
 from pvmlab.qemu import accel as accel_mod
 from pvmlab.qemu import firmware as firmware_mod
 from pvmlab.qemu import qmp
 from pvmlab.qemu.argv import AccelName, Boot, QemuConfig, build_argv, machine_type
 from pvmlab.records import store
 from pvmlab.records.models import VMSpec, utc_now
-from pvmlab.vm import ipxemedia, state
+from pvmlab.vm import ipxemedia, state, watch
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,7 @@ class Started:
     pid: int
     argv: list[str]
     proc: subprocess.Popen[bytes] | None = None  # set when started by this process
+    t0: float = 0.0  # QEMU's launch (epoch seconds): the clock of the console stamps
 
     def alive(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
@@ -126,15 +133,22 @@ def config_for(
     )
 
 
-def _qemu_log_tail(home: LabHome, name: str) -> str:
+def qemu_log_tail(home: LabHome, name: str, lines: int = 3) -> list[str]:
+    """The last lines QEMU itself wrote (its stderr: KVM errors, failed options)."""
     try:
         text = state.qemu_log(home, name).read_text(errors="replace")
     except OSError:
-        return ""
-    return " | ".join(text.strip().splitlines()[-3:])
+        return []
+    return [ln for ln in text.strip().splitlines() if ln.strip()][-lines:]
 
 
-def start(
+def vm_locked(home: LabHome, name: str) -> contextlib.AbstractContextManager[None]:
+    """The lock of one VM: held by its start (through QEMU's start-up), stop and clean."""
+    home.pids.mkdir(parents=True, exist_ok=True)
+    return file_lock(home.vm_lock(name))
+
+
+def start_vm(
     home: LabHome,
     name: str,
     *,
@@ -142,9 +156,15 @@ def start(
     requested_accel: str | None = None,
     interactive: bool = False,
     wait_for: str | None = None,
+    notify_fd: int | None = None,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> Started:
-    """Start VM ``name``. Interactive starts return after QEMU exits."""
+    """Start VM ``name``. Interactive starts return after QEMU exits.
+
+    ``wait_for`` (a regular expression) is handed to the VM's watcher, which writes a ``ready``
+    event when the console first shows it, and sends its events to ``notify_fd`` (the write end
+    of a pipe; see ``pvmlab.vm.boot``).
+    """
     home.require()
     vm = store.load_vm(home, name)
     lab = store.load_lab(home)
@@ -158,7 +178,7 @@ def start(
             "create it with --disk-size, or boot with --boot pxe",
         )
     chosen = accel_mod.choose(vm.arch, requested_accel)
-    with home.locked():
+    with vm_locked(home, name):
         if state.running_pid(home, name) is not None:
             raise StateError(
                 f"VM {name!r} is already running", f"stop it with `pvmlab vm stop {name}`"
@@ -169,9 +189,13 @@ def start(
 
         media = ipxemedia.build(home, name, vm.arch, lab) if boot == "ipxe" else None
         tap = network.ensure_tap(home, name)
-        cfg = config_for(
-            home, vm, chosen.name, boot=boot, tap=tap, interactive=interactive, ipxe_media=media
-        )
+        try:
+            cfg = config_for(
+                home, vm, chosen.name, boot=boot, tap=tap, interactive=interactive, ipxe_media=media
+            )
+        except BaseException:  # no QEMU will use the tap (and no watcher will remove it)
+            remove_leftovers(home, name)
+            raise
         argv = build_argv(cfg)
         for d in (home.logs, home.pids, home.monitors):
             d.mkdir(parents=True, exist_ok=True)
@@ -183,13 +207,13 @@ def start(
         )
         state.save_runtime(home, name, record)
         if not interactive:
-            # Still under the lock, so two `vm start NAME` at once cannot both launch QEMU.
+            # Still under the VM's lock, so two `vm start NAME` at once cannot both launch QEMU.
             rotate_log(state.qemu_log(home, name))
             t0 = time.time()
             proc = spawn.start_detached(argv, netns=home.netns, log_file=state.qemu_log(home, name))
-            stamp.start_watcher(home.vm_log(name), proc.pid, t0)  # console times for `vm timeline`
+            watch.start_watcher(home, name, proc.pid, t0, ready=wait_for, notify_fd=notify_fd)
             try:
-                _await_startup(home, name, proc)
+                await_startup(home, name, proc)
             except BaseException:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
@@ -198,17 +222,17 @@ def start(
             state.save_runtime(home, name, record.model_copy(update={"pid": proc.pid}))
     if interactive:
         return _run_interactive(home, vm, chosen, argv)
-    return Started(vm=vm, accel=chosen, pid=proc.pid, argv=argv, proc=proc)
+    return Started(vm=vm, accel=chosen, pid=proc.pid, argv=argv, proc=proc, t0=t0)
 
 
-def _await_startup(home: LabHome, name: str, proc: subprocess.Popen[bytes]) -> None:
+def await_startup(home: LabHome, name: str, proc: subprocess.Popen[bytes]) -> None:
     """Until QEMU has built the machine and answers on QMP, or died trying."""
     deadline = time.monotonic() + STARTUP_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ProcessError(
                 f"QEMU for VM {name!r} exited at once with code {proc.returncode}: "
-                f"{_qemu_log_tail(home, name) or '(no output)'}",
+                f"{' | '.join(qemu_log_tail(home, name)) or '(no output)'}",
                 f"see {state.qemu_log(home, name)}",
                 returncode=proc.returncode,
             )
@@ -217,7 +241,7 @@ def _await_startup(home: LabHome, name: str, proc: subprocess.Popen[bytes]) -> N
         if (
             home.vm_qmp(name).exists()
             and spawn.read_pid_file(home.vm_pid(name)) == proc.pid
-            and qmp.status(home.vm_qmp(name)) is not None
+            and qmp.query_status(home.vm_qmp(name)) is not None
         ):
             return
         time.sleep(0.05)
@@ -234,19 +258,19 @@ def _run_interactive(
     try:
         t0 = time.time()
         with spawn.spawn(argv, netns=home.netns, stdin=None, stdout=None, stderr=None) as proc:
-            stamp.start_watcher(home.vm_log(vm.name), proc.pid, t0)  # for `vm timeline`
+            watch.start_watcher(home, vm.name, proc.pid, t0)  # for `vm timeline`
             proc.wait()
-        return Started(vm=vm, accel=chosen, pid=proc.pid, argv=argv, proc=proc)
+        return Started(vm=vm, accel=chosen, pid=proc.pid, argv=argv, proc=proc, t0=t0)
     finally:
-        cleanup(home, vm.name)
+        remove_leftovers(home, vm.name)
 
 
-def cleanup(home: LabHome, name: str) -> None:
+def remove_leftovers(home: LabHome, name: str) -> None:
     """Remove what a run leaves behind: pid file, sockets and the tap."""
     state.remove_runtime_files(home, name)
     from pvmlab.network import lab as network
 
-    with contextlib.suppress(Exception):  # the lab network may already be gone
+    with contextlib.suppress(PvmlabError, OSError):  # the lab network may already be gone
         network.remove_tap(home, name)
 
 
@@ -259,7 +283,7 @@ def _wait_gone(home: LabHome, name: str, pid: int, timeout: float) -> bool:
     return not state.is_vm_process(home, name, pid)
 
 
-def stop(
+def stop_vm(
     home: LabHome,
     name: str,
     *,
@@ -267,22 +291,44 @@ def stop(
     timeout: float = 30.0,
     say: Callable[[str], None] = lambda _msg: None,
 ) -> str:
-    """Stop VM ``name``; returns how: powerdown, quit, kill or not-running."""
+    """Stop VM ``name``; returns how: powerdown, quit, kill or not-running.
+
+    Works from the name alone (pid file + /proc + QMP), so a damaged record does not matter.
+    """
     home.require()
-    store.load_vm(home, name)
+    with vm_locked(home, name):
+        return stop_vm_locked(home, name, force=force, timeout=timeout, say=say)
+
+
+def stop_vm_locked(
+    home: LabHome,
+    name: str,
+    *,
+    force: bool = False,
+    timeout: float = 30.0,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> str:
+    """``stop_vm`` for a caller that holds the VM's lock already (``vm clean``)."""
     pid = state.running_pid(home, name)
+    if pid is None and not home.vm_file(name).exists():
+        raise StateError(f"no VM named {name!r}", "see `pvmlab vm list` for the defined VMs")
     how = "not-running"
     try:
         if pid is None:
             return how
         sock = home.vm_qmp(name)
         if not force:
-            if qmp.powerdown(sock):
+            run_state = qmp.query_status(sock)
+            if run_state is not None and run_state != qmp.RUNNING:
+                say(f"{name}: the guest is {run_state}, it cannot react to the power button")
+            elif qmp.press_power_button(sock):
                 say(f"{name}: ACPI power button pressed, waiting up to {timeout:.0f} s")
                 if _wait_gone(home, name, pid, timeout):
                     return (how := "powerdown")
-            say(f"{name}: did not power off; asking QEMU to quit")
-        if qmp.quit_(sock) and _wait_gone(home, name, pid, 10):
+                say(f"{name}: did not power off; asking QEMU to quit")
+            else:
+                say(f"{name}: QEMU does not answer on QMP; asking it to quit")
+        if qmp.quit_qemu(sock) and _wait_gone(home, name, pid, 10):
             return (how := "quit")
         say(f"{name}: QEMU did not quit; killing pid {pid}")
         if state.is_vm_process(home, name, pid):
@@ -293,4 +339,4 @@ def stop(
         return (how := "kill")
     finally:
         if how != "not-running" or state.running_pid(home, name) is None:
-            cleanup(home, name)
+            remove_leftovers(home, name)

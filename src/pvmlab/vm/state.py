@@ -1,9 +1,10 @@
-"""A VM's runtime state, taken from the truth: the pid file checked against /proc.
+"""A VM's runtime state, taken from the truth: the pid file checked against /proc, then QMP.
 
 A pid file counts only when the process it names is alive and its command line is a QEMU
 started with this VM's own pid file path (unique per lab home), so a stale pid file whose number
-was reused by another process is never taken for the VM. The accelerator and boot order of the
-last start are kept in ``vms/NAME/runtime.json``.
+was reused by another process is never taken for the VM. Whether the guest actually runs is
+QEMU's to say (QMP ``query-status``): a live QEMU may hold a paused, failed or panicked guest.
+The accelerator and boot order of the last start are kept in ``vms/NAME/runtime.json``.
 """
 
 from __future__ import annotations
@@ -71,8 +72,18 @@ def running_pid(home: LabHome, name: str) -> int | None:
     return pid
 
 
-def state(home: LabHome, name: str) -> str:
-    return "running" if running_pid(home, name) is not None else "stopped"
+STOPPED = "stopped"
+UNRESPONSIVE = "unresponsive"  # QEMU is alive but does not answer on QMP
+
+
+def run_state(home: LabHome, name: str) -> str:
+    """``stopped`` without a live QEMU; else what QEMU says over QMP (``running``, ``paused``,
+    ``internal-error``, ``guest-panicked``…), or ``unresponsive`` when it does not answer."""
+    if running_pid(home, name) is None:
+        return STOPPED
+    from pvmlab.qemu import qmp
+
+    return qmp.query_status(home.vm_qmp(name)) or UNRESPONSIVE
 
 
 def remove_runtime_files(home: LabHome, name: str) -> None:

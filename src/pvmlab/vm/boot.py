@@ -1,0 +1,210 @@
+"""Booting a VM as one library call: start it, wait for its console to show a pattern, and
+return one result.
+
+    result = start_and_wait(home, "node1", pattern=re.compile("login:"), timeout=300)
+    if not result.ready:
+        print(result.reason)
+
+What decides "ready" is the VM's watcher (``pvmlab.vm.watch``), the one reader of the console:
+it is given the pattern, stamps the first matching line as a ``ready`` event (which ``vm
+timeline`` ends the boot at) and sends the event over a pipe created here. So ``--wait``, the
+benchmarks and ``vm timeline`` report the same seconds, counted on the stamper's clock from
+QEMU's launch. While it waits, this side asks QEMU for its run state (QMP ``query-status``,
+one short connection a second) and gives up within about a second when the guest stops running
+code (paused, internal error, panic, shutdown): such a guest would never print the pattern.
+
+Each call has its own pipe and touches only its VM (whose lock ``start_vm`` takes), so calls for
+different VMs may run at once in threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import select
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pvmlab.home import LabHome
+from pvmlab.qemu import qmp
+from pvmlab.qemu.argv import Boot
+from pvmlab.vm import runtime
+
+Outcome = Literal["ready", "exited", "halted", "timeout"]
+STATE_POLL = 1.0  # seconds between two QMP run-state queries while waiting
+
+
+@dataclass(frozen=True)
+class BootResult:
+    """How one boot ended. ``elapsed``: seconds from QEMU's launch (the console stamps' clock)."""
+
+    name: str
+    outcome: Outcome
+    elapsed: float
+    pattern: str
+    pid: int
+    accel: str
+    line: str = ""  # ready: the console line that matched
+    run_state: str | None = None  # halted: what QMP said (paused, guest-panicked…)
+    qemu_log: list[str] = field(default_factory=list)  # not ready: QEMU's last lines
+    started_after: float = 0.0  # seconds from the call to QEMU's launch (pvmlab's own work)
+    timeout: float = 0.0  # the timeout the wait was given
+
+    @property
+    def ready(self) -> bool:
+        return self.outcome == "ready"
+
+    @property
+    def reason(self) -> str:
+        """One sentence on why the boot is not ready ("" when it is)."""
+        tail = f"; QEMU said: {' | '.join(self.qemu_log)}" if self.qemu_log else ""
+        if self.outcome == "ready":
+            return ""
+        if self.outcome == "halted":
+            return (
+                f"VM {self.name} is {self.run_state} (QMP) after {self.elapsed:.1f} s, without "
+                f"showing {self.pattern!r} on its console{tail}"
+            )
+        if self.outcome == "exited":
+            return (
+                f"VM {self.name} stopped after {self.elapsed:.1f} s without showing "
+                f"{self.pattern!r} on its console{tail}"
+            )
+        return (
+            f"VM {self.name} did not show {self.pattern!r} on its console within "
+            f"{self.timeout:.0f} s"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "outcome": self.outcome,
+            "elapsed": round(self.elapsed, 3),
+            "pattern": self.pattern,
+            "line": self.line,
+            "run_state": self.run_state,
+            "qemu_log": self.qemu_log,
+            "pid": self.pid,
+            "accel": self.accel,
+            "started_after": round(self.started_after, 3),
+        }
+
+
+class _Events:
+    """The read end of the watcher's pipe: JSON lines, read as they come."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+        self.eof = False
+
+    def read(self, timeout: float) -> list[dict[str, Any]]:
+        if self.eof:
+            time.sleep(timeout)
+            return []
+        ready, _, _ = select.select([self.fd], [], [], max(0.0, timeout))
+        if not ready:
+            return []
+        chunk = os.read(self.fd, 65536)
+        if not chunk:
+            self.eof = True
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        events = []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+
+def start_and_wait(
+    home: LabHome,
+    name: str,
+    *,
+    pattern: re.Pattern[str],
+    timeout: float,
+    boot: Boot = "pxe",
+    accel: str | None = None,
+    say: Callable[[str], None] = lambda _msg: None,
+) -> BootResult:
+    """Start VM ``name`` and wait until its console shows ``pattern``, it stops running or
+    exits, or ``timeout`` seconds pass. Start errors (``PvmlabError``) are raised; every way a
+    started boot can end is returned."""
+    called = time.time()
+    read_fd, write_fd = os.pipe()
+    try:
+        try:
+            started = runtime.start_vm(
+                home,
+                name,
+                boot=boot,
+                requested_accel=accel,
+                wait_for=pattern.pattern,
+                notify_fd=write_fd,
+                say=say,
+            )
+        finally:
+            os.close(write_fd)  # the watcher holds its own copy
+        say(f"started VM {name} (pid {started.pid}); console: {home.vm_log(name)}")
+        return wait_for_boot(
+            home, name, started, pattern=pattern, timeout=timeout, events_fd=read_fd, called=called
+        )
+    finally:
+        os.close(read_fd)
+
+
+def wait_for_boot(
+    home: LabHome,
+    name: str,
+    started: runtime.Started,
+    *,
+    pattern: re.Pattern[str],
+    timeout: float,
+    events_fd: int,
+    called: float | None = None,
+) -> BootResult:
+    """Wait for the outcome of a start: ``events_fd`` is the read end of the pipe the VM's
+    watcher writes its events to; QEMU's run state is asked on the side."""
+    events = _Events(events_fd)
+    called = started.t0 if called is None else called
+
+    def result(outcome: Outcome, elapsed: float, **kw: Any) -> BootResult:
+        if outcome != "ready":
+            kw.setdefault("qemu_log", runtime.qemu_log_tail(home, name))
+        return BootResult(
+            name=name,
+            outcome=outcome,
+            elapsed=elapsed,
+            pattern=pattern.pattern,
+            pid=started.pid,
+            accel=started.accel.name,
+            started_after=started.t0 - called,
+            timeout=timeout,
+            **kw,
+        )
+
+    deadline = time.monotonic() + timeout
+    next_query = time.monotonic() + STATE_POLL
+    while True:
+        for event in events.read(min(STATE_POLL, max(0.0, deadline - time.monotonic()))):
+            if event.get("event") == "ready":
+                return result("ready", float(event["t"]), line=str(event.get("line", "")))
+            if event.get("event") == "exit":
+                return result("exited", float(event["t"]))
+        now = time.monotonic()
+        if events.eof and not started.alive():  # the watcher is gone too (killed?)
+            return result("exited", time.time() - started.t0)
+        if now >= next_query:
+            next_query = now + STATE_POLL
+            run_state = qmp.query_status(home.vm_qmp(name))
+            if run_state in qmp.HALTED_STATES:
+                return result("halted", time.time() - started.t0, run_state=run_state)
+        if now >= deadline:
+            return result("timeout", time.time() - started.t0)
