@@ -295,6 +295,11 @@ class LabHome:
     def uplink_log(self) -> Path:
         return self.logs / "uplink.log"
 
+    # labs as code (pvmlab.labfile): which lab file made this home, and what it made
+    @property
+    def labfile_record(self) -> Path:
+        return self.root / "labfile.json"
+
     @property
     def ssh_dir(self) -> Path:
         return self.root / "ssh"

@@ -34,6 +34,14 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "clean",
         "Stop and remove every VM (and with --purge, the whole lab).",
     ),
+    "up": ("pvmlab.cli.labs", "up_cmd", "Create and start what a lab file declares (reconcile)."),
+    "down": ("pvmlab.cli.labs", "down_cmd", "Stop and remove everything a lab file made."),
+    "ls": ("pvmlab.cli.labs", "ls_cmd", "List the labs made from lab files."),
+    "test": (
+        "pvmlab.cli.labs",
+        "test_cmd",
+        "Boot a lab file's machines, check each is ready; JUnit, JSON and HTML reports.",
+    ),
 }
 
 

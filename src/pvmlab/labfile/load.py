@@ -96,7 +96,7 @@ def parse(text: str, path: Path) -> LabFile:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {str(loc[-1])!r}"
-            hint = "see docs/lab.schema.json (or `pvmlab lab schema`) for the keys a lab file has"
+            hint = "see docs/lab.schema.json for the keys a lab file has"
         elif err["type"] == "missing":
             msg = f"{str(loc[-1])!r} is required"
             hint = "add it"

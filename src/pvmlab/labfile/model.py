@@ -35,6 +35,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from pvmlab.errors import PvmlabError
 from pvmlab.records import validate
 from pvmlab.records.models import (
     Cmdline,
@@ -68,14 +69,36 @@ class Decl(BaseModel):
 
 
 class Ready(Decl):
-    """What "ready" means for a machine: a console line, an SSH command's output, a deadline."""
+    """What "ready" means for a machine: a console line, then (optionally) an SSH command whose
+    output must match, all within a deadline."""
 
     console: Regex | None = Field(
         default=None, description="Regular expression the serial console must show."
     )
+    ssh: str | None = Field(
+        default=None, description="A command run over SSH (as root, with the lab key) once the "
+        "console condition holds; it must exit 0."
+    )
+    expect: Regex | None = Field(
+        default=None, description="Regular expression the SSH command's output must match."
+    )
     timeout: float = Field(
         default=300.0, gt=0, le=86400, description="Seconds from start to ready, at most."
     )
+
+    @model_validator(mode="after")
+    def _expect_needs_ssh(self) -> Ready:
+        if self.expect is not None and self.ssh is None:
+            raise ValueError("'expect' checks the output of 'ssh': give the command too")
+        return self
+
+    def describe(self) -> str:
+        text = f"console /{self.pattern}/"
+        if self.ssh is not None:
+            text += f", then ssh {self.ssh!r}"
+            if self.expect is not None:
+                text += f" printing /{self.expect}/"
+        return f"{text} within {self.timeout:g} s"
 
     @property
     def pattern(self) -> str:
@@ -88,6 +111,9 @@ class Provisioner(Decl):
     )
     range: str | None = Field(
         default=None, description="DHCP dynamic range START,END (default: the upper part)."
+    )
+    uplink: bool = Field(
+        default=False, description="Give the machines outbound access (NAT through pasta)."
     )
 
 
@@ -111,6 +137,19 @@ class Machine(Decl):
     memory: MemoryMiB = VMSpec.model_fields["memory_mib"].default
     cpus: CPUs = VMSpec.model_fields["cpus"].default
     cmdline: Cmdline | None = None
+    accel: Literal["kvm", "hvf", "tcg"] | None = Field(
+        default=None, description="Accelerator (default: chosen as `vm start` chooses it)."
+    )
+    disk_size: str | None = Field(default=None, description="A qcow2 disk of this size, e.g. 8G.")
+    unattended: bool = Field(
+        default=False, description="Install unattended with the distro's shipped configuration."
+    )
+    preseed: str | None = Field(default=None, description="Preseed template (path).")
+    autoinstall: str | None = Field(default=None, description="Autoinstall template (path).")
+    kickstart: str | None = Field(default=None, description="Kickstart template (path).")
+    user_data: str | None = Field(default=None, description="cloud-init user-data template.")
+    mirror: str | None = Field(default=None, description="Package mirror URL for installers.")
+    proxy: str | None = Field(default=None, description="HTTP proxy URL for installers.")
     ready: Ready = Ready()
 
     @model_validator(mode="after")
@@ -119,7 +158,27 @@ class Machine(Decl):
             raise ValueError(f"legacy BIOS firmware exists only for x86_64, not {self.arch}")
         if self.boot == "ipxe" and self.firmware != "uefi":
             raise ValueError("boot = 'ipxe' (iPXE from local media) needs firmware = 'uefi'")
+        given = [k for k, v in self.install_files().items() if v is not None]
+        if len(given) + self.unattended > 1:
+            raise ValueError(
+                "give one install configuration: unattended, preseed, autoinstall, kickstart "
+                "or user_data"
+            )
+        if self.disk_size is not None:
+            try:
+                validate.disk_size(self.disk_size)
+            except PvmlabError as exc:
+                raise ValueError(exc.problem) from None
         return self
+
+    def install_files(self) -> dict[str, str | None]:
+        """Install kind (as ``vm create`` names it) -> the template path given for it."""
+        return {
+            "preseed": self.preseed,
+            "autoinstall": self.autoinstall,
+            "kickstart": self.kickstart,
+            "user-data": self.user_data,
+        }
 
     def names(self) -> list[str]:
         if self.count == 1:
