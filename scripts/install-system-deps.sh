@@ -32,7 +32,7 @@ packages=(
   python3 python3-venv python3-pip
 )
 # dropbear + sftp-server go into the SSH test initramfs (tests/fixtures/bootassets.py)
-test_packages=(nginx-light curl dropbear-bin openssh-sftp-server)
+test_packages=(nginx-light curl dropbear-bin openssh-sftp-server chromium)
 
 uname_s=$(uname -s)
 if [ "$uname_s" = Darwin ]; then
