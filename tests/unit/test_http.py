@@ -29,6 +29,7 @@ from pvmlab.home import LabHome
 from pvmlab.records import store
 from pvmlab.records.models import DistroAssets, LabSpec, VMSpec
 from pvmlab.stack import http as pvhttp
+from pvmlab.stack.endpoint import bind_endpoint
 
 KERNEL = bytes(range(256)) * 4096 + b"kernel-tail"  # ~1 MiB, every byte value
 INITRD = b"initrd-" * 3000
@@ -106,7 +107,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     runner = asyncio.run_coroutine_threadsafe(
-        pvhttp.start_http(home, lab, "127.0.0.1", 0), loop
+        pvhttp.start_http(home, lab, bind_endpoint(lab, "127.0.0.1", 0)), loop
     ).result(30)
     try:
         port = pvhttp.bound_port(runner)
@@ -429,7 +430,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         port = taken.getsockname()[1]
 
         async def attempt() -> None:
-            runner = await pvhttp.start_http(home, _lab(), "127.0.0.1", port)
+            runner = await pvhttp.start_http(home, _lab(), bind_endpoint(_lab(), "127.0.0.1", port))
             await runner.cleanup()
 
         with pytest.raises(StateError, match="cannot serve HTTP"):
@@ -437,8 +438,8 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_scripts_point_at_the_provisioner_when_bound_to_all() -> None:
-    assert pvhttp.base_url(_lab(), "0.0.0.0", 80) == "http://192.168.105.1"  # noqa: S104
-    assert pvhttp.base_url(_lab(), "192.168.105.1", 8080) == "http://192.168.105.1:8080"
+    assert bind_endpoint(_lab(), "0.0.0.0", 80).base_url == "http://192.168.105.1"  # noqa: S104
+    assert bind_endpoint(_lab(), "192.168.105.1", 8080).base_url == "http://192.168.105.1:8080"
 
 
 # --- rendering -----------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from pvmlab.network import lab as netlab
 from pvmlab.network.privilege import require_net_admin
 from pvmlab.records import store
 from pvmlab.stack import dnsmasq
+from pvmlab.stack.endpoint import lab_endpoint
 from pvmlab.stack.supervisor import error_path, pid_file, state_path
 
 START_TIMEOUT = 60.0
@@ -223,7 +224,6 @@ def status(home: LabHome) -> dict[str, Any]:
     sup = supervisor_pid(home)
     dns = dnsmasq_pid(home) if sup is not None else None
     running = sup is not None
-    ip = str(lab.ip) if lab is not None else None
     vms = store.load_vms(home) if home.vms.is_dir() else []
     return {
         "home": str(home.root),
@@ -247,8 +247,8 @@ def status(home: LabHome) -> dict[str, Any]:
                 "name": "http",
                 "pid": sup,
                 "running": running,
-                "url": f"http://{ip}/" if ip else None,
-                "boot_url": dnsmasq.boot_url(lab) if lab is not None else None,
+                "url": lab_endpoint(lab).url("/") if lab is not None else None,
+                "boot_url": lab_endpoint(lab).boot_url if lab is not None else None,
             },
         ],
         "tftp_root": str(home.tftp),

@@ -53,6 +53,7 @@ from pvmlab.records import validate
 from pvmlab.records.models import LabSpec
 from pvmlab.stack import render
 from pvmlab.stack.bootconfig import BootConfig, boot_config
+from pvmlab.stack.endpoint import HttpEndpoint, bind_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -287,14 +288,6 @@ def _serve_file(request: web.Request, root: Path) -> web.StreamResponse:
 # --- application ----------------------------------------------------------------------------
 
 
-def base_url(lab: LabSpec, host: str, port: int) -> str:
-    """How targets reach this server: the bound address, or the provisioner when bound to all."""
-    addr = str(lab.ip) if host in ("", "0.0.0.0", "::") else host  # noqa: S104
-    if ":" in addr:
-        addr = f"[{addr}]"
-    return f"http://{addr}" if port == 80 else f"http://{addr}:{port}"
-
-
 def make_app(home: LabHome, lab: LabSpec, url: str) -> web.Application:
     app = web.Application()
     app[HOME_KEY] = home
@@ -308,13 +301,10 @@ def make_app(home: LabHome, lab: LabSpec, url: str) -> web.Application:
     return app
 
 
-async def start_http(
-    home: LabHome, lab: LabSpec, host: str, port: int = 80, *, url: str | None = None
-) -> web.AppRunner:
-    """Serve the lab on host:port; the caller owns the runner (``await runner.cleanup()``).
-
-    ``url`` is the base URL written into scripts (default: derived from host and port).
-    """
+async def start_http(home: LabHome, lab: LabSpec, endpoint: HttpEndpoint) -> web.AppRunner:
+    """Serve the lab where ``endpoint`` says; the caller owns the runner (``await
+    runner.cleanup()``). Scripts point at ``endpoint.base_url`` (with the bound port when the
+    endpoint's port is 0)."""
     request_log = _open_request_log(home.logs / "http.log")
 
     async def close_log(_: web.Application) -> None:
@@ -322,7 +312,7 @@ async def start_http(
             handler.close()
             request_log.removeHandler(handler)
 
-    app = make_app(home, lab, url or base_url(lab, host, port))
+    app = make_app(home, lab, endpoint.base_url)
     app.on_cleanup.append(close_log)
     runner = web.AppRunner(
         app,
@@ -331,6 +321,7 @@ async def start_http(
         handle_signals=False,
     )
     await runner.setup()
+    host, port = endpoint.listen_host, endpoint.port
     try:
         site = web.TCPSite(runner, host, port, reuse_address=True)
         await site.start()
@@ -343,8 +334,8 @@ async def start_http(
     except BaseException:
         await runner.cleanup()
         raise
-    if url is None and port == 0:  # the port is known only now
-        app[URL_KEY]["base"] = base_url(lab, host, bound_port(runner))
+    if port == 0:  # the port is known only now
+        app[URL_KEY]["base"] = endpoint.with_port(bound_port(runner)).base_url
     log.info("HTTP server on %s:%d, scripts point at %s", host, port, app[URL_KEY]["base"])
     return runner
 
@@ -372,7 +363,8 @@ def _lab_for(home: LabHome) -> LabSpec:
 
 
 async def _serve_forever(home: LabHome, host: str, port: int) -> None:
-    runner = await start_http(home, _lab_for(home), host, port)
+    lab = _lab_for(home)
+    runner = await start_http(home, lab, bind_endpoint(lab, host, port))
     try:
         print(f"serving {home.root} on http://{host}:{bound_port(runner)}/ (Ctrl-C stops)",
               flush=True)

@@ -6,7 +6,7 @@ It is started detached by ``pvmlab.stack.control.start`` inside the lab's networ
 runs one asyncio loop:
 
 1. stages the iPXE first stages into the TFTP root and renders dnsmasq's configuration;
-2. starts the HTTP server on the provisioner address, port 80;
+2. starts the HTTP server where ``stack.endpoint`` says (the provisioner address, port 80);
 3. runs dnsmasq in the foreground and waits until its DHCP and TFTP sockets are bound;
 4. only then writes ``stack/state.json`` (atomically): that file is the readiness signal the
    starter waits for. A start-up failure is written to ``stack/start-error.json`` instead
@@ -40,10 +40,10 @@ from pvmlab.home import LabHome, read_json, write_atomic, write_json
 from pvmlab.records import store
 from pvmlab.records.models import LabSpec, utc_now
 from pvmlab.stack import dnsmasq
+from pvmlab.stack.endpoint import lab_endpoint
 
 log = logging.getLogger("pvmlab.supervisor")
 
-HTTP_PORT = 80
 READY_TIMEOUT = 15.0
 DHCP_PORT, TFTP_PORT = 67, 69
 
@@ -100,8 +100,8 @@ class Supervisor:
             "bridge": self.home.bridge,
             "address": self.lab.address,
             "ip": str(self.lab.ip),
-            "http_url": f"http://{self.lab.ip}/",
-            "boot_url": dnsmasq.boot_url(self.lab),
+            "http_url": lab_endpoint(self.lab).url("/"),
+            "boot_url": lab_endpoint(self.lab).boot_url,
             "started": self.started,
             "dnsmasq_started": self.dnsmasq_started,
             "dnsmasq_restarts": self.restarts,
@@ -269,7 +269,7 @@ class Supervisor:
         autoexec.write(self.home, self.lab)  # UEFI iPXE runs it at once: no 2 s Ctrl-B prompt
         for b in staged:
             log.info("TFTP %s <- %s (%s)", b.tftp_name, b.path, b.source)
-        runner = await start_http(self.home, self.lab, str(self.lab.ip), HTTP_PORT)
+        runner = await start_http(self.home, self.lab, lab_endpoint(self.lab))
         try:
             ready: asyncio.Future[None] = loop.create_future()
             keeper = asyncio.ensure_future(self.run_dnsmasq(ready))
