@@ -272,6 +272,100 @@ def test_range_request_returns_the_right_bytes(server: Server) -> None:
     assert body == b"kernel-tail"
 
 
+KERNEL_URL = "/images/demo/x86_64/vmlinuz"
+
+
+@pytest.mark.parametrize(
+    "spec", ["bytes=-0", f"bytes={len(KERNEL)}-", f"bytes={len(KERNEL)}-9999999"]
+)
+def test_unsatisfiable_ranges_are_416_with_the_length(server: Server, spec: str) -> None:
+    status, headers, body = server.request(KERNEL_URL, headers={"Range": spec})
+    assert status == 416
+    assert headers["content-range"] == f"bytes */{len(KERNEL)}"
+    assert KERNEL[:100] not in body
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "bytes=0-1,5-9",  # several ranges: the whole file, as most servers answer
+        "bytes=0-0, -1",
+        "items=0-9",  # another unit
+        "bytes=abc",  # not a range
+        "bytes=9-0",  # last before first: an invalid range-spec, ignored
+        "bytes=-",
+    ],
+)
+def test_ranges_the_rfc_lets_a_server_ignore_get_the_whole_file(server: Server, spec: str) -> None:
+    status, headers, body = server.request(KERNEL_URL, headers={"Range": spec})
+    assert status == 200
+    assert "content-range" not in headers
+    assert body == KERNEL
+
+
+def test_if_range_with_the_current_etag_gets_the_range(server: Server) -> None:
+    _, head, _ = server.request(KERNEL_URL, method="HEAD")
+    etag = head["etag"]
+    assert etag.startswith('"') and not etag.startswith("W/")
+    status, headers, body = server.request(
+        KERNEL_URL, headers={"Range": "bytes=10-19", "If-Range": etag}
+    )
+    assert (status, headers["content-range"], body) == (
+        206, f"bytes 10-19/{len(KERNEL)}", KERNEL[10:20]
+    )
+    # the same date as Last-Modified also matches
+    status, _, body = server.request(
+        KERNEL_URL, headers={"Range": "bytes=10-19", "If-Range": head["last-modified"]}
+    )
+    assert (status, body) == (206, KERNEL[10:20])
+
+
+@pytest.mark.parametrize(
+    "validator",
+    ['"0-stale"', 'W/"{etag}"', "Thu, 01 Jan 1998 00:00:00 GMT", "not a validator"],
+)
+def test_if_range_with_a_stale_validator_gets_the_whole_file(
+    server: Server, validator: str
+) -> None:
+    _, head, _ = server.request(KERNEL_URL, method="HEAD")
+    value = validator.format(etag=head["etag"].strip('"'))
+    status, headers, body = server.request(
+        KERNEL_URL, headers={"Range": "bytes=10-19", "If-Range": value}
+    )
+    assert status == 200
+    assert "content-range" not in headers
+    assert body == KERNEL
+
+
+def test_a_file_replaced_since_the_etag_gets_whole(server: Server) -> None:
+    _, head, _ = server.request(KERNEL_URL, method="HEAD")
+    path = store.distro_dir(server.home, "demo", "x86_64") / "vmlinuz"
+    new = b"new kernel " * 100
+    path.write_bytes(new)
+    status, _, body = server.request(
+        KERNEL_URL, headers={"Range": "bytes=0-3", "If-Range": head["etag"]}
+    )
+    assert (status, body) == (200, new)
+
+
+def test_suffix_and_open_ranges(server: Server) -> None:
+    status, headers, body = server.request(KERNEL_URL, headers={"Range": "bytes=-99999999"})
+    assert (status, headers["content-range"], body) == (
+        206, f"bytes 0-{len(KERNEL) - 1}/{len(KERNEL)}", KERNEL
+    )
+    status, headers, body = server.request(KERNEL_URL, headers={"Range": "Bytes = 5-"})
+    assert (status, headers["content-range"], body) == (
+        206, f"bytes 5-{len(KERNEL) - 1}/{len(KERNEL)}", KERNEL[5:]
+    )
+
+
+def test_head_ignores_range(server: Server) -> None:
+    status, headers, body = server.request(
+        KERNEL_URL, method="HEAD", headers={"Range": "bytes=0-9"}
+    )
+    assert (status, int(headers["content-length"]), body) == (200, len(KERNEL), b"")
+
+
 def test_head_has_length_and_no_body(server: Server) -> None:
     status, headers, body = server.request("/images/demo/x86_64/vmlinuz", method="HEAD")
     assert status == 200

@@ -5,7 +5,8 @@
                                 the machine's script (kernel, initrd, command line, boot), or a
                                 short script that prints why it cannot boot and exits, so the
                                 firmware moves on to the next boot device
-    GET|HEAD /images/D/A/FILE   kernels and initrds from the lab home's images/ (Range, sendfile)
+    GET|HEAD /images/D/A/FILE   kernels and initrds from the lab home's images/ (sendfile; one
+                                Range per request, If-Range: ``stack.ranges``)
     GET|HEAD /tftp/FILE         the first stages (iPXE binaries), same files as TFTP serves
     GET /config/<mac>           the machine's boot configuration as JSON
 
@@ -38,20 +39,21 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger, AbstractStreamWriter
 
 from pvmlab.errors import PvmlabError, StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import validate
 from pvmlab.records.models import LabSpec
-from pvmlab.stack import render
+from pvmlab.stack import ranges, render
 from pvmlab.stack.bootconfig import BootConfig, boot_config
 from pvmlab.stack.endpoint import HttpEndpoint, bind_endpoint
 
@@ -151,7 +153,8 @@ def _body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
 
 
 class CountedFileResponse(web.FileResponse):
-    """A FileResponse that remembers how many body bytes it sent (for the request log).
+    """A FileResponse that remembers how many body bytes it sent (for the request log) and
+    answers Range/If-Range as ``stack.ranges`` decides (where aiohttp's reading is wrong).
 
     ``web.FileResponse`` does Range, HEAD, conditional requests and sendfile; the body goes
     out in ``_sendfile``, so that is where the count is taken.
@@ -159,6 +162,18 @@ class CountedFileResponse(web.FileResponse):
 
     bytes_sent: int = 0
     complete: bool = False
+
+    def __init__(self, path: Path, range_header: str | None) -> None:
+        super().__init__(path)
+        self._range_header = range_header  # what aiohttp is to see (None: no range)
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        headers = request.headers.copy()
+        headers.popall(hdrs.IF_RANGE, None)  # evaluated already (stack.ranges)
+        headers.popall(hdrs.RANGE, None)
+        if self._range_header is not None:
+            headers[hdrs.RANGE] = self._range_header
+        return await super().prepare(request.clone(headers=headers))
 
     async def _sendfile(
         self, request: web.BaseRequest, fobj: Any, offset: int, count: int
@@ -282,7 +297,25 @@ def _serve_file(request: web.Request, root: Path) -> web.StreamResponse:
     if "%" in request.raw_path.split("?", 1)[0]:
         raise web.HTTPForbidden(text="forbidden: encoded characters in the path\n")
     path = confine(root, request.match_info["path"])
-    return CountedFileResponse(path)
+    try:
+        st = path.stat()
+    except OSError:
+        raise web.HTTPNotFound(text="not found\n") from None
+    decided = ranges.plan(
+        request.method,
+        request.headers.get(hdrs.RANGE),
+        request.headers.get(hdrs.IF_RANGE),
+        size=st.st_size,
+        # the validators FileResponse sends: this entity tag, Last-Modified rounded up
+        etag=f"{st.st_mtime_ns:x}-{st.st_size:x}",
+        last_modified=math.ceil(st.st_mtime),
+    )
+    if decided.outcome is ranges.Outcome.UNSATISFIABLE:
+        raise web.HTTPRequestRangeNotSatisfiable(
+            headers={hdrs.CONTENT_RANGE: f"bytes */{st.st_size}"},
+            text="range not satisfiable\n",
+        )
+    return CountedFileResponse(path, decided.range)
 
 
 # --- application ----------------------------------------------------------------------------
