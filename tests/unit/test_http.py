@@ -7,9 +7,12 @@ the traversal tricks reach the server as an attacker would send them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import json
+import logging
+import resource
 import shutil
 import socket
 import subprocess
@@ -24,11 +27,13 @@ import pytest
 from aiohttp import web
 
 from pvmlab import spawn
-from pvmlab.errors import StateError
+from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import store
 from pvmlab.records.models import DistroAssets, LabSpec, VMSpec
+from pvmlab.stack import connguard
 from pvmlab.stack import http as pvhttp
+from pvmlab.stack.connguard import HttpLimits
 from pvmlab.stack.endpoint import bind_endpoint
 
 KERNEL = bytes(range(256)) * 4096 + b"kernel-tail"  # ~1 MiB, every byte value
@@ -44,6 +49,7 @@ class Server:
     port: int
     base: str
     loop: asyncio.AbstractEventLoop
+    running: pvhttp.HttpServer
 
     def request(
         self, path: str, method: str = "GET", headers: dict[str, str] | None = None
@@ -95,8 +101,9 @@ def add_vm(home: LabHome, name: str, mac: str, distro: str | None = "demo",
     ))
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
+@contextlib.contextmanager
+def serving(tmp_path: Path, limits: HttpLimits | None = None) -> Iterator[Server]:
+    """The server on 127.0.0.1 (a free port) in a loop on its own thread."""
     home = LabHome(tmp_path / "home")
     home.ensure()
     (tmp_path / "secret.txt").write_bytes(SECRET)
@@ -106,17 +113,23 @@ def server(tmp_path: Path) -> Iterator[Server]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    runner = asyncio.run_coroutine_threadsafe(
-        pvhttp.start_http(home, lab, bind_endpoint(lab, "127.0.0.1", 0)), loop
+    running = asyncio.run_coroutine_threadsafe(
+        pvhttp.start_http(home, lab, bind_endpoint(lab, "127.0.0.1", 0), limits=limits), loop
     ).result(30)
     try:
-        port = pvhttp.bound_port(runner)
-        yield Server(home, lab, port, f"http://127.0.0.1:{port}", loop)
+        port = pvhttp.bound_port(running)
+        yield Server(home, lab, port, f"http://127.0.0.1:{port}", loop, running)
     finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(running.cleanup(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    with serving(tmp_path) as running:
+        yield running
 
 
 def script_lines(body: bytes) -> list[str]:
@@ -572,3 +585,146 @@ def test_app_routes() -> None:
     paths = {r.resource.canonical for r in app.router.routes() if r.resource is not None}
     assert {"/boot.ipxe", "/ipxe", "/config/{mac}", "/images/{path}", "/tftp/{path}"} <= paths
     assert isinstance(app, web.Application)
+
+
+# --- connection limits (stack.connguard) ----------------------------------------------------------
+
+QUICK = HttpLimits(max_connections=16, idle_timeout=0.4, header_timeout=0.6, body_timeout=0.6)
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+    sock.settimeout(20)
+    return sock
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    """True once the server has closed its end (EOF or reset); waits up to the socket timeout."""
+    try:
+        while True:
+            data = sock.recv(4096)
+            if not data:
+                return True
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_an_idle_connection_is_closed_after_the_idle_timeout(tmp_path: Path) -> None:
+    with serving(tmp_path, QUICK) as srv, _connect(srv.port) as sock:
+        opened = time.monotonic()
+        assert _closed_by_server(sock)
+        assert time.monotonic() - opened >= QUICK.idle_timeout * 0.9
+        assert srv.running.guard.counts["timed_out"] == 1
+
+
+def test_a_keep_alive_connection_is_closed_after_its_last_response(tmp_path: Path) -> None:
+    with serving(tmp_path, QUICK) as srv, _connect(srv.port) as sock:
+        sock.sendall(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200 OK")
+        assert _closed_by_server(sock)
+
+
+def test_slowloris_is_closed_after_the_header_timeout_though_it_keeps_sending(
+    tmp_path: Path,
+) -> None:
+    limits = HttpLimits(max_connections=16, idle_timeout=30, header_timeout=0.5, body_timeout=30)
+    with serving(tmp_path, limits) as srv, _connect(srv.port) as sock:
+        sock.sendall(b"GET /boot.ipxe HTTP/1.1\r\n")
+        began = time.monotonic()
+        closed = False
+        for i in range(200):  # a header line every 50 ms, for up to 10 s
+            try:
+                sock.sendall(f"X-Slow-{i}: y\r\n".encode())
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+            time.sleep(0.05)
+        closed = closed or _closed_by_server(sock)
+        assert closed
+        assert time.monotonic() - began < 10  # long before the idle timeout of 30 s
+        assert srv.running.guard.counts["timed_out"] == 1
+
+
+def test_a_body_that_never_comes_is_408(tmp_path: Path) -> None:
+    with serving(tmp_path, QUICK) as srv, _connect(srv.port) as sock:
+        sock.sendall(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+        answer = sock.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout")
+        assert b"request body not received within 0.6 s" in answer
+
+
+def test_malformed_requests_get_400_and_one_short_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    with serving(tmp_path, QUICK) as srv:
+        for request in (b"NOT\x01HTTP\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+                        b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n"):
+            with _connect(srv.port) as sock:
+                sock.sendall(request)
+                answer = sock.recv(4096)
+                assert answer.split(b" ", 2)[1:2] == [b"400"], answer[:80]
+        entries = srv.log_lines(3)
+    assert [e["status"] for e in entries] == [400, 400, 400]
+    assert "Traceback" not in caplog.text
+    problems = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert problems and all("\n" not in r.getMessage() for r in problems)
+    assert all(r.getMessage().startswith("Error handling request from 127.0.0.1: 400")
+               for r in problems)
+
+
+def test_at_the_cap_a_new_connection_replaces_the_longest_idle(tmp_path: Path) -> None:
+    limits = HttpLimits(max_connections=16, idle_timeout=60, header_timeout=60, body_timeout=60)
+    with serving(tmp_path, limits) as srv, contextlib.ExitStack() as held:
+        socks = [held.enter_context(_connect(srv.port)) for _ in range(16)]
+        status, _, body = srv.request("/boot.ipxe")  # the 17th connection
+        assert status == 200 and body.startswith(b"#!ipxe")
+        socks[0].settimeout(5)
+        assert _closed_by_server(socks[0])  # the oldest made room
+        for kept in socks[1:]:
+            kept.settimeout(0.05)
+            assert not _closed_by_server(kept)
+        assert srv.running.guard.counts["evicted"] == 1
+        assert srv.running.guard.counts["peak"] == 16
+
+
+def test_when_every_connection_is_busy_new_ones_are_refused_with_one_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    limits = HttpLimits(max_connections=16, idle_timeout=60, header_timeout=60, body_timeout=60)
+    with serving(tmp_path, limits) as srv, contextlib.ExitStack() as held:
+        for _ in range(16):  # each waits for a body that does not come: busy
+            sock = held.enter_context(_connect(srv.port))
+            sock.sendall(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+        deadline = time.monotonic() + 20
+        while srv.running.guard.stats()["open"] < 16 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for _ in range(5):
+            with _connect(srv.port) as extra:
+                extra.sendall(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert _closed_by_server(extra)
+        assert srv.running.guard.counts["refused"] == 5
+    refusals = [r.getMessage() for r in caplog.records if "over the cap" in r.getMessage()]
+    assert refusals == ["17 connections open, over the cap of 16; refusing new ones"]
+
+
+def test_limits_from_the_environment() -> None:
+    env = {"PVMLAB_HTTP_MAX_CONNECTIONS": "300", "PVMLAB_HTTP_IDLE_TIMEOUT": "2.5",
+           "PVMLAB_HTTP_HEADER_TIMEOUT": "", "PVMLAB_HTTP_BODY_TIMEOUT": "7"}
+    assert HttpLimits.from_env(env) == HttpLimits(300, 2.5, 10.0, 7.0)
+    for bad in ({"PVMLAB_HTTP_IDLE_TIMEOUT": "nan"}, {"PVMLAB_HTTP_IDLE_TIMEOUT": "0"},
+                {"PVMLAB_HTTP_MAX_CONNECTIONS": "1.5"}, {"PVMLAB_HTTP_BODY_TIMEOUT": "x"}):
+        with pytest.raises(ValidationError, match=next(iter(bad))):
+            HttpLimits.from_env(bad)
+
+
+def test_the_cap_stays_below_the_descriptor_limit() -> None:
+    assert connguard.connection_cap(HttpLimits(max_connections=1024), 20000) == 1024
+    assert connguard.connection_cap(HttpLimits(max_connections=1024), 1024) == 768
+    assert connguard.connection_cap(HttpLimits(max_connections=1024), 100) == connguard.MIN_CAP
+    soft = connguard.raise_fd_limit()
+    assert soft == resource.getrlimit(resource.RLIMIT_NOFILE)[1]

@@ -41,13 +41,16 @@ import json
 import logging
 import math
 import re
+import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import hdrs, web
 from aiohttp.abc import AbstractAccessLogger, AbstractStreamWriter
+from aiohttp.http_exceptions import HttpProcessingError
 
 from pvmlab.errors import PvmlabError, StateError, ValidationError
 from pvmlab.home import LabHome
@@ -55,7 +58,14 @@ from pvmlab.records import validate
 from pvmlab.records.models import LabSpec
 from pvmlab.stack import ranges, render
 from pvmlab.stack.bootconfig import BootConfig, boot_config
+from pvmlab.stack.connguard import (
+    ConnectionGuard,
+    HttpLimits,
+    connection_cap,
+    raise_fd_limit,
+)
 from pvmlab.stack.endpoint import HttpEndpoint, bind_endpoint
+from pvmlab.stack.logfiles import BoundedFileHandler, LogBounds, Notes
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +74,8 @@ HOME_KEY = web.AppKey("home", LabHome)
 LAB_KEY = web.AppKey("lab", LabSpec)
 URL_KEY = web.AppKey("url", dict[str, str])  # {"base": URL targets use}, set once bound
 EXTRA = web.RequestKey("pvmlab_log", dict[str, Any])  # fields a handler adds to its log line
+LISTEN_BACKLOG = 1024  # connections the kernel queues while the loop accepts (a flood's burst)
+SHUTDOWN_TIMEOUT = 5.0  # how long a stop waits for responses in flight
 
 # One path segment we serve: a plain name, not hidden, no separators or percent signs.
 _SEGMENT = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
@@ -168,6 +180,8 @@ class CountedFileResponse(web.FileResponse):
         self._range_header = range_header  # what aiohttp is to see (None: no range)
 
     async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:  # sent by the guard's middleware; aiohttp asks again afterwards
+            return await web.StreamResponse.prepare(self, request)
         headers = request.headers.copy()
         headers.popall(hdrs.IF_RANGE, None)  # evaluated already (stack.ranges)
         headers.popall(hdrs.RANGE, None)
@@ -184,15 +198,41 @@ class CountedFileResponse(web.FileResponse):
         return writer
 
 
-def _open_request_log(path: Path) -> logging.Logger:
-    """A private logger (not registered globally) writing bare lines to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _open_request_log(path: Path, bounds: LogBounds) -> logging.Logger:
+    """A private logger (not registered globally) writing bare lines to ``path`` (bounded and
+    rotated: ``stack.logfiles``)."""
     logger = logging.Logger(f"pvmlab.http.requests:{path}", level=logging.INFO)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = BoundedFileHandler(path, bounds)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.propagate = False
     return logger
+
+
+class ClientErrorLog(logging.Logger):
+    """aiohttp's connection-level error log, given as its ``logger``.
+
+    aiohttp logs every request it cannot parse with a traceback ("Error handling request"),
+    which a lab client can repeat thousands of times a second. Errors a client causes
+    (malformed requests, resets) become one short line, rate-limited; anything else (a bug
+    here) keeps its traceback, at most once per kind and interval.
+    """
+
+    def __init__(self, notes: Notes) -> None:
+        super().__init__("pvmlab.stack.http.server")
+        self.parent = log  # records go wherever this module's records go
+        self._notes = notes
+
+    def exception(
+        self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any
+    ) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        text = str(msg) % args if args else str(msg)
+        if isinstance(exc, HttpProcessingError | ConnectionError | asyncio.TimeoutError):
+            detail = " ".join(str(exc).split())[:200]
+            self._notes(f"client:{type(exc).__name__}", logging.WARNING, "%s: %s", text, detail)
+        elif self._notes.allow(f"bug:{type(exc).__name__}") is not None:
+            self.error("%s", text, exc_info=exc_info, **kwargs)
 
 
 # --- handlers -------------------------------------------------------------------------------
@@ -334,30 +374,68 @@ def make_app(home: LabHome, lab: LabSpec, url: str) -> web.Application:
     return app
 
 
-async def start_http(home: LabHome, lab: LabSpec, endpoint: HttpEndpoint) -> web.AppRunner:
-    """Serve the lab where ``endpoint`` says; the caller owns the runner (``await
-    runner.cleanup()``). Scripts point at ``endpoint.base_url`` (with the bound port when the
-    endpoint's port is 0)."""
-    request_log = _open_request_log(home.logs / "http.log")
+@dataclass
+class HttpServer:
+    """A running server: ``await server.cleanup()`` stops it (connections closed, log shut)."""
+
+    runner: web.AppRunner
+    listener: asyncio.Server
+    guard: ConnectionGuard
+    endpoint: HttpEndpoint  # with the port actually bound
+
+    @property
+    def port(self) -> int:
+        return self.endpoint.port
+
+    async def cleanup(self) -> None:
+        self.listener.close()
+        await self.runner.cleanup()  # closes every connection (in-flight ones get a moment)
+
+
+async def start_http(
+    home: LabHome,
+    lab: LabSpec,
+    endpoint: HttpEndpoint,
+    *,
+    limits: HttpLimits | None = None,
+    log_bounds: LogBounds | None = None,
+) -> HttpServer:
+    """Serve the lab where ``endpoint`` says (the caller owns the result: ``await
+    server.cleanup()``). Scripts point at ``endpoint.base_url`` (with the bound port when the
+    endpoint's port is 0). ``limits`` and ``log_bounds`` default to the environment's."""
+    limits = limits or HttpLimits.from_env()
+    request_log = _open_request_log(home.logs / "http.log", log_bounds or LogBounds.from_env())
 
     async def close_log(_: web.Application) -> None:
         for handler in list(request_log.handlers):
             handler.close()
             request_log.removeHandler(handler)
 
+    guard = ConnectionGuard(limits, connection_cap(limits, raise_fd_limit()), log)
     app = make_app(home, lab, endpoint.base_url)
+    app.middlewares.append(guard.middleware)
     app.on_cleanup.append(close_log)
     runner = web.AppRunner(
         app,
         access_log_class=JsonAccessLogger,
         access_log=request_log,
         handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        logger=ClientErrorLog(guard.notes),
+        # aiohttp's own timers, behind the guard's: an idle or half-sent request never
+        # outlives both timeouts, and an unread request body is drained for at most this long
+        keepalive_timeout=limits.idle_timeout + limits.header_timeout,
+        lingering_time=limits.body_timeout,
     )
     await runner.setup()
+    if runner.server is None:
+        raise StateError("the HTTP server did not set up")
     host, port = endpoint.listen_host, endpoint.port
+    loop = asyncio.get_running_loop()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
+        listener = await loop.create_server(
+            guard.factory(runner.server), host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+        )
     except OSError as exc:
         await runner.cleanup()
         raise StateError(
@@ -368,18 +446,20 @@ async def start_http(home: LabHome, lab: LabSpec, endpoint: HttpEndpoint) -> web
         await runner.cleanup()
         raise
     if port == 0:  # the port is known only now
-        app[URL_KEY]["base"] = endpoint.with_port(bound_port(runner)).base_url
-    log.info("HTTP server on %s:%d, scripts point at %s", host, port, app[URL_KEY]["base"])
-    return runner
+        endpoint = endpoint.with_port(int(listener.sockets[0].getsockname()[1]))
+        app[URL_KEY]["base"] = endpoint.base_url
+    log.info(
+        "HTTP server on %s:%d, scripts point at %s; at most %d connections, idle timeout "
+        "%g s, request head %g s, body %g s",
+        host, endpoint.port, endpoint.base_url, guard.cap, limits.idle_timeout,
+        limits.header_timeout, limits.body_timeout,
+    )
+    return HttpServer(runner, listener, guard, endpoint)
 
 
-def bound_port(runner: web.AppRunner) -> int:
-    """The TCP port the runner's first site listens on (useful with port 0)."""
-    for site in runner.sites:
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            return int(server.sockets[0].getsockname()[1])
-    raise StateError("the HTTP server is not listening")
+def bound_port(server: HttpServer) -> int:
+    """The TCP port the server listens on (useful with port 0)."""
+    return server.port
 
 
 # --- manual entry point -----------------------------------------------------------------------

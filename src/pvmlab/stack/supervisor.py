@@ -16,7 +16,7 @@ While running: if dnsmasq dies it is started again at once (same lease file, so 
 kept; back-off only when it keeps dying right after start), and state.json gets the new PID.
 SIGHUP re-renders the configuration and forwards SIGHUP to dnsmasq (which re-reads the
 reservations). SIGTERM or SIGINT stop dnsmasq and the HTTP server; the process then exits 0.
-Its log (stderr) is ``logs/supervisor.log``.
+Its log is ``logs/supervisor.log`` (also its stderr; bounded and rotated: ``stack.logfiles``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pvmlab.errors import PvmlabError, StateError
 from pvmlab.home import LabHome, read_json, write_atomic, write_json
 from pvmlab.records import store
 from pvmlab.records.models import LabSpec, utc_now
-from pvmlab.stack import dnsmasq
+from pvmlab.stack import dnsmasq, logfiles
 from pvmlab.stack.endpoint import lab_endpoint
 
 log = logging.getLogger("pvmlab.supervisor")
@@ -259,6 +259,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload)
+        logfiles.quiet_loop_errors(loop, logfiles.Notes(log))  # no traceback per failed accept
 
         if not Path(f"/sys/class/net/{self.home.bridge}").exists():
             raise StateError(
@@ -324,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("supervisor starting for %s in namespace %s", home.root, home.netns)
     sup: Supervisor | None = None
     try:
+        # bounded and rotated (stack.logfiles); stdout/stderr follow the current file
+        logfiles.log_to(home.logs / "supervisor.log", logfiles.LogBounds.from_env())
         lab = store.load_lab(home)
         sup = Supervisor(home, lab)
         code = asyncio.run(sup.run())

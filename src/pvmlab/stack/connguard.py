@@ -1,0 +1,319 @@
+"""Connection limits of the lab's HTTP server: no lab client can exhaust it by holding sockets.
+
+Every TCP connection the server accepts goes through a ``ConnectionGuard`` (an asyncio protocol
+wrapped around aiohttp's), which enforces:
+
+    idle timeout     a connection that sends no byte of a request within ``idle_timeout`` of
+                     being opened or of its previous response is closed (keep-alive timeout)
+    header timeout   once a request has begun, its line and headers must be complete within
+                     ``header_timeout`` (a slowloris client trickling header bytes is closed)
+    body timeout     a request body must arrive within ``body_timeout`` (408), and an unread
+                     body is drained for at most that long after the response
+    connection cap   at most ``cap`` connections are open. A new one above the cap takes the
+                     place of the connection idle for longest (requests in progress are never
+                     cut); when every open connection is busy it is closed at once. Either is
+                     logged as one rate-limited line, never a traceback per connection.
+
+The cap is kept below the process's file-descriptor limit: ``raise_fd_limit`` lifts the soft
+RLIMIT_NOFILE to the hard one, and the cap is at most that minus ``FD_RESERVE`` (log files,
+dnsmasq's pipes, executor threads), so accept() never fails for lack of descriptors.
+
+A request counts as in progress from the moment its head is parsed until its response has been
+written completely (the middleware sends it, so a kernel download is busy until its last byte).
+
+Settings (environment of the supervisor, read once at start; bad values stop the start):
+``PVMLAB_HTTP_MAX_CONNECTIONS``, ``PVMLAB_HTTP_IDLE_TIMEOUT``, ``PVMLAB_HTTP_HEADER_TIMEOUT``,
+``PVMLAB_HTTP_BODY_TIMEOUT`` (seconds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import resource
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from pvmlab.errors import ValidationError
+from pvmlab.stack.logfiles import Notes
+
+MAX_CONNECTIONS = 1024
+IDLE_TIMEOUT = 15.0
+HEADER_TIMEOUT = 10.0
+BODY_TIMEOUT = 10.0
+FD_RESERVE = 256
+MIN_CAP = 16
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class HttpLimits:
+    max_connections: int = MAX_CONNECTIONS
+    idle_timeout: float = IDLE_TIMEOUT
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> HttpLimits:
+        env = os.environ if environ is None else environ
+        return cls(
+            max_connections=int(_number(env, "PVMLAB_HTTP_MAX_CONNECTIONS", MAX_CONNECTIONS, 1)),
+            idle_timeout=_number(env, "PVMLAB_HTTP_IDLE_TIMEOUT", IDLE_TIMEOUT, 0.1),
+            header_timeout=_number(env, "PVMLAB_HTTP_HEADER_TIMEOUT", HEADER_TIMEOUT, 0.1),
+            body_timeout=_number(env, "PVMLAB_HTTP_BODY_TIMEOUT", BODY_TIMEOUT, 0.1),
+        )
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value >= minimum or value == float("inf"):  # also refuses NaN
+        raise ValidationError(
+            f"{name}={raw!r} is not a number of at least {minimum:g}",
+            f"unset {name} to use the default ({default:g})",
+        )
+    if isinstance(default, int) and value != int(value):
+        raise ValidationError(f"{name}={raw!r} is not a whole number", f"e.g. {default}")
+    return value
+
+
+def raise_fd_limit() -> int:
+    """Lift the soft RLIMIT_NOFILE to the hard limit; return the soft limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass  # keep the soft limit we have; the cap follows it
+    return soft
+
+
+def connection_cap(limits: HttpLimits, fd_limit: int) -> int:
+    """The cap in force: the configured one, kept ``FD_RESERVE`` below the descriptor limit."""
+    return max(MIN_CAP, min(limits.max_connections, fd_limit - FD_RESERVE))
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: closed as soon as it is made (its descriptor freed at once)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+        else:
+            transport.close()
+
+
+class _Connection(asyncio.Protocol):
+    """One accepted connection: aiohttp's protocol inside, the guard's timers around it."""
+
+    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+        self.guard = guard
+        self.inner = inner
+        self.transport: asyncio.Transport | None = None
+        self.busy = 0  # requests in progress (aiohttp runs one at a time per connection)
+        self.head_started = False  # bytes of a request arrived while not busy
+        self.since = time.monotonic()  # opened, or the end of the last response
+        self.peer = "?"
+        self.doomed = False  # evicted before its transport was made: closed on arrival
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio protocol: forwarded to aiohttp -------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if not isinstance(transport, asyncio.Transport):  # TCP sockets give a Transport
+            raise TypeError(f"unexpected transport {transport!r}")
+        if self.doomed:
+            transport.abort()
+            return
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        self.guard._opened(self)
+        self._arm(self.guard.limits.idle_timeout, "idle")
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.busy and not self.head_started:
+            self.head_started = True
+            self._arm(self.guard.limits.header_timeout, "request head")
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        self.guard._closed(self)
+        if self.transport is not None:  # aiohttp saw this connection
+            self.inner.connection_lost(exc)
+
+    # --- the guard's view -------------------------------------------------------------------
+
+    def request_started(self) -> None:
+        self.busy += 1
+        self.head_started = False
+        self._disarm()
+        self.guard._busy(self)
+
+    def request_finished(self) -> None:
+        self.busy = max(0, self.busy - 1)
+        if not self.busy and self.transport is not None:
+            self.since = time.monotonic()
+            self._arm(self.guard.limits.idle_timeout, "idle")
+            self.guard._idle_again(self)
+
+    def close(self) -> None:
+        self._disarm()
+        if self.transport is None:
+            self.doomed = True
+        else:
+            self.transport.close()
+
+    def _arm(self, delay: float, what: str) -> None:
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(delay, self._expired, what, delay)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self, what: str, delay: float) -> None:
+        self._timer = None
+        if self.busy or self.transport is None:
+            return
+        self.guard._timed_out(self, what, delay)
+        self.close()
+
+
+class ConnectionGuard:
+    """Counts, times and caps the server's connections (see the module docstring)."""
+
+    def __init__(self, limits: HttpLimits, cap: int, logger: logging.Logger) -> None:
+        self.limits = limits
+        self.cap = cap
+        self.notes = Notes(logger)
+        # every connection not yet closed, including those whose transport is being made
+        self._all: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._by_transport: dict[asyncio.BaseTransport, _Connection] = {}
+        self._idle_order: collections.OrderedDict[_Connection, None] = collections.OrderedDict()
+        self.counts = {"accepted": 0, "refused": 0, "evicted": 0, "timed_out": 0, "peak": 0}
+
+    @property
+    def open(self) -> int:
+        return len(self._all)
+
+    def factory(self, inner: Callable[[], asyncio.Protocol]) -> Callable[[], asyncio.Protocol]:
+        """An asyncio protocol factory wrapping aiohttp's (``runner.server``)."""
+
+        def make() -> asyncio.Protocol:
+            if len(self._all) >= self.cap and not self._evict_longest_idle():
+                self.counts["refused"] += 1
+                self.notes(
+                    "refused", logging.WARNING,
+                    "%d connections open, over the cap of %d; refusing new ones",
+                    len(self._all) + 1, self.cap,
+                )
+                return _Refused()
+            conn = _Connection(self, inner())
+            self._all.add(conn)
+            self._idle_order[conn] = None  # idle from the start (its transport comes soon)
+            self.counts["accepted"] += 1
+            self.counts["peak"] = max(self.counts["peak"], len(self._all))
+            return conn
+
+        return make
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Marks the connection busy for the whole request, reads a body within the body
+        timeout, and writes the response here so "busy" lasts until its last byte."""
+        conn = self._by_transport.get(request.transport) if request.transport else None
+        if conn is not None:
+            conn.request_started()
+        try:
+            if request.body_exists:
+                try:
+                    await asyncio.wait_for(request.read(), self.limits.body_timeout)
+                except TimeoutError:
+                    raise web.HTTPRequestTimeout(
+                        text=f"request body not received within "
+                        f"{self.limits.body_timeout:g} s\n"
+                    ) from None
+            response = await handler(request)
+            try:
+                await response.prepare(request)
+                await response.write_eof()
+            except ConnectionError:
+                pass  # the client went away; aiohttp closes the connection quietly
+            return response
+        finally:
+            if conn is not None:
+                conn.request_finished()
+
+    def stats(self) -> dict[str, Any]:
+        return {"open": self.open, "cap": self.cap, **self.counts}
+
+    # --- bookkeeping, called by the connections ---------------------------------------------
+
+    def _opened(self, conn: _Connection) -> None:
+        if conn.transport is not None:
+            self._by_transport[conn.transport] = conn
+
+    def _closed(self, conn: _Connection) -> None:
+        self._all.discard(conn)
+        self._idle_order.pop(conn, None)
+        if conn.transport is not None:
+            self._by_transport.pop(conn.transport, None)
+
+    def _busy(self, conn: _Connection) -> None:
+        self._idle_order.pop(conn, None)
+
+    def _idle_again(self, conn: _Connection) -> None:
+        self._idle_order.pop(conn, None)
+        self._idle_order[conn] = None  # the newest idle one goes last
+
+    def _evict_longest_idle(self) -> bool:
+        if not self._idle_order:
+            return False
+        conn, _ = self._idle_order.popitem(last=False)
+        self._all.discard(conn)  # its slot is free now; connection_lost follows
+        self.counts["evicted"] += 1
+        self.notes(
+            "evicted", logging.WARNING,
+            "at the cap of %d connections: closing the connection idle for longest "
+            "(from %s, %.1f s) for each new one",
+            self.cap, conn.peer, time.monotonic() - conn.since,
+        )
+        conn.close()
+        return True
+
+    def _timed_out(self, conn: _Connection, what: str, delay: float) -> None:
+        self.counts["timed_out"] += 1
+        self.notes(
+            f"timeout:{what}", logging.INFO,
+            "closed a connection from %s: no complete %s within %g s", conn.peer,
+            "request" if what == "idle" else what, delay,
+        )
