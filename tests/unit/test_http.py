@@ -679,16 +679,36 @@ def test_malformed_requests_get_400_and_one_short_line(
 def test_at_the_cap_a_new_connection_replaces_the_longest_idle(tmp_path: Path) -> None:
     limits = HttpLimits(max_connections=16, idle_timeout=60, header_timeout=60, body_timeout=60)
     with serving(tmp_path, limits) as srv, contextlib.ExitStack() as held:
-        socks = [held.enter_context(_connect(srv.port)) for _ in range(16)]
+        socks = []
+        for _ in range(16):  # keep-alive connections, idle after one response each
+            sock = held.enter_context(_connect(srv.port))
+            sock.sendall(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200 OK")
+            socks.append(sock)
+        time.sleep(connguard.EVICTABLE_AFTER + 0.1)  # old enough to make room
         status, _, body = srv.request("/boot.ipxe")  # the 17th connection
         assert status == 200 and body.startswith(b"#!ipxe")
         socks[0].settimeout(5)
-        assert _closed_by_server(socks[0])  # the oldest made room
+        assert _closed_by_server(socks[0])  # the one idle for longest made room
         for kept in socks[1:]:
             kept.settimeout(0.05)
             assert not _closed_by_server(kept)
         assert srv.running.guard.counts["evicted"] == 1
         assert srv.running.guard.counts["peak"] == 16
+
+
+def test_idle_connections_wait_in_the_kernel_until_they_send(tmp_path: Path) -> None:
+    """TCP_DEFER_ACCEPT: a connection that sends nothing does not reach the server (no
+    descriptor, no accept) until it sends a byte or the idle timeout is up."""
+    limits = HttpLimits(max_connections=16, idle_timeout=60, header_timeout=60, body_timeout=60)
+    with serving(tmp_path, limits) as srv, contextlib.ExitStack() as held:
+        silent = [held.enter_context(_connect(srv.port)) for _ in range(40)]
+        status, _, _ = srv.request("/boot.ipxe")
+        assert status == 200
+        assert srv.running.guard.counts["accepted"] == 1
+        silent[0].sendall(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert silent[0].recv(65536).startswith(b"HTTP/1.1 200 OK")
+        assert srv.running.guard.counts["accepted"] == 2
 
 
 def test_when_every_connection_is_busy_new_ones_are_refused_with_one_line(
@@ -723,8 +743,9 @@ def test_limits_from_the_environment() -> None:
 
 
 def test_the_cap_stays_below_the_descriptor_limit() -> None:
-    assert connguard.connection_cap(HttpLimits(max_connections=1024), 20000) == 1024
-    assert connguard.connection_cap(HttpLimits(max_connections=1024), 1024) == 768
-    assert connguard.connection_cap(HttpLimits(max_connections=1024), 100) == connguard.MIN_CAP
+    cap = connguard.connection_cap
+    assert cap(HttpLimits(max_connections=1024), 20000, 1024) == 1024
+    assert cap(HttpLimits(max_connections=1024), 1536, 256) == 1536 - 256 - 512
+    assert cap(HttpLimits(max_connections=1024), 100, 1024) == connguard.MIN_CAP
     soft = connguard.raise_fd_limit()
     assert soft == resource.getrlimit(resource.RLIMIT_NOFILE)[1]

@@ -11,12 +11,14 @@ wrapped around aiohttp's), which enforces:
                      body is drained for at most that long after the response
     connection cap   at most ``cap`` connections are open. A new one above the cap takes the
                      place of the connection idle for longest (requests in progress are never
-                     cut); when every open connection is busy it is closed at once. Either is
-                     logged as one rate-limited line, never a traceback per connection.
+                     cut, nor a connection idle for less than ``EVICTABLE_AFTER``); when none
+                     may go, the new one is closed at once. Either is logged as one
+                     rate-limited line, never a traceback per connection.
 
 The cap is kept below the process's file-descriptor limit: ``raise_fd_limit`` lifts the soft
 RLIMIT_NOFILE to the hard one, and the cap is at most that minus ``FD_RESERVE`` (log files,
-dnsmasq's pipes, executor threads), so accept() never fails for lack of descriptors.
+dnsmasq's pipes, executor threads) and two accept batches (``connection_cap``), so accept()
+never fails for lack of descriptors.
 
 A request counts as in progress from the moment its head is parsed until its response has been
 written completely (the middleware sends it, so a kernel download is busy until its last byte).
@@ -30,9 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import fcntl
 import logging
+import math
 import os
 import resource
+import socket
+import sys
+import termios
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,12 +51,15 @@ from aiohttp import web
 from pvmlab.errors import ValidationError
 from pvmlab.stack.logfiles import Notes
 
-MAX_CONNECTIONS = 1024
+MAX_CONNECTIONS = 4096
 IDLE_TIMEOUT = 15.0
 HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 10.0
 FD_RESERVE = 256
 MIN_CAP = 16
+EVICTION_TRIES = 32  # idle connections looked at for one that may go, per new connection
+EVICTABLE_AFTER = 0.25  # seconds idle before a connection may be closed to make room
+SLOW_HEAD_EVICTABLE_AFTER = 2.0  # seconds a request head may take before that, too
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -103,9 +113,33 @@ def raise_fd_limit() -> int:
     return soft
 
 
-def connection_cap(limits: HttpLimits, fd_limit: int) -> int:
-    """The cap in force: the configured one, kept ``FD_RESERVE`` below the descriptor limit."""
-    return max(MIN_CAP, min(limits.max_connections, fd_limit - FD_RESERVE))
+def connection_cap(limits: HttpLimits, fd_limit: int, accept_batch: int) -> int:
+    """The cap in force: the configured one, kept below the descriptor limit by
+    ``FD_RESERVE`` plus two accept batches. asyncio accepts up to ``accept_batch`` (the listen
+    backlog) connections per wake-up, and a connection closed to make room frees its
+    descriptor only on the loop's next turn, so descriptors can briefly exceed the cap by
+    twice that."""
+    room = fd_limit - FD_RESERVE - 2 * accept_batch
+    return max(MIN_CAP, min(limits.max_connections, room))
+
+
+def defer_accept(listener: asyncio.Server, limits: HttpLimits) -> bool:
+    """Have the kernel hold back connections that have sent nothing yet (Linux
+    ``TCP_DEFER_ACCEPT``, for up to the idle timeout): a flood of idle connections then waits
+    in the kernel's handshake queue instead of filling the accept queue, where a request
+    from a well-behaved client would wait behind it. Connections that stay silent reach the
+    server when the time is up and are closed by the idle timeout. False where unsupported.
+    """
+    option = getattr(socket, "TCP_DEFER_ACCEPT", None)
+    if option is None:
+        return False
+    seconds = max(1, math.ceil(limits.idle_timeout))
+    try:
+        for sock in listener.sockets:
+            sock.setsockopt(socket.IPPROTO_TCP, option, seconds)
+    except OSError:
+        return False
+    return True
 
 
 class _Refused(asyncio.Protocol):
@@ -119,14 +153,23 @@ class _Refused(asyncio.Protocol):
 
 
 class _Connection(asyncio.Protocol):
-    """One accepted connection: aiohttp's protocol inside, the guard's timers around it."""
+    """One accepted connection: aiohttp's protocol inside, the guard's timers around it.
 
-    def __init__(self, guard: ConnectionGuard, inner: asyncio.Protocol) -> None:
+    aiohttp's protocol is made when the first byte arrives: a connection that never sends
+    anything (most of a flood) costs a transport and this object, not a parser and a task,
+    so the loop accepts (and replaces) such connections faster than a client opens them.
+    """
+
+    def __init__(
+        self, guard: ConnectionGuard, make_inner: Callable[[], asyncio.Protocol]
+    ) -> None:
         self.guard = guard
-        self.inner = inner
+        self.make_inner = make_inner
+        self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
         self.busy = 0  # requests in progress (aiohttp runs one at a time per connection)
         self.head_started = False  # bytes of a request arrived while not busy
+        self.head_since = 0.0  # when its first byte arrived
         self.since = time.monotonic()  # opened, or the end of the last response
         self.peer = "?"
         self.doomed = False  # evicted before its transport was made: closed on arrival
@@ -145,27 +188,36 @@ class _Connection(asyncio.Protocol):
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         self.guard._opened(self)
         self._arm(self.guard.limits.idle_timeout, "idle")
-        self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
         if not self.busy and not self.head_started:
             self.head_started = True
+            self.head_since = time.monotonic()
             self._arm(self.guard.limits.header_timeout, "request head")
+        if self.inner is None:
+            if self.transport is None:  # doomed: evicted before it was made
+                return
+            self.inner = self.make_inner()
+            self.inner.connection_made(self.transport)
         self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self.inner is None:
+            return False  # closed without a byte: close our end too
         return self.inner.eof_received()
 
     def pause_writing(self) -> None:
-        self.inner.pause_writing()
+        if self.inner is not None:
+            self.inner.pause_writing()
 
     def resume_writing(self) -> None:
-        self.inner.resume_writing()
+        if self.inner is not None:
+            self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         self.guard._closed(self)
-        if self.transport is not None:  # aiohttp saw this connection
+        if self.inner is not None:  # aiohttp saw this connection
             self.inner.connection_lost(exc)
 
     # --- the guard's view -------------------------------------------------------------------
@@ -182,6 +234,17 @@ class _Connection(asyncio.Protocol):
             self.since = time.monotonic()
             self._arm(self.guard.limits.idle_timeout, "idle")
             self.guard._idle_again(self)
+
+    def has_unread_bytes(self) -> bool:
+        """Whether bytes from the client wait in the kernel, not yet read by the loop."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return False
+        try:
+            pending = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return False
+        return int.from_bytes(pending, sys.byteorder) > 0
 
     def close(self) -> None:
         self._disarm()
@@ -237,7 +300,7 @@ class ConnectionGuard:
                     len(self._all) + 1, self.cap,
                 )
                 return _Refused()
-            conn = _Connection(self, inner())
+            conn = _Connection(self, inner)
             self._all.add(conn)
             self._idle_order[conn] = None  # idle from the start (its transport comes soon)
             self.counts["accepted"] += 1
@@ -296,19 +359,35 @@ class ConnectionGuard:
         self._idle_order[conn] = None  # the newest idle one goes last
 
     def _evict_longest_idle(self) -> bool:
-        if not self._idle_order:
-            return False
-        conn, _ = self._idle_order.popitem(last=False)
-        self._all.discard(conn)  # its slot is free now; connection_lost follows
-        self.counts["evicted"] += 1
-        self.notes(
-            "evicted", logging.WARNING,
-            "at the cap of %d connections: closing the connection idle for longest "
-            "(from %s, %.1f s) for each new one",
-            self.cap, conn.peer, time.monotonic() - conn.since,
-        )
-        conn.close()
-        return True
+        """Close the connection idle for longest to make room; False when none may go.
+
+        Only a connection idle for ``EVICTABLE_AFTER`` may go; not one whose request bytes
+        wait unread in the kernel, nor one whose request began less than
+        ``SLOW_HEAD_EVICTABLE_AFTER`` ago (both are about to become busy). A burst of accepts
+        could otherwise run through every idle connection before the loop has read, or begun
+        to handle, a request sent just after its connect."""
+        now = time.monotonic()
+        for _ in range(min(EVICTION_TRIES, len(self._idle_order))):
+            conn = next(iter(self._idle_order))
+            if now - conn.since < EVICTABLE_AFTER:
+                return False  # the longest idle is too young: every one is
+            if conn.has_unread_bytes() or (
+                conn.head_started and now - conn.head_since < SLOW_HEAD_EVICTABLE_AFTER
+            ):
+                self._idle_order.move_to_end(conn)
+                continue
+            del self._idle_order[conn]
+            self._all.discard(conn)  # its slot is free now; connection_lost follows
+            self.counts["evicted"] += 1
+            self.notes(
+                "evicted", logging.WARNING,
+                "at the cap of %d connections: closing the connection idle for longest "
+                "(from %s, %.1f s) for each new one",
+                self.cap, conn.peer, time.monotonic() - conn.since,
+            )
+            conn.close()
+            return True
+        return False
 
     def _timed_out(self, conn: _Connection, what: str, delay: float) -> None:
         self.counts["timed_out"] += 1

@@ -56,7 +56,7 @@ from pvmlab.errors import PvmlabError, StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import validate
 from pvmlab.records.models import LabSpec
-from pvmlab.stack import ranges, render
+from pvmlab.stack import connguard, ranges, render
 from pvmlab.stack.bootconfig import BootConfig, boot_config
 from pvmlab.stack.connguard import (
     ConnectionGuard,
@@ -74,7 +74,7 @@ HOME_KEY = web.AppKey("home", LabHome)
 LAB_KEY = web.AppKey("lab", LabSpec)
 URL_KEY = web.AppKey("url", dict[str, str])  # {"base": URL targets use}, set once bound
 EXTRA = web.RequestKey("pvmlab_log", dict[str, Any])  # fields a handler adds to its log line
-LISTEN_BACKLOG = 1024  # connections the kernel queues while the loop accepts (a flood's burst)
+LISTEN_BACKLOG = 4096  # connections the kernel queues while the loop accepts (a flood's burst)
 SHUTDOWN_TIMEOUT = 5.0  # how long a stop waits for responses in flight
 
 # One path segment we serve: a plain name, not hidden, no separators or percent signs.
@@ -411,7 +411,8 @@ async def start_http(
             handler.close()
             request_log.removeHandler(handler)
 
-    guard = ConnectionGuard(limits, connection_cap(limits, raise_fd_limit()), log)
+    cap = connection_cap(limits, raise_fd_limit(), LISTEN_BACKLOG)
+    guard = ConnectionGuard(limits, cap, log)
     app = make_app(home, lab, endpoint.base_url)
     app.middlewares.append(guard.middleware)
     app.on_cleanup.append(close_log)
@@ -445,6 +446,7 @@ async def start_http(
     except BaseException:
         await runner.cleanup()
         raise
+    connguard.defer_accept(listener, limits)
     if port == 0:  # the port is known only now
         endpoint = endpoint.with_port(int(listener.sockets[0].getsockname()[1]))
         app[URL_KEY]["base"] = endpoint.base_url
