@@ -15,8 +15,14 @@ confined to their root: every segment must be a plain name (no dot-dot, no separ
 percent-decoded tricks), and the resolved file (after symlinks) must still be inside the root
 and be a regular file.
 
-Every request is logged as one JSON object per line to ``logs/http.log``, written when the
-response has been sent, so boot timelines can be built from it:
+Whatever a lab client does, the server keeps answering: connections are timed, capped and
+replaced by ``stack.connguard`` (idle, request-head and body timeouts; at most a few thousand
+connections; idle ones wait in the kernel until they send), and a request aiohttp cannot parse
+gets 400 and one short, rate-limited log line instead of a traceback.
+
+Every request is logged as one JSON object per line to ``logs/http.log`` (bounded and rotated,
+``stack.logfiles``: older lines in ``http.log.1`` ...), written when the response has been
+sent, so boot timelines can be built from it:
 
     time      ISO 8601 (UTC, milliseconds) of the request's start
     start/end epoch seconds (floats) of the start and of the last byte sent
