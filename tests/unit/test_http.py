@@ -656,6 +656,25 @@ def test_a_body_that_never_comes_is_408(tmp_path: Path) -> None:
         assert b"request body not received within 0.6 s" in answer
 
 
+def test_a_client_leaving_mid_request_leaves_nothing_behind(tmp_path: Path) -> None:
+    with serving(tmp_path, QUICK) as srv:
+        with _connect(srv.port) as sock:
+            sock.sendall(b"GET /boot.ipxe HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+            deadline = time.monotonic() + 10  # until the server is reading the body
+            while time.monotonic() < deadline:
+                stats = srv.running.guard.stats()
+                if (stats["open"], stats["idle"]) == (1, 0):
+                    break
+                time.sleep(0.01)
+            assert (stats["open"], stats["idle"]) == (1, 0), stats
+        deadline = time.monotonic() + 10
+        while srv.running.guard.stats()["open"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)
+        stats = srv.running.guard.stats()
+        assert (stats["open"], stats["idle"], stats["timed_out"]) == (0, 0, 0), stats
+
+
 def test_malformed_requests_get_400_and_one_short_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -15,6 +15,12 @@ wrapped around aiohttp's), which enforces:
                      may go, the new one is closed at once. Either is logged as one
                      rate-limited line, never a traceback per connection.
 
+Two things keep a flood cheap, so the loop accepts faster than a client opens connections: the
+listening socket defers connections that have sent nothing (``defer_accept``: they wait in the
+kernel, not in the accept queue a real request waits in, and reach the server after about the
+idle timeout, so a silent connection lives up to twice it), and aiohttp's protocol is made only
+at a connection's first byte.
+
 The cap is kept below the process's file-descriptor limit: ``raise_fd_limit`` lifts the soft
 RLIMIT_NOFILE to the hard one, and the cap is at most that minus ``FD_RESERVE`` (log files,
 dnsmasq's pipes, executor threads) and two accept batches (``connection_cap``), so accept()
@@ -176,6 +182,7 @@ class _Connection(asyncio.Protocol):
         self.since = time.monotonic()  # opened, or the end of the last response
         self.peer = "?"
         self.doomed = False  # evicted before its transport was made: closed on arrival
+        self.lost = False  # connection_lost has been called
         self._timer: asyncio.TimerHandle | None = None
 
     # --- asyncio protocol: forwarded to aiohttp -------------------------------------------
@@ -218,6 +225,7 @@ class _Connection(asyncio.Protocol):
             self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self._disarm()
         self.guard._closed(self)
         if self.inner is not None:  # aiohttp saw this connection
@@ -233,7 +241,7 @@ class _Connection(asyncio.Protocol):
 
     def request_finished(self) -> None:
         self.busy = max(0, self.busy - 1)
-        if not self.busy and self.transport is not None:
+        if not self.busy and self.transport is not None and not self.lost:
             self.since = time.monotonic()
             self._arm(self.guard.limits.idle_timeout, "idle")
             self.guard._idle_again(self)
@@ -342,7 +350,7 @@ class ConnectionGuard:
                 conn.request_finished()
 
     def stats(self) -> dict[str, Any]:
-        return {"open": self.open, "cap": self.cap, **self.counts}
+        return {"open": self.open, "idle": len(self._idle_order), "cap": self.cap, **self.counts}
 
     # --- bookkeeping, called by the connections ---------------------------------------------
 
