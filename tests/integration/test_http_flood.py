@@ -62,7 +62,7 @@ def client(lab: netlab.Lab, tmp_path: Path) -> Iterator[netlab.Client]:
         c.add_address(CLIENT_ADDRESS)
         # 21,000 connections from one address to one port need more than the default
         # 28,000 ephemeral ports once closed ones linger
-        c.run(["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65000"])
+        c.run([netlab.BUSYBOX, "sysctl", "-w", "net.ipv4.ip_local_port_range=1024 65000"])
         yield c
 
 
