@@ -31,7 +31,7 @@ from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import store
 from pvmlab.records.models import DistroAssets, LabSpec, VMSpec
-from pvmlab.stack import connguard
+from pvmlab.stack import connguard, ranges
 from pvmlab.stack import http as pvhttp
 from pvmlab.stack.connguard import HttpLimits
 from pvmlab.stack.endpoint import bind_endpoint
@@ -768,3 +768,39 @@ def test_the_cap_stays_below_the_descriptor_limit() -> None:
     assert cap(HttpLimits(max_connections=1024), 100, 1024) == connguard.MIN_CAP
     soft = connguard.raise_fd_limit()
     assert soft == resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+
+
+# --- stack.ranges, the decision alone -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "header", "if_range", "expected"),
+    [
+        ("GET", None, None, (ranges.Outcome.WHOLE, None)),
+        ("GET", "bytes=0-99", None, (ranges.Outcome.PART, "bytes=0-99")),
+        ("GET", " BYTES = 5 - ", None, (ranges.Outcome.WHOLE, None)),  # spaces inside a spec
+        ("GET", "Bytes= 5-", None, (ranges.Outcome.PART, "bytes=5-")),
+        ("GET", "bytes=-10", None, (ranges.Outcome.PART, "bytes=-10")),
+        ("GET", "bytes=-0", None, (ranges.Outcome.UNSATISFIABLE, None)),
+        ("GET", "bytes=1000-", None, (ranges.Outcome.UNSATISFIABLE, None)),
+        ("GET", "bytes=999-5000", None, (ranges.Outcome.PART, "bytes=999-5000")),
+        ("GET", "bytes=0-1,3-4", None, (ranges.Outcome.WHOLE, None)),
+        ("GET", "bytes=0-9", '"abc-3e8"', (ranges.Outcome.PART, "bytes=0-9")),
+        ("GET", "bytes=0-9", 'W/"abc-3e8"', (ranges.Outcome.WHOLE, None)),
+        ("GET", "bytes=0-9", '"other"', (ranges.Outcome.WHOLE, None)),
+        ("GET", "bytes=0-9", "Sun, 06 Nov 1994 08:49:37 GMT", (ranges.Outcome.PART, "bytes=0-9")),
+        ("GET", "bytes=0-9", "Sun, 06 Nov 1994 08:49:38 GMT", (ranges.Outcome.WHOLE, None)),
+        ("HEAD", "bytes=0-9", None, (ranges.Outcome.WHOLE, None)),
+    ],
+)
+def test_range_plan(
+    method: str, header: str | None, if_range: str | None, expected: tuple[object, str | None]
+) -> None:
+    plan = ranges.plan(method, header, if_range, size=1000, etag="abc-3e8",
+                       last_modified=784111777)  # Sun, 06 Nov 1994 08:49:37 GMT
+    assert (plan.outcome, plan.range) == expected
+
+
+def test_an_empty_file_has_no_satisfiable_suffix() -> None:
+    plan = ranges.plan("GET", "bytes=-5", None, size=0, etag="e", last_modified=0)
+    assert plan.outcome is ranges.Outcome.UNSATISFIABLE
