@@ -121,9 +121,21 @@ def serving(tmp_path: Path, limits: HttpLimits | None = None) -> Iterator[Server
         yield Server(home, lab, port, f"http://127.0.0.1:{port}", loop, running)
     finally:
         asyncio.run_coroutine_threadsafe(running.cleanup(), loop).result(30)
+        asyncio.run_coroutine_threadsafe(_finish_tasks(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
+
+
+async def _finish_tasks() -> None:
+    """What asyncio.run does before closing its loop (the supervisor's case): let the
+    connections' last callbacks run, then cancel and await whatever task is left."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 @pytest.fixture
