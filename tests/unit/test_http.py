@@ -765,8 +765,9 @@ def test_when_every_connection_is_busy_new_ones_are_refused_with_one_line(
 
 def test_limits_from_the_environment() -> None:
     env = {"PVMLAB_HTTP_MAX_CONNECTIONS": "300", "PVMLAB_HTTP_IDLE_TIMEOUT": "2.5",
-           "PVMLAB_HTTP_HEADER_TIMEOUT": "", "PVMLAB_HTTP_BODY_TIMEOUT": "7"}
-    assert HttpLimits.from_env(env) == HttpLimits(300, 2.5, 10.0, 7.0)
+           "PVMLAB_HTTP_HEADER_TIMEOUT": "", "PVMLAB_HTTP_BODY_TIMEOUT": "7",
+           "PVMLAB_HTTP_SEND_STALL_TIMEOUT": "90"}
+    assert HttpLimits.from_env(env) == HttpLimits(300, 2.5, 10.0, 7.0, 90.0)
     for bad in ({"PVMLAB_HTTP_IDLE_TIMEOUT": "nan"}, {"PVMLAB_HTTP_IDLE_TIMEOUT": "0"},
                 {"PVMLAB_HTTP_MAX_CONNECTIONS": "1.5"}, {"PVMLAB_HTTP_BODY_TIMEOUT": "x"}):
         with pytest.raises(ValidationError, match=next(iter(bad))):
@@ -816,3 +817,32 @@ def test_range_plan(
 def test_an_empty_file_has_no_satisfiable_suffix() -> None:
     plan = ranges.plan("GET", "bytes=-5", None, size=0, etag="e", last_modified=0)
     assert plan.outcome is ranges.Outcome.UNSATISFIABLE
+
+
+def test_a_client_that_stops_reading_is_cut_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    limits = HttpLimits(max_connections=16, idle_timeout=30, header_timeout=30, body_timeout=30,
+                        send_stall_timeout=0.5)
+    with serving(tmp_path, limits) as srv:
+        big = store.distro_dir(srv.home, "demo", "x86_64") / "big"
+        big.write_bytes(b"\0" * (64 << 20))  # far more than the socket buffers hold
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        with sock:
+            sock.settimeout(20)
+            sock.connect(("127.0.0.1", srv.port))
+            sock.sendall(b"GET /images/demo/x86_64/big HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert sock.recv(100).startswith(b"HTTP/1.1 200 OK")
+            deadline = time.monotonic() + 20  # never read again: the server gives up
+            while srv.running.guard.stats()["open"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            stats = srv.running.guard.stats()
+            assert (stats["open"], stats["timed_out"]) == (0, 1), stats
+        # and the server goes on serving
+        assert srv.request("/boot.ipxe")[0] == 200
+    assert "Traceback" not in caplog.text
+    assert any("cut off a response to 127.0.0.1: the client took nothing for 0.5 s"
+               in r.getMessage() for r in caplog.records)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -9,6 +9,8 @@ wrapped around aiohttp's), which enforces:
                      ``header_timeout`` (a slowloris client trickling header bytes is closed)
     body timeout     a request body must arrive within ``body_timeout`` (408), and an unread
                      body is drained for at most that long after the response
+    send stall       a response whose bytes the client stops taking (nothing leaves the
+                     kernel's send queue) for ``send_stall_timeout`` is cut off
     connection cap   at most ``cap`` connections are open. A new one above the cap takes the
                      place of the connection idle for longest (requests in progress are never
                      cut, nor a connection idle for less than ``EVICTABLE_AFTER``); when none
@@ -31,13 +33,14 @@ written completely (the middleware sends it, so a kernel download is busy until 
 
 Settings (environment of the supervisor, read once at start; bad values stop the start):
 ``PVMLAB_HTTP_MAX_CONNECTIONS``, ``PVMLAB_HTTP_IDLE_TIMEOUT``, ``PVMLAB_HTTP_HEADER_TIMEOUT``,
-``PVMLAB_HTTP_BODY_TIMEOUT`` (seconds).
+``PVMLAB_HTTP_BODY_TIMEOUT``, ``PVMLAB_HTTP_SEND_STALL_TIMEOUT`` (seconds).
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import fcntl
 import logging
 import math
@@ -62,6 +65,7 @@ MAX_CONNECTIONS = 4096
 IDLE_TIMEOUT = 15.0
 HEADER_TIMEOUT = 10.0
 BODY_TIMEOUT = 10.0
+SEND_STALL_TIMEOUT = 60.0
 FD_RESERVE = 256
 MIN_CAP = 16
 EVICTION_TRIES = 32  # idle connections looked at for one that may go, per new connection
@@ -79,6 +83,7 @@ class HttpLimits:
     idle_timeout: float = IDLE_TIMEOUT
     header_timeout: float = HEADER_TIMEOUT
     body_timeout: float = BODY_TIMEOUT
+    send_stall_timeout: float = SEND_STALL_TIMEOUT
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> HttpLimits:
@@ -88,6 +93,9 @@ class HttpLimits:
             idle_timeout=_number(env, "PVMLAB_HTTP_IDLE_TIMEOUT", IDLE_TIMEOUT, 0.1),
             header_timeout=_number(env, "PVMLAB_HTTP_HEADER_TIMEOUT", HEADER_TIMEOUT, 0.1),
             body_timeout=_number(env, "PVMLAB_HTTP_BODY_TIMEOUT", BODY_TIMEOUT, 0.1),
+            send_stall_timeout=_number(
+                env, "PVMLAB_HTTP_SEND_STALL_TIMEOUT", SEND_STALL_TIMEOUT, 0.1
+            ),
         )
 
 
@@ -257,6 +265,29 @@ class _Connection(asyncio.Protocol):
             return False
         return int.from_bytes(pending, sys.byteorder) > 0
 
+    def unsent_bytes(self) -> int:
+        """Bytes in the kernel's send queue the client has not acknowledged (0 if unknown)."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return 0
+        try:
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        except OSError:
+            return 0
+        return int.from_bytes(queued, sys.byteorder)
+
+    def cut_off(self) -> None:
+        """End a connection in the middle of a response. Not ``transport.abort()``: during
+        ``loop.sendfile`` that breaks asyncio's own bookkeeping (Python 3.11: InvalidStateError
+        in ``_call_connection_lost``, and the protocol never hears of the loss). Shutting the
+        socket down makes the pending send fail (a ConnectionError aiohttp handles), after
+        which aiohttp closes the transport itself."""
+        self._disarm()
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def close(self) -> None:
         self._disarm()
         if self.transport is None:
@@ -339,15 +370,39 @@ class ConnectionGuard:
                         f"{self.limits.body_timeout:g} s\n"
                     ) from None
             response = await handler(request)
+            watchdog = asyncio.ensure_future(self._watch_send(conn)) if conn else None
             try:
                 await response.prepare(request)
                 await response.write_eof()
             except ConnectionError:
-                pass  # the client went away; aiohttp closes the connection quietly
+                pass  # the client went away (or was cut off); aiohttp closes the connection
+            finally:
+                if watchdog is not None:
+                    watchdog.cancel()
             return response
         finally:
             if conn is not None:
                 conn.request_finished()
+
+    async def _watch_send(self, conn: _Connection) -> None:
+        """Cut a response off when the client has taken none of it for the stall timeout."""
+        stall = self.limits.send_stall_timeout
+        loop = asyncio.get_running_loop()
+        last, since = -1, loop.time()
+        while True:
+            await asyncio.sleep(stall / 4)
+            queued = conn.unsent_bytes()
+            if queued == 0 or queued != last:
+                last, since = queued, loop.time()
+            elif loop.time() - since >= stall:
+                self.counts["timed_out"] += 1
+                self.notes(
+                    "timeout:send", logging.INFO,
+                    "cut off a response to %s: the client took nothing for %g s",
+                    conn.peer, stall,
+                )
+                conn.cut_off()
+                return
 
     def stats(self) -> dict[str, Any]:
         return {"open": self.open, "idle": len(self._idle_order), "cap": self.cap, **self.counts}

@@ -16,9 +16,9 @@ percent-decoded tricks), and the resolved file (after symlinks) must still be in
 and be a regular file.
 
 Whatever a lab client does, the server keeps answering: connections are timed, capped and
-replaced by ``stack.connguard`` (idle, request-head and body timeouts; at most a few thousand
-connections; idle ones wait in the kernel until they send), and a request aiohttp cannot parse
-gets 400 and one short, rate-limited log line instead of a traceback.
+replaced by ``stack.connguard`` (idle, request-head, body and stalled-send timeouts; at most a
+few thousand connections; idle ones wait in the kernel until they send), and a request aiohttp
+cannot parse gets 400 and one short, rate-limited log line instead of a traceback.
 
 Every request is logged as one JSON object per line to ``logs/http.log`` (bounded and rotated,
 ``stack.logfiles``: older lines in ``http.log.1`` ...), written when the response has been
