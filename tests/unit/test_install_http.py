@@ -22,6 +22,7 @@ from pvmlab.records import store
 from pvmlab.records.models import DistroAssets, LabSpec, VMSpec
 from pvmlab.stack import http as pvhttp
 from pvmlab.stack import installcfg
+from pvmlab.stack.endpoint import bind_endpoint
 
 DEB_MAC, DEB_IP = "0e:00:00:00:10:01", "127.0.0.2"
 CLOUD_MAC, CLOUD_IP = "0e:00:00:00:10:02", "127.0.0.3"
@@ -84,7 +85,7 @@ def server(tmp_path: Path) -> Iterator[Server]:
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     runner = asyncio.run_coroutine_threadsafe(
-        pvhttp.start_http(home, lab, "127.0.0.1", 0), loop
+        pvhttp.start_http(home, lab, bind_endpoint(lab, "127.0.0.1", 0)), loop
     ).result(30)
     try:
         port = pvhttp.bound_port(runner)

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from pvmlab.home import LabHome, write_atomic
 from pvmlab.records.models import LabSpec
-from pvmlab.stack import dnsmasq
 from pvmlab.stack import render as render_env
+from pvmlab.stack.endpoint import lab_endpoint
 
 NAME = "autoexec.ipxe"
 
@@ -29,7 +29,7 @@ def render(lab: LabSpec) -> str:
     return (
         render_env.environment()
         .get_template("autoexec.ipxe.j2")
-        .render(boot_url=dnsmasq.boot_url(lab))
+        .render(boot_url=lab_endpoint(lab).boot_url)
     )
 
 

@@ -31,6 +31,7 @@ from pvmlab.home import LabHome
 from pvmlab.records import store, validate
 from pvmlab.records.models import Arch, DistroAssets, Firmware, LabSpec, VMSpec
 from pvmlab.stack import installcfg
+from pvmlab.stack.endpoint import lab_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,6 @@ class BootConfig(BaseModel):
     @property
     def bootable(self) -> bool:
         return self.problem is None
-
-
-def base_url_for(lab: LabSpec, port: int = 80) -> str:
-    """The URL prefix targets use to reach the lab's HTTP server."""
-    return f"http://{lab.ip}" if port == 80 else f"http://{lab.ip}:{port}"
 
 
 def find_vm(home: LabHome, mac: str) -> VMSpec | None:
@@ -159,10 +155,11 @@ def boot_config(
     """What ``mac`` boots, or None when no VM has that MAC.
 
     ``mac`` is validated (any of the usual spellings; ValidationError when it is not a MAC).
-    ``base_url`` is where targets reach the HTTP server (default: the provisioner, port 80).
+    ``base_url`` is where targets reach the HTTP server (default: ``stack.endpoint``'s for the
+    lab; the server passes its own, which differs only when bound elsewhere).
     """
     normalised = validate.mac(mac)
     vm = find_vm(home, normalised)
     if vm is None:
         return None
-    return build(home, vm, base_url or base_url_for(lab))
+    return build(home, vm, base_url or lab_endpoint(lab).base_url)

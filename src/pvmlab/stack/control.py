@@ -43,9 +43,9 @@ from pvmlab.network.privilege import effective_caps, missing_caps, require_net_a
 from pvmlab.records import store
 from pvmlab.records.models import LabSpec
 from pvmlab.stack import dnsmasq
+from pvmlab.stack.endpoint import lab_endpoint
 from pvmlab.stack.supervisor import (
     DHCP_PORT,
-    HTTP_PORT,
     READY,
     RELOAD_TIMEOUT,
     TFTP_PORT,
@@ -201,11 +201,11 @@ class StackHealth:
         return any(p.component not in ("tap", "uplink") for p in self.problems)
 
 
-def _http_answers(netns: str, ip: str) -> str | None:
+def _http_answers(netns: str, ip: str, port: int) -> str | None:
     """None when the HTTP server answers a request on the bridge, else what went wrong."""
 
     def probe() -> bytes:
-        with socket.create_connection((ip, HTTP_PORT), timeout=HTTP_PROBE_TIMEOUT) as conn:
+        with socket.create_connection((ip, port), timeout=HTTP_PROBE_TIMEOUT) as conn:
             conn.sendall(b"HEAD /boot.ipxe HTTP/1.0\r\nHost: " + ip.encode() + b"\r\n\r\n")
             return conn.recv(64)
 
@@ -270,11 +270,12 @@ def stack_health(home: LabHome, lab: LabSpec | None = None) -> StackHealth:
             "dnsmasq", f"dnsmasq (pid {dns}) has not bound the DHCP and TFTP ports"))
     http_ok = False
     if netlab.netns_exists(ns) and not any(p.component == "network" for p in problems):
-        error = _http_answers(ns, str(lab.ip))
+        endpoint = lab_endpoint(lab)
+        error = _http_answers(ns, endpoint.listen_host, endpoint.port)
         http_ok = error is None
         if error is not None:
             problems.append(StackProblem(
-                "http", f"the HTTP server on {lab.ip}:{HTTP_PORT} does not answer: {error}"))
+                "http", f"the HTTP server at {endpoint.url('/')} does not answer: {error}"))
     for name, qemu in sorted(vms.items()):
         tap = netlab.tap_problem(home, name, qemu)
         if tap is not None:
@@ -520,7 +521,6 @@ def stack_status(home: LabHome) -> dict[str, Any]:
     live = health.live  # what the running supervisor itself says ({} when it does not answer)
     running = health.state == RUNNING
     sup, dns = health.supervisor, health.dnsmasq
-    ip = str(lab.ip) if lab is not None else None
     vms, damaged = store.scan_vms(home)
     return {
         "home": str(home.root),
@@ -546,8 +546,8 @@ def stack_status(home: LabHome) -> dict[str, Any]:
                 "name": "http",
                 "pid": sup,
                 "running": health.http_ok,
-                "url": f"http://{ip}/" if ip else None,
-                "boot_url": dnsmasq.boot_url(lab) if lab is not None else None,
+                "url": lab_endpoint(lab).url("/") if lab is not None else None,
+                "boot_url": lab_endpoint(lab).boot_url if lab is not None else None,
             },
         ],
         "running_vms": [{"name": n, "pid": p} for n, p in sorted(health.vms.items())],

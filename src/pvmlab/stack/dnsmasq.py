@@ -33,6 +33,7 @@ from pvmlab.network import uplink
 from pvmlab.records import store, validate
 from pvmlab.records.models import LabSpec, VMSpec
 from pvmlab.stack import render
+from pvmlab.stack.endpoint import lab_endpoint
 
 LEASE_TIME = "12h"
 
@@ -67,10 +68,6 @@ def pid_path(home: LabHome) -> Path:
 
 def log_path(home: LabHome) -> Path:
     return home.dnsmasq_log
-
-
-def boot_url(lab: LabSpec) -> str:
-    return f"http://{lab.ip}/boot.ipxe"
 
 
 # --- validation of what goes into the files -------------------------------------------------
@@ -165,7 +162,8 @@ def render_conf(
         hosts_file=_safe_path(hosts_path(home).absolute()),
         client_arch_tags=sorted(CLIENT_ARCH_TAGS.items()),
         first_stages=FIRST_STAGES,
-        boot_url=boot_url(lab),
+        boot_url=lab_endpoint(lab).boot_url,  # iPXE's DHCP boot file
+        no_http_boot_url=lab_endpoint(lab).url("/no-http-boot"),  # refused: HTTP Boot not served
         tftp_root=_safe_path(home.tftp.absolute()),
         pid_file=_safe_path(pid_path(home).absolute()),
         log_file=_safe_path(log_path(home).absolute()),

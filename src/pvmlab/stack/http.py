@@ -5,7 +5,8 @@
                                 the machine's script (kernel, initrd, command line, boot), or a
                                 short script that prints why it cannot boot and exits, so the
                                 firmware moves on to the next boot device
-    GET|HEAD /images/D/A/FILE   kernels and initrds from the lab home's images/ (Range, sendfile)
+    GET|HEAD /images/D/A/FILE   kernels and initrds from the lab home's images/ (sendfile; one
+                                Range per request, If-Range: ``stack.ranges``)
     GET|HEAD /tftp/FILE         the first stages (iPXE binaries), same files as TFTP serves
     GET /config/<mac>           the machine's boot configuration as JSON
 
@@ -14,8 +15,14 @@ confined to their root: every segment must be a plain name (no dot-dot, no separ
 percent-decoded tricks), and the resolved file (after symlinks) must still be inside the root
 and be a regular file.
 
-Every request is logged as one JSON object per line to ``logs/http.log``, written when the
-response has been sent, so boot timelines can be built from it:
+Whatever a lab client does, the server keeps answering: connections are timed, capped and
+replaced by ``stack.connguard`` (idle, request-head, body and stalled-send timeouts; at most a
+few thousand connections; idle ones wait in the kernel until they send), and a request aiohttp
+cannot parse gets 400 and one short, rate-limited log line instead of a traceback.
+
+Every request is logged as one JSON object per line to ``logs/http.log`` (bounded and rotated,
+``stack.logfiles``: older lines in ``http.log.1`` ...), written when the response has been
+sent, so boot timelines can be built from it:
 
     time      ISO 8601 (UTC, milliseconds) of the request's start
     start/end epoch seconds (floats) of the start and of the last byte sent
@@ -38,21 +45,33 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
+import sys
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractAccessLogger, AbstractStreamWriter
+from aiohttp.http_exceptions import HttpProcessingError
 
 from pvmlab.errors import PvmlabError, StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import validate
 from pvmlab.records.models import LabSpec
-from pvmlab.stack import render
+from pvmlab.stack import connguard, ranges, render
 from pvmlab.stack.bootconfig import BootConfig, boot_config
+from pvmlab.stack.connguard import (
+    ConnectionGuard,
+    HttpLimits,
+    connection_cap,
+    raise_fd_limit,
+)
+from pvmlab.stack.endpoint import HttpEndpoint, bind_endpoint
+from pvmlab.stack.logfiles import BoundedFileHandler, LogBounds, Notes
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +80,8 @@ HOME_KEY = web.AppKey("home", LabHome)
 LAB_KEY = web.AppKey("lab", LabSpec)
 URL_KEY = web.AppKey("url", dict[str, str])  # {"base": URL targets use}, set once bound
 EXTRA = web.RequestKey("pvmlab_log", dict[str, Any])  # fields a handler adds to its log line
+LISTEN_BACKLOG = 4096  # connections the kernel queues while the loop accepts (a flood's burst)
+SHUTDOWN_TIMEOUT = 5.0  # how long a stop waits for responses in flight
 
 # One path segment we serve: a plain name, not hidden, no separators or percent signs.
 _SEGMENT = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}")
@@ -150,7 +171,8 @@ def _body_bytes(request: web.BaseRequest, response: web.StreamResponse) -> int:
 
 
 class CountedFileResponse(web.FileResponse):
-    """A FileResponse that remembers how many body bytes it sent (for the request log).
+    """A FileResponse that remembers how many body bytes it sent (for the request log) and
+    answers Range/If-Range as ``stack.ranges`` decides (where aiohttp's reading is wrong).
 
     ``web.FileResponse`` does Range, HEAD, conditional requests and sendfile; the body goes
     out in ``_sendfile``, so that is where the count is taken.
@@ -158,6 +180,20 @@ class CountedFileResponse(web.FileResponse):
 
     bytes_sent: int = 0
     complete: bool = False
+
+    def __init__(self, path: Path, range_header: str | None) -> None:
+        super().__init__(path)
+        self._range_header = range_header  # what aiohttp is to see (None: no range)
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        if self.prepared:  # sent by the guard's middleware; aiohttp asks again afterwards
+            return await web.StreamResponse.prepare(self, request)
+        headers = request.headers.copy()
+        headers.popall(hdrs.IF_RANGE, None)  # evaluated already (stack.ranges)
+        headers.popall(hdrs.RANGE, None)
+        if self._range_header is not None:
+            headers[hdrs.RANGE] = self._range_header
+        return await super().prepare(request.clone(headers=headers))
 
     async def _sendfile(
         self, request: web.BaseRequest, fobj: Any, offset: int, count: int
@@ -168,15 +204,41 @@ class CountedFileResponse(web.FileResponse):
         return writer
 
 
-def _open_request_log(path: Path) -> logging.Logger:
-    """A private logger (not registered globally) writing bare lines to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _open_request_log(path: Path, bounds: LogBounds) -> logging.Logger:
+    """A private logger (not registered globally) writing bare lines to ``path`` (bounded and
+    rotated: ``stack.logfiles``)."""
     logger = logging.Logger(f"pvmlab.http.requests:{path}", level=logging.INFO)
-    handler = logging.FileHandler(path, encoding="utf-8")
+    handler = BoundedFileHandler(path, bounds)
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     logger.propagate = False
     return logger
+
+
+class ClientErrorLog(logging.Logger):
+    """aiohttp's connection-level error log, given as its ``logger``.
+
+    aiohttp logs every request it cannot parse with a traceback ("Error handling request"),
+    which a lab client can repeat thousands of times a second. Errors a client causes
+    (malformed requests, resets) become one short line, rate-limited; anything else (a bug
+    here) keeps its traceback, at most once per kind and interval.
+    """
+
+    def __init__(self, notes: Notes) -> None:
+        super().__init__("pvmlab.stack.http.server")
+        self.parent = log  # records go wherever this module's records go
+        self._notes = notes
+
+    def exception(
+        self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any
+    ) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        text = str(msg) % args if args else str(msg)
+        if isinstance(exc, HttpProcessingError | ConnectionError | asyncio.TimeoutError):
+            detail = " ".join(str(exc).split())[:200]
+            self._notes(f"client:{type(exc).__name__}", logging.WARNING, "%s: %s", text, detail)
+        elif self._notes.allow(f"bug:{type(exc).__name__}") is not None:
+            self.error("%s", text, exc_info=exc_info, **kwargs)
 
 
 # --- handlers -------------------------------------------------------------------------------
@@ -281,18 +343,28 @@ def _serve_file(request: web.Request, root: Path) -> web.StreamResponse:
     if "%" in request.raw_path.split("?", 1)[0]:
         raise web.HTTPForbidden(text="forbidden: encoded characters in the path\n")
     path = confine(root, request.match_info["path"])
-    return CountedFileResponse(path)
+    try:
+        st = path.stat()
+    except OSError:
+        raise web.HTTPNotFound(text="not found\n") from None
+    decided = ranges.plan(
+        request.method,
+        request.headers.get(hdrs.RANGE),
+        request.headers.get(hdrs.IF_RANGE),
+        size=st.st_size,
+        # the validators FileResponse sends: this entity tag, Last-Modified rounded up
+        etag=f"{st.st_mtime_ns:x}-{st.st_size:x}",
+        last_modified=math.ceil(st.st_mtime),
+    )
+    if decided.outcome is ranges.Outcome.UNSATISFIABLE:
+        raise web.HTTPRequestRangeNotSatisfiable(
+            headers={hdrs.CONTENT_RANGE: f"bytes */{st.st_size}"},
+            text="range not satisfiable\n",
+        )
+    return CountedFileResponse(path, decided.range)
 
 
 # --- application ----------------------------------------------------------------------------
-
-
-def base_url(lab: LabSpec, host: str, port: int) -> str:
-    """How targets reach this server: the bound address, or the provisioner when bound to all."""
-    addr = str(lab.ip) if host in ("", "0.0.0.0", "::") else host  # noqa: S104
-    if ":" in addr:
-        addr = f"[{addr}]"
-    return f"http://{addr}" if port == 80 else f"http://{addr}:{port}"
 
 
 def make_app(home: LabHome, lab: LabSpec, url: str) -> web.Application:
@@ -310,32 +382,69 @@ def make_app(home: LabHome, lab: LabSpec, url: str) -> web.Application:
     return app
 
 
-async def start_http(
-    home: LabHome, lab: LabSpec, host: str, port: int = 80, *, url: str | None = None
-) -> web.AppRunner:
-    """Serve the lab on host:port; the caller owns the runner (``await runner.cleanup()``).
+@dataclass
+class HttpServer:
+    """A running server: ``await server.cleanup()`` stops it (connections closed, log shut)."""
 
-    ``url`` is the base URL written into scripts (default: derived from host and port).
-    """
-    request_log = _open_request_log(home.http_log)
+    runner: web.AppRunner
+    listener: asyncio.Server
+    guard: ConnectionGuard
+    endpoint: HttpEndpoint  # with the port actually bound
+
+    @property
+    def port(self) -> int:
+        return self.endpoint.port
+
+    async def cleanup(self) -> None:
+        self.listener.close()
+        await self.runner.cleanup()  # closes every connection (in-flight ones get a moment)
+
+
+async def start_http(
+    home: LabHome,
+    lab: LabSpec,
+    endpoint: HttpEndpoint,
+    *,
+    limits: HttpLimits | None = None,
+    log_bounds: LogBounds | None = None,
+) -> HttpServer:
+    """Serve the lab where ``endpoint`` says (the caller owns the result: ``await
+    server.cleanup()``). Scripts point at ``endpoint.base_url`` (with the bound port when the
+    endpoint's port is 0). ``limits`` and ``log_bounds`` default to the environment's."""
+    limits = limits or HttpLimits.from_env()
+    request_log = _open_request_log(home.http_log, log_bounds or LogBounds.from_env())
 
     async def close_log(_: web.Application) -> None:
         for handler in list(request_log.handlers):
             handler.close()
             request_log.removeHandler(handler)
 
-    app = make_app(home, lab, url or base_url(lab, host, port))
+    cap = connection_cap(limits, raise_fd_limit(), LISTEN_BACKLOG)
+    guard = ConnectionGuard(limits, cap, log)
+    app = make_app(home, lab, endpoint.base_url)
+    app.middlewares.append(guard.middleware)
     app.on_cleanup.append(close_log)
     runner = web.AppRunner(
         app,
         access_log_class=JsonAccessLogger,
         access_log=request_log,
         handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        logger=ClientErrorLog(guard.notes),
+        # aiohttp's own timers, behind the guard's: an idle or half-sent request never
+        # outlives both timeouts, and an unread request body is drained for at most this long
+        keepalive_timeout=limits.idle_timeout + limits.header_timeout,
+        lingering_time=limits.body_timeout,
     )
     await runner.setup()
+    if runner.server is None:
+        raise StateError("the HTTP server did not set up")
+    host, port = endpoint.listen_host, endpoint.port
+    loop = asyncio.get_running_loop()
     try:
-        site = web.TCPSite(runner, host, port, reuse_address=True)
-        await site.start()
+        listener = await loop.create_server(
+            guard.factory(runner.server), host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+        )
     except OSError as exc:
         await runner.cleanup()
         raise StateError(
@@ -345,19 +454,22 @@ async def start_http(
     except BaseException:
         await runner.cleanup()
         raise
-    if url is None and port == 0:  # the port is known only now
-        app[URL_KEY]["base"] = base_url(lab, host, bound_port(runner))
-    log.info("HTTP server on %s:%d, scripts point at %s", host, port, app[URL_KEY]["base"])
-    return runner
+    connguard.defer_accept(listener, limits)
+    if port == 0:  # the port is known only now
+        endpoint = endpoint.with_port(int(listener.sockets[0].getsockname()[1]))
+        app[URL_KEY]["base"] = endpoint.base_url
+    log.info(
+        "HTTP server on %s:%d, scripts point at %s; at most %d connections, idle timeout "
+        "%g s, request head %g s, body %g s",
+        host, endpoint.port, endpoint.base_url, guard.cap, limits.idle_timeout,
+        limits.header_timeout, limits.body_timeout,
+    )
+    return HttpServer(runner, listener, guard, endpoint)
 
 
-def bound_port(runner: web.AppRunner) -> int:
-    """The TCP port the runner's first site listens on (useful with port 0)."""
-    for site in runner.sites:
-        server = getattr(site, "_server", None)
-        if server is not None and server.sockets:
-            return int(server.sockets[0].getsockname()[1])
-    raise StateError("the HTTP server is not listening")
+def bound_port(server: HttpServer) -> int:
+    """The TCP port the server listens on (useful with port 0)."""
+    return server.port
 
 
 # --- manual entry point -----------------------------------------------------------------------
@@ -374,7 +486,8 @@ def _lab_for(home: LabHome) -> LabSpec:
 
 
 async def _serve_forever(home: LabHome, host: str, port: int) -> None:
-    runner = await start_http(home, _lab_for(home), host, port)
+    lab = _lab_for(home)
+    runner = await start_http(home, lab, bind_endpoint(lab, host, port))
     try:
         print(f"serving {home.root} on http://{host}:{bound_port(runner)}/ (Ctrl-C stops)",
               flush=True)

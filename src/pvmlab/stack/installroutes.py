@@ -105,12 +105,9 @@ async def _status_fields(request: web.Request) -> dict[str, str]:
     declared = request.content_length or 0
     if declared > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=declared)
-    body = b""
-    while len(body) <= MAX_BODY:  # read() returns what has arrived: collect up to the end
-        chunk = await request.content.read(MAX_BODY + 1 - len(body))
-        if not chunk:
-            break
-        body += chunk
+    # The connection guard has read the body already (within its body timeout, bounded by the
+    # application's client_max_size); read() returns that copy.
+    body = await request.read()
     if len(body) > MAX_BODY:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(body))
     fields = {k: v for k, v in request.query.items() if k in ("phase", "message")}

@@ -6,7 +6,7 @@ It is started detached by ``pvmlab.stack.control.start_stack`` inside the lab's 
 namespace and runs one asyncio loop:
 
 1. stages the iPXE first stages into the TFTP root and renders dnsmasq's configuration;
-2. starts the HTTP server on the provisioner address, port 80;
+2. starts the HTTP server where ``stack.endpoint`` says (the provisioner address, port 80);
 3. runs dnsmasq in the foreground and waits until its DHCP and TFTP sockets are bound;
 4. opens its control socket (``LabHome.supervisor_socket``), writes ``stack/state.json`` (the
    record ``provisioner status`` shows: start time, restarts) and only then tells its starter
@@ -25,7 +25,7 @@ dnsmasq, and wait until dnsmasq logs that it re-read the reservations. A ``reloa
 the control socket gets the answer only then (``provisioner reload`` returns after dnsmasq
 re-read the file); SIGHUP to the supervisor runs the same path with nobody waiting.
 SIGTERM or SIGINT stop dnsmasq and the HTTP server; the process then exits 0.
-Its log (stderr) is ``logs/supervisor.log``.
+Its log is ``logs/supervisor.log`` (also its stderr; bounded and rotated: ``stack.logfiles``).
 """
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ from pvmlab.errors import PvmlabError, StateError
 from pvmlab.home import LabHome, open_truncated, read_json, write_atomic, write_json
 from pvmlab.records import store
 from pvmlab.records.models import LabSpec, utc_now
-from pvmlab.stack import dnsmasq
+from pvmlab.stack import dnsmasq, logfiles
+from pvmlab.stack.endpoint import lab_endpoint
 
 log = logging.getLogger("pvmlab.supervisor")
 
-HTTP_PORT = 80
 READY_TIMEOUT = 15.0
 RELOAD_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 5.0
@@ -114,8 +114,8 @@ class Supervisor:
             "bridge": self.home.bridge,
             "address": self.lab.address,
             "ip": str(self.lab.ip),
-            "http_url": f"http://{self.lab.ip}/",
-            "boot_url": dnsmasq.boot_url(self.lab),
+            "http_url": lab_endpoint(self.lab).url("/"),
+            "boot_url": lab_endpoint(self.lab).boot_url,
             "started": self.started,
             "dnsmasq_started": self.dnsmasq_started,
             "dnsmasq_restarts": self.restarts,
@@ -378,6 +378,7 @@ class Supervisor:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         loop.add_signal_handler(signal.SIGHUP, self.reload_on_signal)
+        logfiles.quiet_loop_errors(loop, logfiles.Notes(log))  # no traceback per failed accept
 
         if not Path(f"/sys/class/net/{self.home.bridge}").exists():
             raise StateError(
@@ -388,7 +389,7 @@ class Supervisor:
         autoexec.write(self.home, self.lab)  # UEFI iPXE runs it at once: no 2 s Ctrl-B prompt
         for b in staged:
             log.info("TFTP %s <- %s (%s)", b.tftp_name, b.path, b.source)
-        runner = await start_http(self.home, self.lab, str(self.lab.ip), HTTP_PORT)
+        runner = await start_http(self.home, self.lab, lab_endpoint(self.lab))
         try:
             ready: asyncio.Future[None] = loop.create_future()
             keeper = asyncio.ensure_future(self.run_dnsmasq(ready))
@@ -496,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     sup: Supervisor | None = None
     notify = ReadyPipe(args.ready_fd)
     try:
+        # bounded and rotated (stack.logfiles); stdout/stderr follow the current file
+        logfiles.log_to(home.logs / "supervisor.log", logfiles.LogBounds.from_env())
         lab = store.load_lab(home)
         sup = Supervisor(home, lab)
         code = asyncio.run(sup.run(notify))

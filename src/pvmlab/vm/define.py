@@ -28,7 +28,7 @@ from pvmlab.records.models import (
     VMSpec,
 )
 from pvmlab.stack import installcfg
-from pvmlab.stack.bootconfig import base_url_for
+from pvmlab.stack.endpoint import lab_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def create(home: LabHome, req: CreateRequest) -> VMSpec:
     with home.locked():
         vm = validate_request(home, lab, req)
         vm, template = installcfg.resolve(home, vm, req.install, req.install_template)
-        installcfg.check(home, lab, vm, base_url_for(lab), template)
+        installcfg.check(home, lab, vm, lab_endpoint(lab).base_url, template)
         vm_dir = home.vm_dir(vm.name)
         made_dir = not vm_dir.exists()
         try:
@@ -200,7 +200,7 @@ def reinstall(
                 f"VM {vm.name} has no unattended install",
                 "give one: --unattended, or --preseed/--autoinstall/--kickstart/--user-data FILE",
             )
-        installcfg.check(home, lab, vm, base_url_for(lab), text)
+        installcfg.check(home, lab, vm, lab_endpoint(lab).base_url, text)
         if install is not None:
             installcfg.store_template(home, vm, text)
         if install is not None or changes:
