@@ -211,7 +211,7 @@ def test_up_is_idempotent_and_reconciles_edits(
     }  # fmt: skip
     after = _records(home)
     assert {name: vm["memory_mib"] for name, vm in after.items()} == {
-        "arm-uefi": 512, "x86-uefi": 768, "extra-1": 512, "extra-2": 512,
+        "arm-uefi": 512, "x86-uefi": 768, "extra-1": 1024, "extra-2": 1024,  # the default
     }  # fmt: skip
     assert after["x86-uefi"]["mac"] == mac_before["x86-uefi"]  # made again, same reservation
     assert "up to date" in run_pvmlab("up", "-f", str(lab), "--no-start").stdout
