@@ -102,7 +102,7 @@ def netns_exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
 
-def _ip_json(netns: str, *args: str) -> list[dict[str, Any]]:
+def ip_json(netns: str, *args: str) -> list[dict[str, Any]]:
     """The objects ``ip -n NETNS -j ARGS`` prints ([] when it fails or prints nothing usable)."""
     proc = spawn.run(["ip", "-n", netns, "-j", *args], check=False)
     if proc.returncode != 0:
@@ -118,11 +118,11 @@ def link_names(netns: str) -> list[str]:
     """Names of the network interfaces inside ``netns`` ([] when it does not exist)."""
     if not netns_exists(netns):
         return []
-    return [str(link["ifname"]) for link in _ip_json(netns, "link", "show") if "ifname" in link]
+    return [str(link["ifname"]) for link in ip_json(netns, "link", "show") if "ifname" in link]
 
 
 def _link(netns: str, name: str) -> dict[str, Any] | None:
-    links = _ip_json(netns, "addr", "show", "dev", name)
+    links = ip_json(netns, "addr", "show", "dev", name)
     return links[0] if links else None
 
 
@@ -185,7 +185,7 @@ def tap_link(home: LabHome, vm_name: str) -> dict[str, Any] | None:
     """The VM's tap in the lab namespace as ``ip -j link`` shows it (None when it is not there)."""
     if not netns_exists(home.netns):
         return None
-    links = _ip_json(home.netns, "link", "show", "dev", home.tap(vm_name))
+    links = ip_json(home.netns, "link", "show", "dev", home.tap(vm_name))
     return links[0] if links else None
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-import json
 import logging
 import shutil
 import time
@@ -44,6 +43,7 @@ from typing import Any
 from pvmlab import spawn
 from pvmlab.errors import DependencyError, ProcessError
 from pvmlab.home import LabHome, open_truncated, read_json, write_json
+from pvmlab.network import lab as netlab
 from pvmlab.records.models import LabSpec, utc_now
 
 log = logging.getLogger(__name__)
@@ -168,19 +168,8 @@ def uplink_pids(home: LabHome) -> list[int]:
 # --- the kernel's view ---------------------------------------------------------------------------
 
 
-def _ip_json(home: LabHome, *args: str) -> list[dict[str, Any]]:
-    proc = spawn.run(["ip", "-n", home.netns, "-j", *args], check=False)
-    if proc.returncode != 0:
-        return []
-    try:
-        data = json.loads(proc.stdout or "[]")
-    except json.JSONDecodeError:
-        return []
-    return [item for item in data if isinstance(item, dict)] if isinstance(data, list) else []
-
-
 def _link_address(home: LabHome) -> str | None:
-    for link in _ip_json(home, "-4", "addr", "show", "dev", home.uplink_link):
+    for link in netlab.ip_json(home.netns, "-4", "addr", "show", "dev", home.uplink_link):
         for addr in link.get("addr_info", []):
             if addr.get("family") == "inet":
                 return f"{addr['local']}/{addr['prefixlen']}"
@@ -188,7 +177,7 @@ def _link_address(home: LabHome) -> str | None:
 
 
 def _gateway(home: LabHome) -> str | None:
-    for route in _ip_json(home, "-4", "route", "show", "default"):
+    for route in netlab.ip_json(home.netns, "-4", "route", "show", "default"):
         if route.get("dev") == home.uplink_link and route.get("gateway"):
             return str(route["gateway"])
     return None
