@@ -415,3 +415,40 @@ def test_a_ready_event_for_another_pattern_is_not_the_end_asked_for() -> None:
     ready = tl.phase("ready")
     assert ready is not None and ready.detail == {"line": "pvmlab: holding (pvmlab.hold)"}
     assert tl.wait_for == "pvmlab: holding"
+
+
+def test_an_installers_config_fetch_is_its_own_phase() -> None:
+    """A request logged with a ``kind`` (the install routes) ends the kernel phase and is not an
+    iPXE script."""
+    d = DATA / "x86_64-uefi"
+    console = timeline.parse_console((d / "console.jsonl").read_text())
+    t0 = console.t0
+    peer = "192.168.105.2"
+    extra = [
+        json.dumps({"start": t0 + 9.0, "end": t0 + 9.01, "duration": 0.01, "client": peer,
+                    "method": "GET", "path": "/preseed/0e-ed-4e-52-cc-08", "query": None,
+                    "status": 200, "bytes": 2100, "kind": "preseed", "mac": X86}),
+        json.dumps({"start": t0 + 9.5, "end": t0 + 9.51, "duration": 0.01, "client": peer,
+                    "method": "POST", "path": "/status/0e-ed-4e-52-cc-08", "query": None,
+                    "status": 200, "bytes": 60, "kind": "status", "mac": X86}),
+    ]  # fmt: skip
+    rec = timeline.gather_boot_records(
+        console,
+        (d / "dnsmasq.log").read_text().splitlines(),
+        (d / "http.log").read_text().splitlines() + extra,
+        X86,
+    )
+    scripts = timeline.http_phases(rec)[0]
+    assert scripts.detail["requests"] == ["/boot.ipxe 200", "/ipxe 200"]
+    phase = timeline.install_config_phase(rec)
+    assert phase is not None and round(phase.start, 3) == 9.0
+    assert phase.detail == {
+        "requests": ["preseed GET /preseed/0e-ed-4e-52-cc-08 200",
+                     "status POST /status/0e-ed-4e-52-cc-08 200"],
+    }  # fmt: skip
+    found = timeline.boot_phases(rec, re.compile("PVMLAB-BOOT-OK"))
+    chained = timeline.chain_phases(found.values(), None)
+    names = [p.name for p in chained]
+    assert names[-3:] == ["kernel", "install-config", "ready"]
+    assert found["kernel"].label == "kernel -> installer config"
+    assert timeline.install_config_phase(records("x86_64-uefi", X86)) is None

@@ -73,6 +73,7 @@ LABELS = {
     "http-initrd": "HTTP initrd",
     "handover": "kernel handover",
     "kernel": "kernel -> ready",
+    "install-config": "installer config (HTTP) -> ready",
     "ready": "ready",
 }
 
@@ -334,7 +335,7 @@ def ipxe_dhcp_phase(records: BootRecords, after: float) -> Phase | None:
 def http_phases(records: BootRecords) -> list[Phase]:
     """The scripts (one phase), then the first two boot files: kernel and initrd."""
     t0 = records.t0
-    scripts = [r for r in records.http if not r.is_boot_file]
+    scripts = [r for r in records.http if not r.is_boot_file and not _is_install_config(r)]
     files = [r for r in records.http if r.is_boot_file]
     phases = []
     if scripts:
@@ -364,6 +365,27 @@ def http_phases(records: BootRecords) -> list[Phase]:
             )
         )
     return phases
+
+
+def _is_install_config(req: HttpRequest) -> bool:
+    """A request of an installer for its configuration or reporting its status (the install
+    routes log the document's ``kind``)."""
+    return bool(req.record.get("kind"))
+
+
+def install_config_phase(records: BootRecords) -> Phase | None:
+    """From the installer's first request for its configuration (preseed, kickstart, NoCloud…)
+    on; its detail lists every such request and status report."""
+    fetched = [r for r in records.http if _is_install_config(r)]
+    if not fetched:
+        return None
+    return Phase(
+        "install-config",
+        (fetched[0].start or records.t0) - records.t0,
+        detail={
+            "requests": [f"{r.record['kind']} {r.method} {r.path} {r.status}" for r in fetched]
+        },
+    )
 
 
 def last_fetch_end(records: BootRecords) -> float | None:
@@ -421,6 +443,8 @@ def boot_phases(records: BootRecords, wait_for: re.Pattern[str]) -> dict[str, Ph
     if fetched is not None:
         add(Phase("handover", fetched))
     kernel = add(kernel_phase(records, fetched if fetched is not None else after_ipxe))
+    if kernel is not None and add(install_config_phase(records)) is not None:
+        kernel.title = "kernel -> installer config"
     add(ready_phase(records, wait_for, kernel.start if kernel is not None else None))
     return found
 
