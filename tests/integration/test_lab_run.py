@@ -223,3 +223,63 @@ def test_up_is_idempotent_and_reconciles_edits(
     assert not home.exists()
     assert not netlab.netns_exists(LabHome(home).netns)
     assert json.loads(run_pvmlab("ls", "--json").stdout) == []
+
+
+def test_a_distro_pulled_from_a_mirror_and_bad_files_create_nothing(
+    tmp_path: Path, labs: Path, boot_assets: dict[str, BootAssets]
+) -> None:
+    """`pull` fetches a catalog entry (a local mirror in Debian's layout stands in for the real
+    site, which these machines cannot reach), verified; a bad file is one line naming the line,
+    and nothing is made."""
+    from mirror import trees
+    from mirror.server import serve
+
+    x86 = boot_assets["x86_64"]
+    srv = tmp_path / "srv"
+    trees.debian_netboot(srv, "x86_64", x86.kernel.read_bytes(), x86.initrd.read_bytes())
+    with serve(srv) as (url, state):
+        lab = tmp_path / "pulled.toml"
+        lab.write_text(f"""\
+[provisioner]
+address = "192.168.122.1/24"
+
+[[distros]]
+name = "debian-12"
+arch = "x86_64"
+pull = "netboot"
+mirror = "{url}/debian"
+
+[[machines]]
+name = "d1"
+arch = "x86_64"
+distro = "debian-12"
+""")
+        made = json.loads(run_pvmlab("up", "-f", str(lab), "--no-start", "--json").stdout)
+        assert {(c["action"], c["kind"], c["name"]) for c in made["changes"]} >= {
+            ("import", "distro", "debian-12 (x86_64)"), ("create", "machine", "d1"),
+        }  # fmt: skip
+        home = Path(made["home"])
+        assert (home / "images" / "debian-12" / "x86_64" / "vmlinuz").read_bytes() == (
+            x86.kernel.read_bytes()
+        )
+        fetched = len(state.requests)
+        assert "up to date" in run_pvmlab("up", "-f", str(lab), "--no-start").stdout
+        assert len(state.requests) == fetched  # nothing fetched again
+        run_pvmlab("down", "-f", str(lab))
+
+    bad = tmp_path / "bad.toml"
+    for text, where in (
+        ('[provisioner]\naddres = "10.1.0.1/24"\n', "bad.toml:2: provisioner.addres: unknown key"),
+        ('[[machines]]\nname = "a"\narch = "x86_64"\nmemory = 1\n',
+         "bad.toml:4: machines[0].memory:"),
+        ('[[machines]]\nname = "a"\narch = "x86_64"\n[[machines]]\nname = "a"\narch = "x86_64"\n',
+         "bad.toml:5: machines[1].name: machine 'a' is also made by machines[0]"),
+        ('[provisioner]\naddress = "10.1.0.1/29"\n[[machines]]\nname = "n"\ncount = 9\n'
+         'arch = "x86_64"\n', "bad.toml:5: machines[0].count: 9 machines need"),
+    ):  # fmt: skip
+        bad.write_text(text)
+        proc = run_pvmlab("up", "-f", str(bad), check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith(f"pvmlab: error: {where}"), proc.stderr
+        assert proc.stderr.count("\n") == 1
+    assert not labs.exists()  # nothing was made for any of them

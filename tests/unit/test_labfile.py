@@ -160,3 +160,13 @@ def test_published_schema_is_current() -> None:
     assert json.loads(published.read_text()) == json_schema(), (
         "regenerate with: python scripts/gen_lab_schema.py"
     )
+
+
+def test_a_distro_is_imported_or_pulled_not_both() -> None:
+    pulled = GOOD.replace('kernel = "assets/vmlinuz"\ninitrd = "assets/initrd"', 'pull = "netboot"')
+    lab = parse(pulled, Path("lab.toml"))
+    assert lab.model.distros[0].pull == "netboot" and lab.model.distros[0].kernel is None
+    both = GOOD.replace('initrd = "assets/initrd"', 'initrd = "assets/initrd"\npull = "netboot"')
+    assert "give either kernel and initrd (import) or pull, not both" in _error(both)
+    neither = GOOD.replace('kernel = "assets/vmlinuz"\ninitrd = "assets/initrd"\n', "")
+    assert _error(neither).startswith("lab.toml:6: distros[0]: give kernel and initrd")

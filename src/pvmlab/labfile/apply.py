@@ -26,8 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pvmlab.assets import catalog
 from pvmlab.assets import distro as distro_assets
 from pvmlab.assets.files import sha256_file
+from pvmlab.assets.pull import pull as pull_distro
 from pvmlab.errors import PvmlabError, StateError, ValidationError
 from pvmlab.home import LabHome, read_json, write_json
 from pvmlab.labfile.load import LabFile, MachinePlan
@@ -119,7 +121,10 @@ def _lab_fingerprint(spec: LabSpec) -> str:
     return _fingerprint({"address": spec.address, "start": spec.dhcp_start, "end": spec.dhcp_end})
 
 
-def _distro_files(lab: LabFile, d: Distro) -> tuple[Path, Path]:
+def _distro_files(lab: LabFile, d: Distro) -> tuple[Path, Path] | None:
+    """The files an imported distro comes from (None for a pulled one), checked to exist."""
+    if d.kernel is None or d.initrd is None:
+        return None
     kernel, initrd = lab.asset(d.kernel), lab.asset(d.initrd)
     for what, path in (("kernel", kernel), ("initrd", initrd)):
         if not path.is_file():
@@ -172,6 +177,12 @@ def up(
     distro_files = {(d.name, d.arch): _distro_files(lab, d) for d in lab.model.distros}
     for m in lab.model.machines:
         _install_files(lab, m)
+    for d in lab.model.distros:
+        if d.pull is not None:  # an unknown entry, arch or method: refused before any change
+            catalog.resolve(
+                catalog.get(home, d.name), d.arch, None if d.pull == "default" else d.pull,
+                d.mirror,
+            )  # fmt: skip
     if home.root.exists():
         home.check_ownership()
     record = _check_owner(home, lab) if home.root.exists() else None
@@ -192,11 +203,14 @@ def up(
                               f"uplink {'on' if want_lab.uplink else 'off'}"))
 
     # --- distros
-    want_distros: dict[str, tuple[Distro, Path, Path, str]] = {}
+    want_distros: dict[str, tuple[Distro, tuple[Path, Path] | None, str]] = {}
     for d in lab.model.distros:
-        kernel, initrd = distro_files[(d.name, d.arch)]
-        digest = _fingerprint([sha256_file(kernel), sha256_file(initrd), d.cmdline])
-        want_distros[f"{d.name}/{d.arch}"] = (d, kernel, initrd, digest)
+        files = distro_files[(d.name, d.arch)]
+        if files is not None:
+            digest = _fingerprint([sha256_file(files[0]), sha256_file(files[1]), d.cmdline])
+        else:
+            digest = _fingerprint(["pull", d.pull, d.mirror, d.cmdline])
+        want_distros[f"{d.name}/{d.arch}"] = (d, files, digest)
         have = store.load_distro(home, d.name, d.arch) if home.root.exists() else None
         if have is None or record.distros.get(f"{d.name}/{d.arch}") != digest:
             changes.append(Change("import", "distro", f"{d.name} ({d.arch})",
@@ -245,11 +259,18 @@ def up(
     for c in changes:
         if c.kind == "distro":
             key = c.name.replace(" (", "/").rstrip(")")
-            d, kernel, initrd, digest = want_distros[key]
-            say(f"importing distro {d.name} ({d.arch})")
-            distro_assets.import_result(
-                home, d.name, d.arch, kernel, initrd, d.cmdline, origin=str(kernel)
-            )
+            d, files, digest = want_distros[key]
+            if files is not None:
+                say(f"importing distro {d.name} ({d.arch})")
+                distro_assets.import_result(
+                    home, d.name, d.arch, files[0], files[1], d.cmdline, origin=str(files[0])
+                )
+            else:
+                say(f"pulling distro {d.name} ({d.arch}, {d.pull})")
+                pull_distro(
+                    home, d.name, d.arch, None if d.pull == "default" else d.pull, d.mirror,
+                    cmdline=d.cmdline,
+                )  # fmt: skip
             record.distros[key] = digest
             record.write(home)
 

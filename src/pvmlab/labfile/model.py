@@ -118,13 +118,35 @@ class Provisioner(Decl):
 
 
 class Distro(Decl):
-    """A kernel and initrd imported from files (paths relative to the lab file)."""
+    """A kernel and initrd: imported from files (paths relative to the lab file), or pulled from
+    a catalog entry (``pvmlab distro ls``) with ``pull = METHOD``, verified and cached."""
 
     name: DistroName
     arch: ArchName
-    kernel: str = Field(description="Path of the kernel, relative to the lab file.")
-    initrd: str = Field(description="Path of the initrd, relative to the lab file.")
-    cmdline: Cmdline = ""
+    kernel: str | None = Field(
+        default=None, description="Path of the kernel, relative to the lab file."
+    )
+    initrd: str | None = Field(
+        default=None, description="Path of the initrd, relative to the lab file."
+    )
+    pull: Literal["cloud-image", "netboot", "kernel", "default"] | None = Field(
+        default=None,
+        description="Pull the catalog entry NAME by this method ('default': the entry's own) "
+        "instead of importing files.",
+    )
+    mirror: str | None = Field(default=None, description="Mirror URL for pull.")
+    cmdline: Cmdline | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Distro:
+        files = (self.kernel is not None, self.initrd is not None)
+        if self.pull is not None and any(files):
+            raise ValueError("give either kernel and initrd (import) or pull, not both")
+        if self.pull is None and not all(files):
+            raise ValueError("give kernel and initrd (files to import), or pull = METHOD")
+        if self.mirror is not None and self.pull is None:
+            raise ValueError("'mirror' is for pull")
+        return self
 
 
 class Machine(Decl):
