@@ -68,7 +68,7 @@ def test_shipped_cloud_config_is_valid(
         kernel_size=1, initrd_size=1, source=source,
     ))  # fmt: skip
     if with_key:
-        home.ssh_public_key.parent.mkdir(parents=True)
+        home.ssh_public_key.parent.mkdir(parents=True, exist_ok=True)
         home.ssh_public_key.write_text(KEY + "\n")
     req = CreateRequest(name="c1", arch="x86_64", distro=distro, install="default",
                         proxy="http://192.168.105.1:3128", disk_size="1G")  # fmt: skip
