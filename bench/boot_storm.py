@@ -102,10 +102,17 @@ def stack_latencies(home: Any, since: float) -> dict[str, Any]:
     offer: dict[str, float] = {}
     naks = 0
     messages: dict[str, int] = {}
+    repeats = {"DHCPDISCOVER": 0, "DHCPREQUEST": 0}
+    last: dict[str, str] = {}  # serial -> the client's last message kind
     for e in events:
         if not isinstance(e, dnsmasqlog.DhcpMessage) or e.serial is None or e.t is None:
             continue
         messages[e.kind] = messages.get(e.kind, 0) + 1
+        if e.kind in repeats:
+            # the same question again in the same transaction: the answer did not reach the
+            # client (or was not taken) within its timeout
+            repeats[e.kind] += last.get(e.serial) == e.kind
+            last[e.serial] = e.kind
         if e.kind == "DHCPDISCOVER":
             discover.setdefault(e.serial, e.t)
         elif e.kind == "DHCPOFFER":
@@ -126,8 +133,8 @@ def stack_latencies(home: Any, since: float) -> dict[str, Any]:
             "naks": naks,
             "offer_delay_s": spread(delays),
             "offers_after_1s_or_more": sum(d >= 1 for d in delays),
-            # a client that heard nothing for its timeout (udhcpc: 1 s) sends again
-            "discover_repeats": messages.get("DHCPDISCOVER", 0) - len(discover),
+            "discover_repeats": repeats["DHCPDISCOVER"],
+            "request_repeats": repeats["DHCPREQUEST"],
             "messages": messages,
         },
         "http": {
@@ -390,12 +397,14 @@ def client_storm(work: Path, count: int) -> dict[str, Any]:
             go = threading.Event()
             since = time.time()
             t0 = time.monotonic()
+            clients_cpu = _common.children_cpu_seconds()
             with ThreadPoolExecutor(max_workers=count) as pool:
                 futures = [pool.submit(one_client, c, work / name / f"c{i}", go)
                            for i, c in enumerate(clients)]  # fmt: skip
                 go.set()
                 outcomes = [f.result() for f in futures]
             wall = time.monotonic() - t0
+            clients_cpu = _common.children_cpu_seconds() - clients_cpu
             usage = sampler.stop()
             time.sleep(0.5)  # the last log lines are written after the last response
             stack_view = stack_latencies(home, since)
@@ -423,6 +432,7 @@ def client_storm(work: Path, count: int) -> dict[str, Any]:
         "ttfb_s": ttfb,
         "stack": stack_view,
         "stack_usage": usage,
+        "clients_cpu_s": round(clients_cpu, 2),  # udhcpc, curl, ip (the bench's children)
     }
 
 
@@ -441,11 +451,26 @@ def run(vm_sizes: list[int], client_sizes: list[int], keep: Path | None) -> dict
         for c in client_sizes:
             print(f"boot storm: {c} synthetic clients", file=sys.stderr)
             results["clients"].append(client_storm(work, c))
+    add_ratios(results)
     return results
+
+
+def add_ratios(results: dict[str, Any]) -> None:
+    """Each size against the smallest of the same run: how much a storm slows one boot."""
+    for part, key in (("vms", "ready_s"), ("clients", "complete_s")):
+        rows = results[part]
+        base = rows[0][key]["median"] if rows else None
+        for r in rows:
+            med = r[key]["median"]
+            r["median_vs_smallest"] = round(med / base, 2) if med and base else None
 
 
 def _s(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
 
 
 def _mmm(s: dict[str, Any]) -> str:
@@ -463,12 +488,13 @@ def show(results: dict[str, Any]) -> None:
                 _mmm(r["ready_by_way_s"].get("ipxe", spread([]))), f"{r['wall_s']:.1f}",
                 f"{d['offer_delay_s']['max']}", f"{d['offers_after_1s_or_more']}/{d['offered']}",
                 f"{_s(h['script_s']['p50'])}/{_s(h['script_s']['p99'])}",
-                str(r["stack_usage"]["cpu_s"]),
+                str(r["stack_usage"]["cpu_s"]), _x(r.get("median_vs_smallest")),
             ])  # fmt: skip
         table(
             "Boot storm, real VMs (x86_64 UEFI, TCG; half firmware PXE, half iPXE from media)",
             ["VMs", "ready", "ready s min/med/max", "pxe s", "ipxe s", "wall s",
-             "offer delay max s", "offers >= 1 s", "script s p50/p99", "stack CPU s"],
+             "offer delay max s", "offers >= 1 s", "script s p50/p99", "stack CPU s",
+             "median / smallest"],
             rows,
         )  # fmt: skip
     if results["clients"]:
@@ -485,13 +511,14 @@ def show(results: dict[str, Any]) -> None:
                 f"{_s(t['kernel']['p50'])}/{_s(t['kernel']['p99'])}",
                 f"{_s(h['script_s']['p50'])}/{_s(h['script_s']['p99'])}",
                 f"{r['wall_s']:.1f}", str(r["stack_usage"]["cpu_s"]),
-                str(r["stack_usage"]["peak_rss_kib"] // 1024),
+                str(r["clients_cpu_s"]), str(r["stack_usage"]["peak_rss_kib"] // 1024),
+                _x(r.get("median_vs_smallest")),
             ])  # fmt: skip
         table(
             "Boot storm, synthetic clients (udhcpc + curl: boot.ipxe, ipxe?mac=, kernel, initrd)",
             ["clients", "ok", "failed", "lease s p50/max", "offers >= 1 s", "DISCOVER repeats",
              "ipxe TTFB p50/p99", "kernel TTFB p50/p99", "server script s p50/p99", "wall s",
-             "stack CPU s", "peak RSS MiB"],
+             "stack CPU s", "clients CPU s", "peak RSS MiB", "median / smallest"],
             rows,
         )  # fmt: skip
     m = results["machine"]
