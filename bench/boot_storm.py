@@ -235,11 +235,12 @@ def write_lab(work: Path, name: str, address: str, machines: str) -> Path:
 
 @contextlib.contextmanager
 def lab_home(work: Path, name: str) -> Any:
-    """The lab home of one storm; taken down (``pvmlab down``'s call) whatever happens."""
+    """The lab home of one storm (``WORK/h/NAME``: short, the control socket's path must fit
+    in AF_UNIX's 108 bytes); taken down (``pvmlab down``'s call) whatever happens."""
     from pvmlab.home import LabHome
     from pvmlab.labfile import apply
 
-    home = LabHome((work / "homes" / name).absolute())
+    home = LabHome((work / "h" / name).absolute())
     try:
         yield home
     finally:
@@ -262,7 +263,7 @@ def vm_storm(work: Path, n: int) -> dict[str, Any]:
         machines += _machine("ipxe", ipxe, "ipxe", VM_TIMEOUT)
     name = f"storm-vm-{n}"
     lab = load.read(write_lab(work, name, f"10.231.{n}.1/24", machines))
-    with lab_home(work, name) as home:
+    with lab_home(work, f"v{n}") as home:
         sampler = StackSampler(home)
         since = time.time()
         t0 = time.monotonic()
@@ -379,7 +380,7 @@ def client_storm(work: Path, count: int) -> dict[str, Any]:
     name = f"storm-clients-{count}"
     lab = load.read(write_lab(work, name, f"10.232.{count % 256}.1/22",
                               _machine("c", count, "pxe", 60)))  # fmt: skip
-    with lab_home(work, name) as home:
+    with lab_home(work, f"c{count}") as home:
         t_up = time.monotonic()
         apply.up(lab, home, start_machines=False)
         up_s = time.monotonic() - t_up

@@ -185,9 +185,36 @@ def test_boot_storm_tiny(tmp_path: Path) -> None:
     assert clients["stack"]["http"]["incomplete_files"] == 0
     assert clients["stack_usage"]["peak_rss_kib"] > 0
     # the lab homes were taken down, and with them their namespaces; no client is left
-    assert not list((work / "homes").glob("*"))
-    for name in ("storm-vm-2", "storm-clients-3"):
-        lab_gone(work / "homes" / name)
-    lab_ns = LabHome((work / "homes" / "storm-clients-3").absolute()).netns
+    assert not list((work / "h").glob("*"))
+    for name in ("v2", "c3"):
+        lab_gone(work / "h" / name)
+    lab_ns = LabHome((work / "h" / "c3").absolute()).netns
     seeds = [f"{work}/storm-clients-3/{i}" for i in range(3)]
     assert leftovers([f"pvtest-{short_hash(s, lab_ns)}" for s in seeds], [], []) == []
+
+
+def test_boot_storm_cleans_up_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM while the synthetic clients' namespaces are being made: all of them and the lab
+    file's home go away."""
+    work = tmp_path / "work"
+    count = 40
+    home = work / "h" / f"c{count}"
+    lab_ns = LabHome(home.absolute()).netns
+    names = [f"pvtest-{short_hash(f'{work}/storm-clients-{count}/{i}', lab_ns)}"
+             for i in range(count)]  # fmt: skip
+    argv = [sys.executable, "-m", "bench.boot_storm", "--vms", "", "--clients", str(count),
+            "--dir", str(work)]  # fmt: skip
+    with (tmp_path / "bench.err").open("wb") as err, spawn.spawn(
+        argv, env=bench_env(), stderr=err, grace=120
+    ) as proc:
+        deadline = time.monotonic() + 120
+        while sum(netns_exists(n) for n in names) < 5:
+            assert proc.poll() is None, "the bench ended before its clients existed"
+            assert time.monotonic() < deadline, "no client namespaces appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(120)
+    assert code != 0
+    assert leftovers(names, [], []) == []
+    assert not home.exists()
+    assert not netns_exists(lab_ns)
