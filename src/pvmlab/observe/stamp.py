@@ -85,6 +85,7 @@ class Stamper:
         }
         self.ready_event = rec
         self.out.write(json.dumps(rec) + "\n")
+        self.out.flush()  # on the record before anyone is told (they may read it at once)
         if self.on_event is not None:
             self.on_event(rec)
 
