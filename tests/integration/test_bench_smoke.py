@@ -154,6 +154,67 @@ def test_footprint_tables_without_stack(tmp_path: Path) -> None:
 
 
 def test_help_runs_without_root() -> None:
-    for module in ("bench.stack_throughput", "bench.footprint"):
+    for module in ("bench.stack_throughput", "bench.footprint", "bench.boot_storm"):
         proc = run_bench(module, "--help", timeout=60)
-        assert "--json" in proc.stdout and "Usage:" in proc.stdout
+        assert "--json" in proc.stdout and "usage:" in proc.stdout.lower()
+
+
+def test_boot_storm_tiny(tmp_path: Path) -> None:
+    """Two real VMs (one firmware PXE, one iPXE from media) and three synthetic clients."""
+    work = tmp_path / "work"
+    proc = run_bench(
+        "bench.boot_storm", "--vms", "2", "--clients", "3", "--dir", str(work), "--json",
+        timeout=900,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(proc.stdout)
+    [vms] = result["vms"]
+    assert vms["vms"] == vms["passed"] == 2 and vms["failed"] == []
+    assert set(vms["ready_by_way_s"]) == {"pxe", "ipxe"}
+    assert 0 < vms["ready_s"]["min"] <= vms["ready_s"]["median"] <= vms["ready_s"]["max"]
+    # firmware DHCP + iPXE DHCP of the PXE VM, iPXE DHCP of the other: all offered
+    dhcp = vms["stack"]["dhcp"]
+    assert dhcp["discovers"] >= 3 and dhcp["not_offered"] == 0
+    http = vms["stack"]["http"]
+    assert http["not_2xx"] == 0 and http["script_s"]["n"] >= 4 and http["file_s"]["n"] >= 4
+    [clients] = result["clients"]
+    assert clients["clients"] == clients["ok"] == 3 and clients["failed_by_stage"] == {}
+    assert all(clients["ttfb_s"][k]["n"] == 3 for k in ("boot.ipxe", "ipxe", "kernel", "initrd"))
+    assert clients["stack"]["dhcp"]["offered"] >= 3
+    # each client fetched the two scripts and both files, the server logged them whole
+    assert clients["stack"]["http"]["requests"] == 4 * 3
+    assert clients["stack"]["http"]["incomplete_files"] == 0
+    assert clients["stack_usage"]["peak_rss_kib"] > 0
+    # the lab homes were taken down, and with them their namespaces; no client is left
+    assert not list((work / "h").glob("*"))
+    for name in ("v2", "c3"):
+        lab_gone(work / "h" / name)
+    lab_ns = LabHome((work / "h" / "c3").absolute()).netns
+    seeds = [f"{work}/storm-clients-3/{i}" for i in range(3)]
+    assert leftovers([f"pvtest-{short_hash(s, lab_ns)}" for s in seeds], [], []) == []
+
+
+def test_boot_storm_cleans_up_on_sigterm(tmp_path: Path) -> None:
+    """SIGTERM while the synthetic clients' namespaces are being made: all of them and the lab
+    file's home go away."""
+    work = tmp_path / "work"
+    count = 40
+    home = work / "h" / f"c{count}"
+    lab_ns = LabHome(home.absolute()).netns
+    names = [f"pvtest-{short_hash(f'{work}/storm-clients-{count}/{i}', lab_ns)}"
+             for i in range(count)]  # fmt: skip
+    argv = [sys.executable, "-m", "bench.boot_storm", "--vms", "", "--clients", str(count),
+            "--dir", str(work)]  # fmt: skip
+    with (tmp_path / "bench.err").open("wb") as err, spawn.spawn(
+        argv, env=bench_env(), stderr=err, grace=120
+    ) as proc:
+        deadline = time.monotonic() + 120
+        while sum(netns_exists(n) for n in names) < 5:
+            assert proc.poll() is None, "the bench ended before its clients existed"
+            assert time.monotonic() < deadline, "no client namespaces appeared"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(120)
+    assert code != 0
+    assert leftovers(names, [], []) == []
+    assert not home.exists()
+    assert not netns_exists(lab_ns)

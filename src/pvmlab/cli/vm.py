@@ -328,8 +328,14 @@ def _say_timeline(name: str, pattern: Any) -> None:
         f" --wait-for of the last `vm start --wait`, else {DEFAULT_WAIT_FOR!r})."
     ),
 )
+@click.option(
+    "--svg",
+    "svg_path",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Also write the boot as an SVG Gantt chart (one bar per phase) to this file.",
+)
 @json_option
-def timeline_cmd(name: str, wait_for: str | None, as_json: bool) -> None:
+def timeline_cmd(name: str, wait_for: str | None, svg_path: Path | None, as_json: bool) -> None:
     """Show where the seconds of VM NAME's last boot went, phase by phase."""
     from pvmlab.observe import console, timeline
     from pvmlab.vm import state
@@ -339,10 +345,25 @@ def timeline_cmd(name: str, wait_for: str | None, as_json: bool) -> None:
         record = state.load_runtime(home(), name)
         wait_for = (record.wait_for if record else None) or DEFAULT_WAIT_FOR
     tl = timeline.timeline_of_vm(home(), name, console.compile_pattern(wait_for))
+    if svg_path is not None:
+        _write_svg(svg_path, tl.as_dict())
     if as_json:
         emit_json(tl.as_dict())
     else:
         timeline.print_timeline_table(tl)
+
+
+def _write_svg(path: Path, tl: dict[str, Any]) -> None:
+    from pvmlab.errors import PvmlabError
+    from pvmlab.report.gantt import timeline_svg
+
+    try:
+        path.write_text(timeline_svg(tl) + "\n")
+    except OSError as exc:
+        raise PvmlabError(
+            f"cannot write the chart to {path}: {exc.strerror or exc}",
+            "give --svg a path in a directory that exists and is writable",
+        ) from None
 
 
 def _explain_failure(name: str) -> None:
