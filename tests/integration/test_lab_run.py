@@ -267,6 +267,7 @@ distro = "debian-12"
         assert len(state.requests) == fetched  # nothing fetched again
         run_pvmlab("down", "-f", str(lab))
 
+    homes_before = sorted(labs.iterdir()) if labs.exists() else []
     bad = tmp_path / "bad.toml"
     for text, where in (
         ('[provisioner]\naddres = "10.1.0.1/24"\n', "bad.toml:2: provisioner.addres: unknown key"),
@@ -282,4 +283,5 @@ distro = "debian-12"
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith(f"pvmlab: error: {where}"), proc.stderr
         assert proc.stderr.count("\n") == 1
-    assert not labs.exists()  # nothing was made for any of them
+    # nothing was made for any of them
+    assert (sorted(labs.iterdir()) if labs.exists() else []) == homes_before

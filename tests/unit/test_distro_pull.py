@@ -226,7 +226,7 @@ def test_corrupt_file_refused_nothing_kept(mirror: Mirror, tmp_path: Path) -> No
     k, i = _kernel_pair("x86_64")
     images_dir = trees.debian_netboot(mirror.root, "x86_64", k, i)
     linux = images_dir / "netboot/debian-installer/amd64/linux"
-    linux.write_bytes(k[:-1] + b"\0")  # corrupted after the list was made
+    linux.write_bytes(k[:-1] + bytes([k[-1] ^ 1]))  # corrupted after the list was made
     home = tmp_path / "home"
     proc = run_pvmlab(
         "distro",
