@@ -58,6 +58,11 @@ def _require(program: str) -> str:
     return path
 
 
+def require_client() -> None:
+    """OpenSSH's client is installed (DependencyError with the package to install if not)."""
+    _require("ssh")
+
+
 def public_key_path(home: LabHome) -> Path:
     return home.ssh_public_key
 
