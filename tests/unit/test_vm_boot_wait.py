@@ -182,7 +182,7 @@ def test_ssh_is_tried_only_after_the_console_pattern(
     writer.join()
     assert result.outcome == "ready" and result.ssh_user == "root"
     assert result.line == "node1 login:" and result.console_elapsed is not None
-    assert len(tried) == 2 and tried[0] >= result.console_elapsed
+    assert len(tried) == 2 and tried[0] >= result.console_elapsed - 0.0005  # stamps: ms
     assert result.elapsed >= result.console_elapsed
     assert result.as_dict()["ssh_user"] == "root"
 
@@ -218,3 +218,12 @@ def test_a_guest_stopping_during_the_ssh_step_says_which_step(
 def test_start_and_wait_needs_a_condition(home: LabHome) -> None:
     with pytest.raises(ValueError, match="pattern, an SSH user or both"):
         boot.start_and_wait(home, "v1", pattern=None, timeout=1)
+
+
+def test_a_changed_host_key_ends_the_ssh_step_at_once(
+    home: LabHome, qemu: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    why = f"the SSH host key of VM v1 (192.168.105.2) {boot.ssh.HOSTKEY_CHANGED}"
+    result, tried = wait_ssh(home, qemu, None, 3000, monkeypatch, [why])
+    assert result.outcome == "no_ssh" and len(tried) == 1
+    assert result.reason == f"VM v1 cannot be trusted over SSH: {why}"

@@ -10,7 +10,8 @@ With ``ssh_user`` the boot is ready once a login as that user with the lab key r
 (``pvmlab.vm.ssh.probe``, retried every ``SSH_RETRY`` seconds); with a pattern too, SSH is tried
 only after the console showed it (one timeout covers both). ``outcome`` says which condition
 failed: ``timeout`` (the console pattern), ``no_ssh`` (SSH did not answer in time), ``exited`` or
-``halted`` (the guest stopped, whichever step it was in).
+``halted`` (the guest stopped, whichever step it was in). A host key other than the one the lab
+recorded for the machine ends the SSH step at once (``no_ssh``; the reason says so).
 
 What decides "ready" is the VM's watcher (``pvmlab.vm.watch``), the one reader of the console:
 it is given the pattern, stamps the first matching line as a ``ready`` event (which ``vm
@@ -91,6 +92,8 @@ class BootResult:
                 f"VM {self.name} stopped after {self.elapsed:.1f} s without {self.waited_for}"
                 f"{tail}"
             )
+        if self.outcome == "no_ssh" and ssh.HOSTKEY_CHANGED in self.ssh_reason:
+            return f"VM {self.name} cannot be trusted over SSH: {self.ssh_reason}"
         if self.outcome == "no_ssh":
             last = f" (last attempt: {self.ssh_reason})" if self.ssh_reason else ""
             return (
@@ -260,6 +263,8 @@ def wait_for_boot(
             if tried is True:
                 return result("ready", time.time() - started.t0)
             ssh_reason = tried
+            if ssh.HOSTKEY_CHANGED in tried:  # permanent: waiting longer cannot fix it
+                return result("no_ssh", time.time() - started.t0)
             now = time.monotonic()
             next_ssh = now + SSH_RETRY
         if events.eof and not started.alive():  # the watcher is gone too (killed?)
