@@ -115,9 +115,14 @@ class Timeline:
 
 
 def screen(text: str) -> str:
-    """The last installer dialog on the console, as plain words (box drawing dropped)."""
-    tail = text[text.rfind("[!!]") :][:2000] if "[!!]" in text else text[-2000:]
-    return " ".join(re.sub(r"\(0[^(]*\(B", " ", tail).split())  # (0..(B: box drawing
+    """The last installer dialog on the console, as plain words (box drawing dropped), and the
+    last component d-i was fetching before it."""
+    at = text.rfind("[!!]")
+    tail = text[at:][:2000] if at >= 0 else text[-2000:]
+    words = re.sub(r"\(0[^(]*\(B", " ", tail).split()  # (0..(B: box drawing mode
+    said = " ".join(w for w in words if not re.fullmatch(r"\(?[lqkxmjtu]+(\(B)?", w))
+    fetched = re.findall(r"Retrieving ([\w.+-]+)", text[: max(at, 0)] or text)
+    return said + (f" (last component fetched: {fetched[-1]})" if fetched else "")
 
 
 def test_debian_12_unattended_install_to_ssh(
