@@ -3,6 +3,9 @@
 # Python environment, then lint, type check, unit and integration tests (real dnsmasq, QEMU,
 # UEFI/BIOS firmware and iPXE, inside network namespaces the tests create; needs root).
 #
+# Slow tests (a whole OS install, tens of minutes) are left out unless the -m expression names
+# them (tests/conftest.py): scripts/test-slow.sh runs them.
+#
 # Usage: sudo scripts/test.sh [pytest arguments...]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -37,6 +37,13 @@ pytest_plugins = ["fixtures.plugin"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # slow tests (a whole OS install: tens of minutes) run only when the -m expression names
+    # them (`-m slow`, scripts/test-slow.sh); `-m integration` and a bare run leave them out
+    if "slow" not in (config.getoption("markexpr") or ""):
+        slow = [i for i in items if "slow" in i.keywords]
+        if slow:
+            config.hook.pytest_deselected(items=slow)
+            items[:] = [i for i in items if "slow" not in i.keywords]
     if os.geteuid() == 0:
         return
     skip = pytest.mark.skip(reason="integration test: needs root for network namespaces")

@@ -136,3 +136,94 @@ def test_a_pattern_may_start_with_a_dash(home: LabHome, qemu: subprocess.Popen[b
     result = wait(home, qemu, "--- ready", timeout=120)
     writer.join()
     assert (result.outcome, result.line) == ("ready", "--- ready ---")
+
+
+# --- the SSH readiness step (the login attempt itself is stood in for here; the real one, to
+# a real dropbear, is in tests/integration/test_vm_wait_ssh.py)
+
+
+def wait_ssh(
+    home: LabHome,
+    proc: subprocess.Popen[bytes],
+    pattern: str | None,
+    timeout: float,
+    monkeypatch: pytest.MonkeyPatch,
+    answers: list[bool | str],
+) -> tuple[boot.BootResult, list[float]]:
+    """wait_for_boot with an SSH step whose attempts return ``answers`` in turn (the last one
+    repeats); also when each attempt was made (seconds since t0)."""
+    read_fd, t0 = watched(home, proc, pattern or "never-shown")
+    tried: list[float] = []
+
+    def probe(_home: LabHome, vm: VMSpec, user: str) -> bool | str:
+        assert (vm.name, user) == ("v1", "root")
+        tried.append(time.time() - t0)
+        return answers[min(len(tried), len(answers)) - 1]
+
+    monkeypatch.setattr(boot.ssh, "probe", probe)
+    started = runtime.Started(
+        vm=VM, accel=Accel("tcg", "test"), pid=proc.pid, argv=[], proc=proc, t0=t0
+    )
+    try:
+        result = boot.wait_for_boot(
+            home, "v1", started, pattern=None if pattern is None else re.compile(pattern),
+            timeout=timeout, events_fd=read_fd, ssh_user="root",
+        )  # fmt: skip
+    finally:
+        os.close(read_fd)
+    return result, tried
+
+
+def test_ssh_is_tried_only_after_the_console_pattern(
+    home: LabHome, qemu: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writer = write_later(home.vm_log("v1"), b"node1 login: ")
+    result, tried = wait_ssh(home, qemu, "login:", 120, monkeypatch, ["no SSH server", True])
+    writer.join()
+    assert result.outcome == "ready" and result.ssh_user == "root"
+    assert result.line == "node1 login:" and result.console_elapsed is not None
+    assert len(tried) == 2 and tried[0] >= result.console_elapsed - 0.0005  # stamps: ms
+    assert result.elapsed >= result.console_elapsed
+    assert result.as_dict()["ssh_user"] == "root"
+
+
+def test_ssh_alone_and_its_failure_is_its_own_outcome(
+    home: LabHome, qemu: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    why = "no SSH server answers on 192.168.105.2:22 (connection refused)"
+    result, tried = wait_ssh(home, qemu, None, 1, monkeypatch, [why])
+    assert result.outcome == "no_ssh" and tried and result.pattern == ""
+    assert result.reason == (
+        f"VM v1 did not accept the lab's SSH key for user root within 1 s (last attempt: {why})"
+    )
+
+
+def test_a_console_timeout_with_ssh_asked_is_still_the_console_s(
+    home: LabHome, qemu: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result, tried = wait_ssh(home, qemu, "login:", 1, monkeypatch, [True])
+    assert result.outcome == "timeout" and not tried
+    assert result.reason == "VM v1 did not show 'login:' on its console within 1 s"
+
+
+def test_a_guest_stopping_during_the_ssh_step_says_which_step(
+    home: LabHome, qemu: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    qmp.execute(home.vm_qmp("v1"), "stop")
+    result, _ = wait_ssh(home, qemu, None, 3000, monkeypatch, ["no SSH server"])
+    assert (result.outcome, result.run_state) == ("halted", "paused")
+    assert "without accepting the lab's SSH key for user root" in result.reason
+
+
+def test_start_and_wait_needs_a_condition(home: LabHome) -> None:
+    with pytest.raises(ValueError, match="pattern, an SSH user or both"):
+        boot.start_and_wait(home, "v1", pattern=None, timeout=1)
+
+
+def test_a_changed_host_key_ends_the_ssh_step_at_once(
+    home: LabHome, qemu: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    why = f"the SSH host key of VM v1 (192.168.105.2) {boot.ssh.HOSTKEY_CHANGED}"
+    result, tried = wait_ssh(home, qemu, None, 3000, monkeypatch, [why])
+    assert result.outcome == "no_ssh" and len(tried) == 1
+    assert result.reason == f"VM v1 cannot be trusted over SSH: {why}"

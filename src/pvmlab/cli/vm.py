@@ -221,7 +221,19 @@ def reinstall_cmd(name: str, as_json: bool, **install: Any) -> None:
     type=float,
     default=300.0,
     show_default=True,
-    help="Seconds to wait with --wait before giving up.",
+    help="Seconds to wait with --wait/--wait-ssh before giving up (one limit for both).",
+)
+@click.option(
+    "--wait-ssh",
+    is_flag=True,
+    help="Return only when SSH takes the lab's key (after --wait-for's pattern when that is given"
+    " too).",
+)
+@click.option(
+    "--ssh-user",
+    default="root",
+    show_default=True,
+    help="Login user that --wait-ssh tries (as `vm ssh --user`).",
 )
 @click.option(
     "--accel",
@@ -241,7 +253,8 @@ def reinstall_cmd(name: str, as_json: bool, **install: Any) -> None:
     "--json",
     "as_json",
     is_flag=True,
-    help="Print the outcome as JSON for scripts (with --wait: ready, exited, halted or timeout,"
+    help="Print the outcome as JSON for scripts (with --wait/--wait-ssh: ready, exited, halted,"
+    " timeout or no_ssh,"
     " the seconds since QEMU's launch, the matching line, QMP's run state).",
 )
 def start_cmd(
@@ -250,6 +263,8 @@ def start_cmd(
     wait: bool,
     wait_for: str,
     timeout: float,
+    wait_ssh: bool,
+    ssh_user: str,
     accel: str | None,
     interactive: bool,
     as_json: bool,
@@ -268,11 +283,13 @@ def start_cmd(
     if wait_explicit is not None and wait_explicit.name == "COMMANDLINE":
         wait = True
     pattern = console.compile_pattern(wait_for) if wait else None
-    if interactive and (wait or as_json):
-        raise StateError("--interactive cannot be combined with --wait or --json", "choose one")
+    if interactive and (wait or wait_ssh or as_json):
+        raise StateError(
+            "--interactive cannot be combined with --wait, --wait-ssh or --json", "choose one"
+        )
     h = home()
     say = _err if as_json else _say  # with --json, stdout holds the JSON alone
-    if pattern is None:
+    if pattern is None and not wait_ssh:
         started = runtime.start_vm(
             h, name, boot=boot, requested_accel=accel, interactive=interactive, say=say
         )
@@ -282,14 +299,25 @@ def start_cmd(
             _say(f"started VM {name} (pid {started.pid}); console: {h.vm_log(name)}")
         return
     result = boot_mod.start_and_wait(
-        h, name, pattern=pattern, timeout=timeout, boot=boot, accel=accel, say=say
+        h,
+        name,
+        pattern=pattern,
+        timeout=timeout,
+        boot=boot,
+        accel=accel,
+        ssh_user=ssh_user if wait_ssh else None,
+        say=say,
     )
     if as_json:
         emit_json(result.as_dict())
     if result.ready:
-        say(f"{name}: saw {wait_for!r} after {result.elapsed:.1f} s: {result.line}")
-        if not as_json:
-            _say_timeline(name, pattern)
+        if pattern is not None:
+            seen = result.console_elapsed if wait_ssh else result.elapsed
+            say(f"{name}: saw {wait_for!r} after {seen or 0.0:.1f} s: {result.line}")
+            if not as_json:
+                _say_timeline(name, pattern)
+        if wait_ssh:
+            say(f"{name}: SSH as {ssh_user} answered after {result.elapsed:.1f} s")
         return
     _explain_failure(name)
     if result.outcome == "halted":
@@ -301,6 +329,12 @@ def start_cmd(
         raise StateError(
             result.reason,
             f"the console and the stack's view are above; full console: {h.vm_log(name)}",
+        )
+    if result.outcome == "no_ssh":
+        raise StateError(
+            result.reason,
+            f"it is still running (`pvmlab vm ssh {name}` to retry, `pvmlab vm stop {name}`); "
+            "the guest needs an SSH server and the lab key for that user",
         )
     raise StateError(
         result.reason,

@@ -41,6 +41,7 @@ DEFAULT_USER = "root"
 SSH_PORT = 22
 CONNECT_TIMEOUT = 10
 SSH_FAILED = 255  # ssh's own exit code when it, not the remote command, failed
+HOSTKEY_CHANGED = "is not the one recorded for it"  # in that failure's message: no retry helps
 
 _USER = re.compile(r"[a-z_][a-z0-9_.-]{0,31}\$?")
 _REMOTE = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]{0,62}):(.*)", re.S)
@@ -56,6 +57,11 @@ def _require(program: str) -> str:
             f"{program} is not installed", "install it: `apt-get install openssh-client`"
         )
     return path
+
+
+def require_client() -> None:
+    """OpenSSH's client is installed (DependencyError with the package to install if not)."""
+    _require("ssh")
 
 
 def public_key_path(home: LabHome) -> Path:
@@ -220,7 +226,7 @@ def failure(home: LabHome, vm: VMSpec, user: str, kinds: list[str], last: str) -
     where = f"{vm.ip}:{SSH_PORT}"
     if "hostkey" in kinds:
         return StateError(
-            f"the SSH host key of VM {vm.name} ({vm.ip}) is not the one recorded for it",
+            f"the SSH host key of VM {vm.name} ({vm.ip}) {HOSTKEY_CHANGED}",
             f"if {vm.name} was reinstalled, forget the old key: `ssh-keygen -R {vm.ip} -f "
             f"{home.ssh_known_hosts}`",
         )
