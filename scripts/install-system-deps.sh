@@ -27,12 +27,13 @@ DEBIAN_MIRROR=${PVMLAB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 packages=(
   qemu-system-x86 qemu-system-arm qemu-utils
   ovmf qemu-efi-aarch64 ipxe-qemu ipxe
-  dnsmasq-base iproute2 busybox-static cpio e2fsprogs
+  dnsmasq-base iproute2 busybox-static cpio e2fsprogs dosfstools mtools
   passt nftables openssh-client
   python3 python3-venv python3-pip
 )
-# dropbear + sftp-server go into the SSH test initramfs (tests/fixtures/bootassets.py)
-test_packages=(nginx-light curl dropbear-bin openssh-sftp-server chromium)
+# dropbear + sftp-server go into the SSH test initramfs (tests/fixtures/bootassets.py); fdisk
+# and systemd-boot-efi make the deploy tests' small disk image (tests/fixtures/deployimage.py)
+test_packages=(nginx-light curl dropbear-bin openssh-sftp-server chromium fdisk systemd-boot-efi)
 
 uname_s=$(uname -s)
 if [ "$uname_s" = Darwin ]; then

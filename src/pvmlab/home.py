@@ -321,6 +321,29 @@ class LabHome:
     def vm_install_status(self, name: str) -> Path:
         return self.vm_dir(name) / "install-status.json"
 
+    # deploy (pvmlab.deploy): the deploy ramdisk per arch as the lab serves it, the images
+    # converted to raw (named by their SHA-256), each VM's deploy status and cloud-init seed
+    @property
+    def deploy_root(self) -> Path:
+        return self.root / "deploy"
+
+    def deploy_ramdisk(self, arch: str) -> Path:
+        return self.deploy_root / "ramdisk" / arch
+
+    @property
+    def deploy_images(self) -> Path:
+        return self.deploy_root / "images"
+
+    def deploy_image(self, sha256: str) -> Path:
+        return self.deploy_images / f"{sha256}.raw"
+
+    def vm_deploy_status(self, name: str) -> Path:
+        return self.vm_dir(name) / "deploy-status.json"
+
+    def vm_seed(self, name: str) -> Path:
+        """The VM's NoCloud seed (a small FAT image labelled CIDATA) the ramdisk writes."""
+        return self.vm_dir(name) / "seed.img"
+
     @property
     def ssh_public_key(self) -> Path:
         return self.ssh_key.with_name(self.ssh_key.name + ".pub")

@@ -122,7 +122,18 @@ def vm() -> None:
 @click.option(
     "--cpus", type=int, default=DEFAULT_CPUS, show_default=True, help="Number of virtual CPUs."
 )
-@click.option("--disk-size", help="Create a qcow2 disk of this size (e.g. 10G).")
+@click.option(
+    "--disk-size",
+    help="Create a qcow2 disk of this size (e.g. 10G); with --image at least the image's size "
+    "(default then: the image's virtual size + 4 MiB for the cloud-init seed).",
+)
+@click.option(
+    "--image",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Deploy this disk image (qcow2 or raw) onto the VM's disk at its first network boot "
+    "(the deploy ramdisk writes and verifies it, then the VM boots its disk); --user-data is "
+    "then its cloud-init user-data.",
+)
 @install_options
 @json_option
 def create_cmd(
@@ -136,6 +147,7 @@ def create_cmd(
     memory: int,
     cpus: int,
     disk_size: str | None,
+    image: Path | None,
     as_json: bool,
     **install: Any,
 ) -> None:
@@ -158,6 +170,7 @@ def create_cmd(
         memory_mib=memory,
         cpus=cpus,
         disk_size=disk_size,
+        image=image,
         **_install_request(install),
     )
     spec = create(home(), req)
@@ -167,7 +180,9 @@ def create_cmd(
         _say(
             f"created VM {spec.name}: {spec.arch} {spec.firmware}, MAC {spec.mac}, IP {spec.ip}"
             + (f", distro {spec.distro}" if spec.distro else "")
-            + (f", unattended install ({spec.install})" if spec.install else "")
+            + (f", image {spec.image} (deployed at its first start)" if spec.image else "")
+            + (f", unattended install ({spec.install})"
+               if spec.install and not spec.image else "")
         )
 
 
@@ -176,11 +191,12 @@ def create_cmd(
 @install_options
 @json_option
 def reinstall_cmd(name: str, as_json: bool, **install: Any) -> None:
-    """Make VM NAME install again at its next network boot.
+    """Make VM NAME install (or deploy) again at its next network boot.
 
     Clears its install status, so its boot script runs the installer again instead of
     booting the local disk. Install options replace its install configuration (or mirror,
-    proxy) first.
+    proxy) first. A VM made with --image is deployed again: its deploy ramdisk writes the image
+    anew.
     """
     from pvmlab.vm.define import reinstall
 
@@ -189,6 +205,11 @@ def reinstall_cmd(name: str, as_json: bool, **install: Any) -> None:
                      mirror=req["mirror"], proxy=req["proxy"])  # fmt: skip
     if as_json:
         emit_json(spec.model_dump(mode="json"))
+    elif spec.image:
+        _say(
+            f"VM {spec.name} is deployed again from {spec.image} at its next network boot"
+            f" (`pvmlab vm start {spec.name}`; restart it if it is running)"
+        )
     else:
         _say(
             f"VM {spec.name} installs again ({spec.install}) at its next network boot"
@@ -445,12 +466,13 @@ def stop_cmd(name: str, force: bool, timeout: float) -> None:
 
 
 COLUMNS = ["name", "arch", "firmware", "boot", "mac", "ip", "distro", "state", "accel", "pid",
-           "install"]
+           "provisioning", "install"]
 
 
 def _rows() -> list[dict[str, Any]]:
     """One row per VM: the healthy records with their run state from QEMU (QMP), and the
     damaged records with their path, problem and fix (state ``damaged``)."""
+    from pvmlab.deploy import state as deploy_state
     from pvmlab.qemu import qmp
     from pvmlab.stack import installcfg
     from pvmlab.vm import runtime, state
@@ -473,7 +495,8 @@ def _rows() -> list[dict[str, Any]]:
             "state": run_state,
             "accel": rt.accel if rt else None,
             "pid": state.running_pid(h, spec.name) if run_state != state.STOPPED else None,
-            "install": installcfg.status_summary(h, spec),
+            "install": None if spec.image else installcfg.status_summary(h, spec),
+            "provisioning": deploy_state.summary(h, spec),
         }
         if run_state in qmp.HALTED_STATES or run_state == state.UNRESPONSIVE:
             row["qemu_log"] = runtime.qemu_log_tail(h, spec.name)

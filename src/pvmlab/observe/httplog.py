@@ -34,8 +34,8 @@ class HttpRequest:
 
     @property
     def is_boot_file(self) -> bool:
-        """A kernel or initrd from the image store (not a script)."""
-        return self.path.startswith("/images/")
+        """A kernel or initrd from the image store or the deploy ramdisk (not a script)."""
+        return self.path.startswith(("/images/", "/deploy/ramdisk/"))
 
     def names_mac(self, mac: str) -> bool:
         """The request is about ``mac`` (either spelling) by its ``mac`` field, path or query."""

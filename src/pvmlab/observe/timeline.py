@@ -32,6 +32,13 @@ slowest one is where the time went. Transfers also carry their own ``transfer_s`
     http-initrd    the initrd over HTTP
     handover       iPXE starts the kernel (EFI stub, decompression) -> its first console line
     kernel         the kernel's first console line -> the awaited text
+    deploy-…       a VM made from an image (``pvmlab.deploy``), after the ramdisk's kernel:
+                   ``deploy-instructions`` (its lease and instructions), ``deploy-stream``
+                   (bytes, seconds and MB/s of the image's chunks, from http.log),
+                   ``deploy-verify`` (read back, SHA-256), ``deploy-grow`` (partition, file
+                   system, seed), ``reboot`` (to the firmware's PXE again, whose script now
+                   exits to the disk), ``disk-kernel`` (the disk's kernel), ``cloud-init``
+                   (its phone-home), then ``ready``
     ready          the awaited text (``--wait-for``, default a login prompt): the stamper's
                    ``ready`` event when it was watching for that pattern (it sees a prompt that
                    has no newline yet), else the first console line after the kernel's that
@@ -73,6 +80,14 @@ LABELS = {
     "http-initrd": "HTTP initrd",
     "handover": "kernel handover",
     "kernel": "kernel -> ready",
+    "deploy-instructions": "deploy: lease + instructions",
+    "deploy-stream": "deploy: image stream to disk",
+    "deploy-verify": "deploy: read back + SHA-256",
+    "deploy-grow": "deploy: grow partition, seed",
+    "deploy-failed": "deploy FAILED (reported, halted)",
+    "reboot": "reboot -> PXE -> local disk",
+    "disk-kernel": "disk's kernel -> ready",
+    "cloud-init": "cloud-init done (phone-home)",
     "install-config": "installer config (HTTP) -> ready",
     "ready": "ready",
 }
@@ -373,6 +388,64 @@ def _is_install_config(req: HttpRequest) -> bool:
     return bool(req.record.get("kind"))
 
 
+# --- image deployment (pvmlab.deploy): the ramdisk's own console lines and requests -------------
+
+_DEPLOY_KINDS = ("deploy", "image", "seed")
+_DEPLOY_LEASE = re.compile(r"^pvmlab-deploy: lease on ")
+_DEPLOY_STREAM = re.compile(r"^pvmlab-deploy: streaming ")
+_DEPLOY_WROTE = re.compile(r"^pvmlab-deploy: wrote \d+ of ")
+_DEPLOY_VERIFIED = re.compile(r"^pvmlab-deploy: verified")
+_DEPLOY_REBOOT = re.compile(r"^pvmlab-deploy: deployed; rebooting")
+_DEPLOY_FAILED = re.compile(r"^pvmlab-deploy: FAILED: ")
+
+
+def is_deploy(records: BootRecords) -> bool:
+    return any(r.record.get("kind") in _DEPLOY_KINDS for r in records.http)
+
+
+def deploy_phases(records: BootRecords) -> list[Phase]:
+    """The deploy ramdisk's steps, from its ``pvmlab-deploy:`` console lines; the stream's bytes
+    and rate from the HTTP server's records of the image's chunks; then the reboot into the disk
+    and the disk's own kernel, and cloud-init's phone-home when it came."""
+    console = records.console
+    phases: list[Phase] = []
+    lease = console.first(_DEPLOY_LEASE)
+    if lease is not None:
+        phases.append(Phase("deploy-instructions", lease.t))
+    stream = console.first(_DEPLOY_STREAM)
+    if stream is not None:
+        chunks = [r for r in records.http if r.record.get("kind") == "image"]
+        detail: dict[str, Any] = {"requests": [f"{len(chunks)} image chunks"]}
+        if chunks:
+            first, last = chunks[0].start, chunks[-1].end
+            nbytes = sum(r.bytes or 0 for r in chunks)
+            detail["bytes"] = nbytes
+            if first is not None and last is not None:
+                detail["transfer_s"] = round(last - first, 3)
+                detail["mb_per_s"] = _rate(nbytes, last - first)
+        phases.append(Phase("deploy-stream", stream.t, detail=detail))
+    wrote = [line for line in console.lines if _DEPLOY_WROTE.search(line.text)]
+    if wrote:
+        phases.append(Phase("deploy-verify", wrote[-1].t))
+    verified = console.first(_DEPLOY_VERIFIED)
+    if verified is not None:
+        phases.append(Phase("deploy-grow", verified.t))
+    failed = console.first(_DEPLOY_FAILED)
+    if failed is not None:
+        phases.append(Phase("deploy-failed", failed.t, detail={"line": failed.text[:120]}))
+    reboot = console.first(_DEPLOY_REBOOT)
+    if reboot is not None:
+        phases.append(Phase("reboot", reboot.t))
+        disk = console.first(_KERNEL, reboot.end)
+        if disk is not None:
+            phases.append(Phase("disk-kernel", disk.t, detail={"line": disk.text[:120]}))
+    home_call = [r for r in records.http
+                 if r.record.get("kind") == "status" and r.record.get("phase") == "installed"]
+    if home_call and home_call[0].start is not None:
+        phases.append(Phase("cloud-init", home_call[0].start - records.t0))
+    return phases
+
+
 def install_config_phase(records: BootRecords) -> Phase | None:
     """From the installer's first request for its configuration (preseed, kickstart, NoCloud…)
     on; its detail lists every such request and status report."""
@@ -443,6 +516,15 @@ def boot_phases(records: BootRecords, wait_for: re.Pattern[str]) -> dict[str, Ph
     if fetched is not None:
         add(Phase("handover", fetched))
     kernel = add(kernel_phase(records, fetched if fetched is not None else after_ipxe))
+    if is_deploy(records):
+        if kernel is not None:
+            kernel.title = "deploy ramdisk kernel -> lease"
+        for phase in deploy_phases(records):
+            add(phase)
+        disk = found.get("disk-kernel")
+        if disk is not None:
+            add(ready_phase(records, wait_for, disk.start))
+        return found
     if kernel is not None and add(install_config_phase(records)) is not None:
         kernel.title = "kernel -> installer config"
     add(ready_phase(records, wait_for, kernel.start if kernel is not None else None))

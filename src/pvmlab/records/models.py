@@ -165,6 +165,11 @@ class VMSpec(Record):
     install_template: str | None = None
     mirror: HttpURL | None = None
     proxy: HttpURL | None = None
+    # Image deployment (pvmlab.deploy): the image the disk is written from (the path given at
+    # create), the SHA-256 and size of its raw form (LabHome.deploy_image).
+    image: str | None = None
+    image_sha256: SHA256 | None = None
+    image_bytes: int | None = None
 
 
 class DistroAssets(Record):

@@ -14,7 +14,9 @@ The kernel command line is the VM's own when set, else the distro's, plus:
     (``pvmlab.stack.installcfg.kernel_args``).
 
 Once such a machine has reported itself installed, its config says ``local_boot``: the iPXE
-script then leaves the network boot for the local disk (until ``vm reinstall``).
+script then leaves the network boot for the local disk (until ``vm reinstall``). A VM made from
+an image (``vm create --image``) boots the deploy ramdisk until its deploy is verified, then its
+disk the same way (``pvmlab.deploy``).
 """
 
 from __future__ import annotations
@@ -125,6 +127,8 @@ def build(home: LabHome, vm: VMSpec, base_url: str) -> BootConfig:
         vm=vm.name, mac=vm.mac, ip=vm.ip, arch=vm.arch, firmware=vm.firmware, distro=vm.distro,
         install=vm.install,
     )
+    if vm.image_sha256 is not None:
+        return _deploy(home, vm, head, base_url)
     if vm.install is not None and installcfg.is_installed(home, vm.name):
         return head.model_copy(update={"local_boot": True})
     distro, problem = _distro_problem(home, vm)
@@ -147,6 +151,27 @@ def build(home: LabHome, vm: VMSpec, base_url: str) -> BootConfig:
             "initrd_sha256": distro.initrd_sha256,
         }
     )
+
+
+def _deploy(home: LabHome, vm: VMSpec, head: BootConfig, base_url: str) -> BootConfig:
+    """An image VM: its disk once deployed, else the deploy ramdisk (``pvmlab.deploy``)."""
+    from pvmlab.deploy import state
+
+    head = head.model_copy(update={"distro": "deploy"})
+    if state.is_deployed(home, vm.name):
+        return head.model_copy(update={"local_boot": True})
+    folder = home.deploy_ramdisk(vm.arch)
+    if not (folder / "vmlinuz").is_file() or not (folder / "initrd").is_file():
+        return head.model_copy(update={"problem": (
+            f"the deploy ramdisk for {vm.arch} is not in the lab home "
+            f"(`pvmlab vm reinstall {vm.name}` builds it)"
+        )})  # fmt: skip
+    base = base_url.rstrip("/") + "/deploy/ramdisk/" + vm.arch
+    cmdline = compose_cmdline(state.ramdisk_cmdline(vm, base_url), vm.arch, "initrd")
+    return head.model_copy(
+        update={"kernel_url": f"{base}/vmlinuz", "initrd_url": f"{base}/initrd",
+                "initrd_name": "initrd", "cmdline": cmdline}
+    )  # fmt: skip
 
 
 def boot_config(

@@ -330,19 +330,24 @@ def confine(root: Path, relative: str) -> Path:
 
 
 async def images(request: web.Request) -> web.StreamResponse:
-    return _serve_file(request, request.app[HOME_KEY].images)
+    return serve_file(request, request.app[HOME_KEY].images)
 
 
 async def tftp(request: web.Request) -> web.StreamResponse:
-    return _serve_file(request, request.app[HOME_KEY].tftp)
+    return serve_file(request, request.app[HOME_KEY].tftp)
 
 
-def _serve_file(request: web.Request, root: Path) -> web.StreamResponse:
+def serve_file(request: web.Request, root: Path) -> web.StreamResponse:
+    """A file under ``root`` named by the route's ``path``, confined (see ``confine``)."""
     # Served names never need percent-encoding: an encoded byte ("%2e%2e", "%2F", "%5c") in the
     # path as sent is a trick, refused before aiohttp's decoding can hide it.
     if "%" in request.raw_path.split("?", 1)[0]:
         raise web.HTTPForbidden(text="forbidden: encoded characters in the path\n")
-    path = confine(root, request.match_info["path"])
+    return serve_path(request, confine(root, request.match_info["path"]))
+
+
+def serve_path(request: web.Request, path: Path) -> web.StreamResponse:
+    """A file the caller chose (and confined): sendfile, Range, HEAD, as ``/images/``."""
     try:
         st = path.stat()
     except OSError:

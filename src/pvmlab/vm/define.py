@@ -49,6 +49,7 @@ class CreateRequest:
     install_template: Path | None = None  # the user's template (None: the shipped default)
     mirror: str | None = None
     proxy: str | None = None
+    image: Path | None = None  # deploy this image onto the disk (pvmlab.deploy)
 
 
 def check_ip(lab: LabSpec, value: str, taken: dict[str, str]) -> ipaddress.IPv4Address:
@@ -144,7 +145,15 @@ def create(home: LabHome, req: CreateRequest) -> VMSpec:
     lab = store.load_lab(home)
     with home.locked():
         vm = validate_request(home, lab, req)
-        vm, template = installcfg.resolve(home, vm, req.install, req.install_template)
+        if req.image is not None:
+            from pvmlab.deploy import image
+
+            vm, template = image.configure(
+                home, vm, req.image, vm.disk_bytes, req.install, req.install_template
+            )
+            image.ramdisk_for(home, vm)
+        else:
+            vm, template = installcfg.resolve(home, vm, req.install, req.install_template)
         installcfg.check(home, lab, vm, lab_endpoint(lab).base_url, template)
         vm_dir = home.vm_dir(vm.name)
         made_dir = not vm_dir.exists()
@@ -193,7 +202,19 @@ def reinstall(
         }
         vm = vm.model_copy(update=changes)
         text = None
-        if install is not None:
+        if vm.image_sha256 is not None:
+            from pvmlab.deploy import image, state
+
+            if install is not None or changes:
+                raise ValidationError(
+                    f"VM {vm.name} is deployed from an image",
+                    "`pvmlab vm reinstall NAME` alone deploys it again",
+                )
+            image.ramdisk_for(home, vm)
+            if not home.deploy_image(vm.image_sha256).is_file():
+                vm = _reprepare(home, vm)
+            state.clear(home, vm.name)
+        elif install is not None:
             vm, text = installcfg.resolve(home, vm, install, template)
         elif vm.install is None:
             raise ValidationError(
@@ -203,12 +224,28 @@ def reinstall(
         installcfg.check(home, lab, vm, lab_endpoint(lab).base_url, text)
         if install is not None:
             installcfg.store_template(home, vm, text)
+        if vm.image_sha256 is not None:
+            store.save_vm(home, vm)
         if install is not None or changes:
             store.save_vm(home, vm)
         installcfg.clear_status(home, vm.name)
     from pvmlab.vm import ssh
 
     ssh.forget_host(home, vm.ip)  # the reinstalled machine comes back with new SSH host keys
+    return vm
+
+
+def _reprepare(home: LabHome, vm: VMSpec) -> VMSpec:
+    """The raw form of the VM's image is gone from the lab home: make it again from the path
+    given at create (refused when that file now holds another image)."""
+    from pvmlab.deploy import image
+
+    prepared = image.prepare(home, Path(str(vm.image)))
+    if prepared.sha256 != vm.image_sha256:
+        raise ValidationError(
+            f"the image {vm.image} of VM {vm.name} changed since it was created",
+            f"make the VM again: `pvmlab vm clean {vm.name}`, then `pvmlab vm create --image`",
+        )
     return vm
 
 

@@ -1,0 +1,186 @@
+"""Image deployment end to end (x86_64 UEFI under TCG): PXE → deploy ramdisk → the image
+streamed onto the disk, read back and verified, its last partition grown, the cloud-init seed
+added → reboot → the firmware's PXE again, whose per-MAC script now hands over to the disk →
+the disk's own boot loader (systemd-boot) → its kernel with SSH (the fixture's dropbear, the
+lab's key) → ``vm ssh`` works. A second start does not fetch the image; ``vm reinstall``
+deploys again. Faults: a corrupt qcow2 and a disk smaller than the image are refused at create;
+a checksum mismatch is refused by the ramdisk and shown by ``vm list``; the lab stopping
+mid-stream makes the ramdisk retry, then report.
+
+The image is tests/fixtures/deployimage.py's (seconds to make). Timeouts only bound failures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import netlab
+from bootlab import qemu_pids
+from conftest import run_pvmlab
+from fixtures.bootassets import BootAssets, with_authorized_key
+from fixtures.deployimage import make_image
+
+pytestmark = pytest.mark.integration
+
+START = ("--accel", "tcg", "--timeout", "1200")
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[netlab.Lab]:
+    home = (tmp_path / "home").absolute()
+    run_pvmlab("setup", home=home, check=False)  # makes the lab's SSH key
+    with netlab.running_lab(home) as running:
+        try:
+            yield running
+        finally:
+            run_pvmlab("clean", home=home, check=False)
+            left = qemu_pids(home)
+            for pid in left:
+                netlab.kill_pid(pid)
+            assert not left, f"QEMU left after `pvmlab clean`: {left}"
+
+
+@pytest.fixture
+def image(tmp_path: Path, lab: netlab.Lab, net_boot_assets: BootAssets) -> Path:
+    pub = (lab.home / "ssh" / "id_ed25519.pub").read_text()
+    keyed = with_authorized_key(net_boot_assets, pub, tmp_path / "assets")
+    return make_image(keyed, tmp_path / "test.raw")
+
+
+def http_records(home: Path, vm: str, kind: str) -> list[dict[str, Any]]:
+    out = []
+    for line in (home / "logs" / "http.log").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("vm") == vm and rec.get("kind") == kind:
+            out.append(rec)
+    return out
+
+
+def provisioning(home: Path, vm: str) -> str:
+    rows = json.loads(run_pvmlab("vm", "list", "--json", home=home).stdout)
+    return str(next(r for r in rows if r["name"] == vm)["provisioning"])
+
+
+def console(home: Path, vm: str) -> str:
+    return (home / "logs" / f"{vm}.log").read_text(errors="replace")
+
+
+def test_deploy_x86_64_uefi_end_to_end(lab: netlab.Lab, image: Path) -> None:
+    home = lab.home
+    run_pvmlab("vm", "create", "t1", "--arch", "x86_64", "--firmware", "uefi", "--memory", "512",
+               "--image", str(image), home=home)  # fmt: skip
+    assert provisioning(home, "t1") == "new"
+    out = run_pvmlab("vm", "start", "t1", *START, "--wait-ssh", "--json", home=home)
+    result = json.loads(out.stdout)
+    assert result["outcome"] == "ready", result
+    said = console(home, "t1")
+    assert "pvmlab-deploy: verified: sha256 " in said, said[-3000:]
+    assert "pvmlab-deploy: grew partition 2" in said, said[-3000:]
+    assert "pvmlab-deploy: cloud-init seed (CIDATA) written" in said, said[-3000:]
+    assert provisioning(home, "t1") == "deployed"
+    cmdline = run_pvmlab("vm", "ssh", "t1", "--", "cat", "/proc/cmdline", home=home).stdout
+    assert "pvmlab.fromdisk" in cmdline and "pvmlab.deploy" not in cmdline
+    # the disk holds the image's partitions, the last one grown, the seed partition after it
+    parts = run_pvmlab("vm", "ssh", "t1", "--", "cat", "/proc/partitions", home=home).stdout
+    sizes = {f[3]: int(f[2]) for f in (ln.split() for ln in parts.splitlines()[2:]) if len(f) == 4}
+    assert set(sizes) >= {"vda", "vda1", "vda2", "vda3"}, parts
+    assert sizes["vda2"] > 8 * 1024 and sizes["vda3"] == 4 * 1024, parts  # KiB
+    status = json.loads((home / "vms" / "t1" / "deploy-status.json").read_text())
+    phases = [e["phase"] for e in status["history"]]
+    assert phases[0] == "instructions" and phases[-1] == "deployed", phases
+    assert {"stream", "verify", "verified"} <= set(phases), phases
+    assert any(e.get("mbps", 0) > 0 for e in status["history"])
+    fetched = http_records(home, "t1", "image")
+    assert fetched and all(r["status"] == 200 for r in fetched), fetched[:3]
+
+    # a second start boots the disk without fetching the image again
+    run_pvmlab("vm", "stop", "t1", "--force", home=home)
+    run_pvmlab("vm", "start", "t1", *START, "--wait-for", "PVMLAB-NET-UP", home=home)
+    assert "pvmlab.fromdisk" in console(home, "t1")
+    assert len(http_records(home, "t1", "image")) == len(fetched)
+    assert len(http_records(home, "t1", "deploy")) == 1
+
+    # reinstall deploys again
+    run_pvmlab("vm", "stop", "t1", "--force", home=home)
+    run_pvmlab("vm", "reinstall", "t1", home=home)
+    assert provisioning(home, "t1") == "new"
+    run_pvmlab("vm", "start", "t1", *START, "--wait-for", "PVMLAB-NET-UP", home=home)
+    assert len(http_records(home, "t1", "deploy")) == 2
+    assert len(http_records(home, "t1", "image")) == 2 * len(fetched)
+    assert provisioning(home, "t1") == "deployed"
+    run_pvmlab("vm", "stop", "t1", "--force", home=home)
+
+
+def test_deploy_refuses_bad_images_at_create(lab: netlab.Lab, image: Path, tmp_path: Path) -> None:
+    home = lab.home
+    # a disk smaller than the image
+    small = run_pvmlab("vm", "create", "s1", "--arch", "x86_64", "--image", str(image),
+                       "--disk-size", "16M", home=home, check=False)  # fmt: skip
+    assert small.returncode == 2, small
+    assert small.stderr.startswith("pvmlab: error: the disk (16777216 bytes) is smaller than")
+    assert len(small.stderr.strip().splitlines()) == 1
+    # a corrupt qcow2: its L1 table pointer sent past the end of the file
+    qcow = tmp_path / "bad.qcow2"
+    netlab.spawn.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(image), str(qcow)])
+    with qcow.open("r+b") as fh:
+        fh.seek(40)  # l1_table_offset
+        fh.write((1 << 40).to_bytes(8, "big"))
+    bad = run_pvmlab("vm", "create", "s2", "--arch", "x86_64", "--image", str(qcow), home=home,
+                     check=False)  # fmt: skip
+    assert bad.returncode == 2, bad
+    assert "damaged or truncated qcow2" in bad.stderr or "cannot be read" in bad.stderr, bad
+    assert len(bad.stderr.strip().splitlines()) == 1
+    assert not (home / "vms" / "s1.json").exists() and not (home / "vms" / "s2.json").exists()
+    assert not (home / "vms" / "s2").exists()
+
+
+def test_deploy_checksum_mismatch_and_lab_stopped_mid_stream(
+    lab: netlab.Lab, image: Path
+) -> None:
+    home = lab.home
+    run_pvmlab("vm", "create", "c1", "--arch", "x86_64", "--firmware", "uefi", "--memory", "512",
+               "--image", str(image), home=home)  # fmt: skip
+    spec = json.loads((home / "vms" / "c1.json").read_text())
+    raw = home / "deploy" / "images" / f"{spec['image_sha256']}.raw"
+    with raw.open("r+b") as fh:  # what the lab serves no longer matches the recorded SHA-256
+        fh.seek(2 * 1024 * 1024)
+        byte = fh.read(1)
+        fh.seek(2 * 1024 * 1024)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    proc = run_pvmlab("vm", "start", "c1", *START, "--wait-for", "pvmlab-deploy: halting",
+                      home=home, check=False)  # fmt: skip
+    assert "pvmlab-deploy: FAILED: checksum mismatch" in console(home, "c1"), proc
+    state = provisioning(home, "c1")
+    assert state.startswith("failed: checksum mismatch: the disk holds sha256 "), state
+    run_pvmlab("vm", "stop", "c1", "--force", home=home, check=False)
+    with raw.open("r+b") as fh:  # repaired
+        fh.seek(2 * 1024 * 1024)
+        fh.write(byte)
+
+    # the lab stops after the first chunk: the ramdisk retries, gives up, and reports once the
+    # lab is back
+    run_pvmlab("vm", "reinstall", "c1", home=home)
+    run_pvmlab("vm", "start", "c1", *START, "--wait-for", "pvmlab-deploy: wrote ", home=home)
+    supervisor = lab.refresh()["supervisor_pid"] if "supervisor_pid" in lab.status else None
+    state_file = json.loads((home / "stack" / "state.json").read_text())
+    supervisor = supervisor or state_file["supervisor_pid"]
+    os.kill(int(supervisor), signal.SIGTERM)
+    deadline = time.monotonic() + 600
+    while "after 4 attempts" not in console(home, "c1"):
+        assert time.monotonic() < deadline, console(home, "c1")[-2000:]
+        time.sleep(2)
+    assert "chunk at " in console(home, "c1") and "(attempt 1 of 4)" in console(home, "c1")
+    run_pvmlab("provisioner", "start", home=home)
+    while not provisioning(home, "c1").startswith("failed"):
+        assert time.monotonic() < deadline, console(home, "c1")[-2000:]
+        time.sleep(2)
+    assert "stream broken at byte " in provisioning(home, "c1")
+    run_pvmlab("vm", "stop", "c1", "--force", home=home, check=False)
