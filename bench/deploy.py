@@ -81,7 +81,7 @@ def _raw_rate(lab: Any, home: Path, tmp: Path) -> float:
         return round(size / (time.monotonic() - start) / 1e6, 2)
 
 
-def run(n: int, work: Path) -> dict[str, Any]:
+def run(n: int, work: Path, keep: bool = False) -> dict[str, Any]:
     from conftest import run_pvmlab
     from fixtures.bootassets import build_net, with_authorized_key
     from fixtures.deployimage import make_image
@@ -112,7 +112,8 @@ def run(n: int, work: Path) -> dict[str, Any]:
                 rounds["disk"].append(_boot(home, "disk")["seconds"])
                 raws.append(_raw_rate(lab, home, work))
         finally:
-            run_pvmlab("clean", home=home, check=False)
+            if not keep:  # --workdir keeps the VM's console and timeline records
+                run_pvmlab("clean", home=home, check=False)
     medians = {k: round(statistics.median(v), 2) for k, v in rounds.items()}
     return {
         "machine": _common.machine(),
@@ -139,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     _common.require_programs("qemu-system-x86_64", "dnsmasq", "busybox", "sfdisk", "mcopy")
     with _common.one_line_errors(), _common.interruptible(), \
             _common.workdir(args.workdir, "pvmlab-bench-deploy-") as work:
-        result = run(args.n, work)
+        result = run(args.n, work, keep=args.workdir is not None)
     if args.json:
         emit_json(result)
         return 0

@@ -212,3 +212,24 @@ def test_init_script_is_complete_shell() -> None:
     assert "@" not in text.replace("${", "")
     subprocess.run(["sh", "-n"], input=text, text=True, check=True)
     assert "eval" not in text and "pvmlab.deploy=" in text
+
+
+def test_image_names_a_pulled_cloud_image(home: LabHome, tmp_path: Path) -> None:
+    from pvmlab.assets import pull
+    from pvmlab.records.models import DistroAssets
+
+    store.save_distro(home, DistroAssets(
+        name="ubuntu-24.04", arch="x86_64", kernel_sha256="0" * 64, initrd_sha256="0" * 64,
+        kernel_size=1, initrd_size=1, source="cloud-image",
+        origin="http://mirror.example/noble/noble-server-cloudimg-amd64.img",
+    ))  # fmt: skip
+    cache = pull.cache_dir(home, "ubuntu-24.04", "x86_64", "cloud-image")
+    cache.mkdir(parents=True)
+    raw_image(cache / "noble-server-cloudimg-amd64.img")
+    assert image.resolve(home, Path("ubuntu-24.04"), "x86_64") == (
+        cache / "noble-server-cloudimg-amd64.img"
+    )
+    with pytest.raises(ValidationError, match="no cloud image of that name pulled for aarch64"):
+        image.resolve(home, Path("ubuntu-24.04"), "aarch64")
+    with pytest.raises(ValidationError, match="no image file 'nothing'"):
+        image.resolve(home, Path("nothing"), "x86_64")

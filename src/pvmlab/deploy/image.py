@@ -103,6 +103,30 @@ def prepare(home: LabHome, path: Path) -> PreparedImage:
     return PreparedImage(path, disk.format, disk.size, sha, home.deploy_image(sha))
 
 
+def resolve(home: LabHome, value: Path, arch: str) -> Path:
+    """What ``--image`` names: a file, else a cloud image ``distro pull`` fetched for ``arch``
+    (``--method cloud-image``; its file in the download cache)."""
+    path = value.expanduser()
+    if path.is_file() or len(path.parts) != 1:
+        return path
+    from pvmlab.assets import pull
+    from pvmlab.records import store as records
+
+    try:
+        distro = records.load_distro(home, str(value), arch)
+    except PvmlabError:
+        distro = None
+    if distro is not None and distro.source == "cloud-image" and distro.origin:
+        pulled = pull.cache_dir(home, distro.name, arch, "cloud-image") / Path(distro.origin).name
+        if pulled.is_file():
+            return pulled
+    raise ValidationError(
+        f"no image file {str(value)!r} and no cloud image of that name pulled for {arch}",
+        "give the path of a qcow2 or raw image, or `pvmlab distro pull NAME --arch "
+        f"{arch} --method cloud-image` first",
+    )
+
+
 def default_disk_size(virtual_size: int) -> int:
     """The image's size rounded up to MiB, plus room for the seed partition."""
     mib = 1024 * 1024
@@ -128,7 +152,7 @@ def configure(
             f"a VM made from an image is configured by cloud-init, not by {install}",
             "give --user-data FILE (or nothing: the lab's default user-data)",
         )
-    prepared = prepare(home, image)
+    prepared = prepare(home, resolve(home, image, vm.arch))
     if disk_size is None:
         disk_size = default_disk_size(prepared.virtual_size)
     elif disk_size < prepared.virtual_size:

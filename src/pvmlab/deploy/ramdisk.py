@@ -277,11 +277,28 @@ def make_initramfs(busybox: bytes, modules: dict[str, bytes], files: dict[str, b
     return cpio.gzipped()
 
 
+def _lists_stamp(archive: debs.DebianArchive) -> str:
+    files = sorted((archive.root / "lists").glob("*_Packages*"))
+    return "|".join(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files)
+
+
 def _inputs(archive: debs.DebianArchive, arch: Arch) -> tuple[str, dict[str, str]]:
+    """The kernel package and every package's version; asked of apt (a few dozen look-ups)
+    only when its lists changed since the last time, else read back from ``inputs.json``."""
+    memo = archive.root / "inputs.json"
+    stamp = _lists_stamp(archive)
+    try:
+        known = json.loads(memo.read_text())
+        if known.get("stamp") == stamp and known.get("packages") == list(PACKAGES):
+            return str(known["kernel"]), dict(known["versions"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     meta = debs.SOURCES[arch][2]
     kernel_pkg = archive.depends(meta)
     packages = [kernel_pkg, "busybox-static", *archive.library_closure(PACKAGES)]
     versions = {p: archive.version(p) for p in packages}
+    write_atomic(memo, json.dumps({"stamp": stamp, "packages": list(PACKAGES),
+                                   "kernel": kernel_pkg, "versions": versions}) + "\n")  # fmt: skip
     return kernel_pkg, versions
 
 

@@ -397,6 +397,8 @@ _DEPLOY_WROTE = re.compile(r"^pvmlab-deploy: wrote \d+ of ")
 _DEPLOY_VERIFIED = re.compile(r"^pvmlab-deploy: verified")
 _DEPLOY_REBOOT = re.compile(r"^pvmlab-deploy: deployed; rebooting")
 _DEPLOY_FAILED = re.compile(r"^pvmlab-deploy: FAILED: ")
+# a kernel starting (the ramdisk's own last lines before the reboot carry kernel time stamps)
+_KERNEL_START = re.compile(r"EFI stub: |Linux version \d|Booting Linux on physical CPU")
 
 
 def is_deploy(records: BootRecords) -> bool:
@@ -436,7 +438,7 @@ def deploy_phases(records: BootRecords) -> list[Phase]:
     reboot = console.first(_DEPLOY_REBOOT)
     if reboot is not None:
         phases.append(Phase("reboot", reboot.t))
-        disk = console.first(_KERNEL, reboot.end)
+        disk = console.first(_KERNEL_START, reboot.end)
         if disk is not None:
             phases.append(Phase("disk-kernel", disk.t, detail={"line": disk.text[:120]}))
     home_call = [r for r in records.http
