@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pvmlab import spawn
 from pvmlab.arch import Arch, host_arch
-from pvmlab.errors import DependencyError, ProcessError
+from pvmlab.errors import DependencyError, ProcessError, PvmlabError
 
 BINFMT_D = (Path("/usr/lib/binfmt.d"), Path("/lib/binfmt.d"))
 BINFMT_MOUNT = Path("/proc/sys/fs/binfmt_misc")
@@ -129,8 +129,17 @@ def main(args: Sequence[str]) -> int:
         return 1
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    spawn.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MOUNT)])
-    (BINFMT_MOUNT / "register").write_text(rule)
+    try:
+        spawn.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT_MOUNT)])
+        (BINFMT_MOUNT / "register").write_text(rule)
+    except (PvmlabError, OSError) as exc:
+        # "E: " makes build_image report this line as the error
+        print(
+            f"E: cannot register qemu-user in a binfmt_misc of the build's own (needs Linux "
+            f"6.7 or later; this is {os.uname().release}): {exc}",
+            flush=True,
+        )
+        return 3
     os.execvp(argv[0], argv)  # noqa: S606 - argv from build_image, no shell
     return 127  # not reached: execvp replaces this process or raises
 
