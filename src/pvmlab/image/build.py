@@ -341,7 +341,12 @@ def sha256_file(path: Path) -> str:
 
 @contextlib.contextmanager
 def _workdir(parent: Path) -> Iterator[Path]:
+    """A work directory in ``parent``; called under the images lock, so any other work
+    directory there is a killed build's leftover (gigabytes) and goes first."""
     parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+    for stale in parent.glob(".build-*"):
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=parent))
     try:
         yield tmp
