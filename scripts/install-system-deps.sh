@@ -30,6 +30,11 @@ packages=(
   dnsmasq-base iproute2 busybox-static cpio e2fsprogs dosfstools mtools
   passt nftables openssh-client
   python3 python3-venv python3-pip
+  # `pvmlab image build`: mmdebstrap (the root), dosfstools + mtools (the ESP, no mount),
+  # fdisk (sfdisk: the GPT), qemu-user-static (another arch's package scripts; pvmlab registers
+  # it in a binfmt_misc private to the build, whatever the host has); systemd-boot comes from
+  # the image itself
+  mmdebstrap dosfstools mtools fdisk qemu-user-static
 )
 # dropbear + sftp-server go into the SSH test initramfs (tests/fixtures/bootassets.py); fdisk
 # and systemd-boot-efi make the deploy tests' small disk image (tests/fixtures/deployimage.py)

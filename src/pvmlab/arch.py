@@ -149,6 +149,9 @@ class Architecture:
     pe_machine: int  # PE/COFF machine type of its EFI executables (and EFI-stub kernels)
     kernel_magic: tuple[int, bytes]  # (offset, bytes) of the boot header of a raw kernel
     test_guest: TestGuest
+    debian_arch: str  # Debian's name (dpkg, mmdebstrap, linux-image-<this>)
+    gpt_root_type: str  # GPT type of its root partition (Discoverable Partitions Spec)
+    systemd_boot_file: str  # systemd-boot's EFI binary in systemd-boot-efi
 
     @property
     def firmwares(self) -> tuple[Firmware, ...]:
@@ -183,6 +186,9 @@ X86_64 = Architecture(
         extra_argv=("-device", "isa-debug-exit,iobase=0xf4,iosize=0x01"),
         exit_code=99,
     ),
+    debian_arch="amd64",
+    gpt_root_type="4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+    systemd_boot_file="systemd-bootx64.efi",
 )
 AARCH64 = Architecture(
     name="aarch64",
@@ -201,6 +207,9 @@ AARCH64 = Architecture(
     pe_machine=0xAA64,
     kernel_magic=(0x38, b"ARM\x64"),  # the arm64 Image header
     test_guest=TestGuest(machine="virt", image=_AARCH64_IMAGE, extra_argv=(), exit_code=0),
+    debian_arch="arm64",
+    gpt_root_type="B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+    systemd_boot_file="systemd-bootaa64.efi",
 )
 
 # The table, in the order `pvmlab setup` checks them.

@@ -15,7 +15,9 @@
     stack/          state.json, network.json, dnsmasq.{leases,pid,stderr},
                     uplink.json, supervisor.sock, .control.lock, .network.lock
     ssh/            the lab's SSH key pair and its known_hosts (``vm ssh``, ``vm cp``)
-    cache/          downloads/NAME/ARCH/METHOD/ (``distro pull``), ipxe/ (official iPXE builds)
+    diskimages/     NAME/{disk.raw,image.json} (``image build``: bootable disk images)
+    cache/          downloads/NAME/ARCH/METHOD/ (``distro pull``), ipxe/ (official iPXE builds),
+                    rootfs/KEY.tar (``image build``: mmdebstrap's output, keyed by its inputs)
 
 Every path above is built here, by a property or method of ``LabHome``, and nowhere else.
 
@@ -49,7 +51,9 @@ from typing import IO, Any
 
 from pvmlab.errors import StateError
 
-SUBDIRS = ("images", "vms", "configs", "tftp", "logs", "pids", "monitors", "stack", "ssh")
+SUBDIRS = (
+    "images", "vms", "configs", "tftp", "logs", "pids", "monitors", "stack", "ssh", "diskimages"
+)
 CACHE = "cache"  # made on first download, not by ``ensure``
 TAP_PREFIX = "pvt"  # every VM tap is this + 8 hex digits (11 characters, under IFNAMSIZ)
 
@@ -347,6 +351,31 @@ class LabHome:
     @property
     def ssh_public_key(self) -> Path:
         return self.ssh_key.with_name(self.ssh_key.name + ".pub")
+
+    # disk images built from packages (pvmlab.image): one directory per image, the rootfs cache
+    @property
+    def disk_images(self) -> Path:
+        return self.root / "diskimages"
+
+    def disk_image_dir(self, name: str) -> Path:
+        return self.disk_images / name
+
+    def disk_image_file(self, name: str) -> Path:
+        """The image itself: a raw disk (GPT, ESP + ext4 root)."""
+        return self.disk_image_dir(name) / "disk.raw"
+
+    def disk_image_record(self, name: str) -> Path:
+        return self.disk_image_dir(name) / "image.json"
+
+    @property
+    def disk_images_lock(self) -> Path:
+        """Held while an image is built or removed (one build per lab home at a time)."""
+        return self.disk_images / ".lock"
+
+    @property
+    def rootfs_cache(self) -> Path:
+        """mmdebstrap tarballs, ``KEY.tar``, keyed by everything that went into them."""
+        return self.cache / "rootfs"
 
     # boot: one VM's lock (start/stop/clean of that VM), beside its pid file; never deleted
     # while the lab lives, so every holder locks the same file

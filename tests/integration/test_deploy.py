@@ -28,6 +28,7 @@ from conftest import run_pvmlab
 from fixtures.bootassets import BootAssets, with_authorized_key
 from fixtures.deployimage import ROOT_MIB, make_image, make_stub_image
 from pvmlab import spawn
+from pvmlab.image import ImageInfo
 
 pytestmark = pytest.mark.integration
 
@@ -227,3 +228,23 @@ def test_deploy_aarch64_uefi(lab: netlab.Lab, boot_assets: dict[str, BootAssets]
         assert time.monotonic() < deadline, after[-2000:]
         time.sleep(5)
     run_pvmlab("vm", "stop", "a1", "--force", home=home)
+
+
+@pytest.mark.slow
+def test_deploy_the_built_debian_image(lab: netlab.Lab, built_image: ImageInfo) -> None:
+    """The real thing: the Debian 12 image ``pvmlab image build`` made (systemd-boot, ext4
+    root, openssh-server, cloud-init on NoCloud) deployed by the ramdisk; cloud-init takes the
+    CIDATA seed the ramdisk wrote (hostname, the lab key for user pvmlab); SSH answers, the
+    root is on the VM's disk."""
+    home = lab.home
+    run_pvmlab("vm", "create", "t1", "--arch", "x86_64", "--firmware", "uefi", "--memory", "1024",
+               "--image", str(built_image.path), "--disk-size", "3G", home=home)  # fmt: skip
+    out = run_pvmlab("vm", "start", "t1", *START, "--wait-ssh", "--ssh-user", "pvmlab", "--json",
+                     home=home)  # fmt: skip
+    assert json.loads(out.stdout)["outcome"] == "ready", out.stdout
+    assert provisioning(home, "t1") == "deployed"
+    said = run_pvmlab("vm", "ssh", "t1", "--user", "pvmlab", "--", "hostname; findmnt -n -o "
+                      "SOURCE,SIZE /", home=home).stdout.split()  # fmt: skip
+    assert said[0] == "t1" and said[1] == "/dev/vda2", said
+    assert said[2].endswith("G") and float(said[2][:-1]) > 2, said  # 1.2G grown to the disk
+    run_pvmlab("vm", "stop", "t1", "--force", home=home)

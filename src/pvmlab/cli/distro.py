@@ -70,7 +70,7 @@ def distro() -> None:
     "image",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Extract the newest kernel and its initrd from a disk image (qcow2 or raw; GPT or "
-    "MBR; ext2/3/4), without root.",
+    "MBR; ext2/3/4), without root: a file, or the name of an image `pvmlab image build` made.",
 )
 @click.option("--cmdline", metavar="LINE", help="Kernel command line to boot it with (one line).")
 @json_option
@@ -99,6 +99,10 @@ def import_(
             )
         from pvmlab.assets import extract
 
+        if not image.exists() and len(image.parts) == 1:  # a built image's name (image ls)
+            from pvmlab.image import find_image
+
+            image = find_image(h, str(image)).path
         result = extract.import_from_image(h, name, arch, image, cmdline)  # checks its input
         note = result.note
         res = result.imported

@@ -29,6 +29,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "distro",
         "Import, pull and list kernels and initrds to boot.",
     ),
+    "image": (
+        "pvmlab.cli.image",
+        "image",
+        "Build, list and remove bootable disk images made from distro packages.",
+    ),
     "clean": (
         "pvmlab.cli.vm",
         "clean",

@@ -130,7 +130,8 @@ def vm() -> None:
 @click.option(
     "--image",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Deploy this disk image (qcow2 or raw) onto the VM's disk at its first network boot "
+    help="Deploy this disk image onto the VM's disk at its first network boot: a qcow2/raw "
+    "file, a name from `pvmlab image ls`, or a cloud image `distro pull` fetched "
     "(the deploy ramdisk writes and verifies it, then the VM boots its disk); --user-data is "
     "then its cloud-init user-data.",
 )

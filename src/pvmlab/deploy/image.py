@@ -104,13 +104,27 @@ def prepare(home: LabHome, path: Path) -> PreparedImage:
 
 
 def resolve(home: LabHome, value: Path, arch: str) -> Path:
-    """What ``--image`` names: a file, else a cloud image ``distro pull`` fetched for ``arch``
-    (``--method cloud-image``; its file in the download cache)."""
+    """What ``--image`` names: a file, else an image ``pvmlab image build`` made (``image ls``),
+    else a cloud image ``distro pull`` fetched for ``arch`` (``--method cloud-image``; its file
+    in the download cache)."""
     path = value.expanduser()
     if path.is_file() or len(path.parts) != 1:
         return path
     from pvmlab.assets import pull
+    from pvmlab.image import find_image
     from pvmlab.records import store as records
+
+    try:
+        built = find_image(home, str(value))
+    except PvmlabError:
+        built = None
+    if built is not None:
+        if built.arch != arch:
+            raise ValidationError(
+                f"image {built.name} is for {built.arch}, the VM is {arch}",
+                f"give --arch {built.arch}, or build the image for {arch}",
+            )
+        return built.path
 
     try:
         distro = records.load_distro(home, str(value), arch)
@@ -121,9 +135,10 @@ def resolve(home: LabHome, value: Path, arch: str) -> Path:
         if pulled.is_file():
             return pulled
     raise ValidationError(
-        f"no image file {str(value)!r} and no cloud image of that name pulled for {arch}",
-        "give the path of a qcow2 or raw image, or `pvmlab distro pull NAME --arch "
-        f"{arch} --method cloud-image` first",
+        f"no image file {str(value)!r}, no built image and no cloud image of that name "
+        f"pulled for {arch}",
+        "give the path of a qcow2 or raw image, a name from `pvmlab image ls`, or `pvmlab "
+        f"distro pull NAME --arch {arch} --method cloud-image` first",
     )
 
 
