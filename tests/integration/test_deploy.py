@@ -102,7 +102,7 @@ def test_deploy_x86_64_uefi_end_to_end(lab: netlab.Lab, image: Path, tmp_path: P
     run_pvmlab("vm", "create", "t1", "--arch", "x86_64", "--firmware", "uefi", "--memory", "512",
                "--image", str(image), home=home)  # fmt: skip
     assert provisioning(home, "t1") == "new"
-    out = run_pvmlab("vm", "start", "t1", *START, "--wait-ssh", "--json", home=home)
+    out = run_pvmlab("vm", "start", "t1", *START, "--wait-ssh", "--json", home=home, timeout=1500)
     result = json.loads(out.stdout)
     assert result["outcome"] == "ready", result
     said = console(home, "t1")
@@ -119,11 +119,23 @@ def test_deploy_x86_64_uefi_end_to_end(lab: netlab.Lab, image: Path, tmp_path: P
     assert any(e.get("mbps", 0) > 0 for e in status["history"])
     fetched = http_records(home, "t1", "image")
     assert fetched and all(r["status"] == 200 for r in fetched), fetched[:3]
+    # vm cp both ways (dropbear's scp with the fixture's sftp-server)
+    (tmp_path / "note").write_text("deployed\n")
+    run_pvmlab("vm", "cp", str(tmp_path / "note"), "t1:/tmp/note", home=home)
+    run_pvmlab("vm", "cp", "t1:/tmp/note", str(tmp_path / "back"), home=home)
+    assert (tmp_path / "back").read_text() == "deployed\n"
+    # vm timeline shows the deploy's phases
+    tl = json.loads(run_pvmlab("vm", "timeline", "t1", "--wait-for", "PVMLAB-NET-UP", "--json",
+                               home=home).stdout)  # fmt: skip
+    names = [p["name"] for p in tl["phases"]]
+    for phase in ("deploy-instructions", "deploy-stream", "deploy-verify", "deploy-grow",
+                  "reboot", "disk-kernel", "ready"):  # fmt: skip
+        assert phase in names, names
 
     # a second start boots the disk without fetching the image again
     run_pvmlab("vm", "stop", "t1", "--force", home=home)
     check_disk(home / "vms" / "t1" / "disk.qcow2", tmp_path)
-    run_pvmlab("vm", "start", "t1", *START, "--wait-for", "PVMLAB-NET-UP", home=home)
+    run_pvmlab("vm", "start", "t1", *START, "--wait-for", "PVMLAB-NET-UP", home=home, timeout=1500)
     assert "pvmlab.fromdisk" in console(home, "t1")
     assert len(http_records(home, "t1", "image")) == len(fetched)
     assert len(http_records(home, "t1", "deploy")) == 1
@@ -132,7 +144,7 @@ def test_deploy_x86_64_uefi_end_to_end(lab: netlab.Lab, image: Path, tmp_path: P
     run_pvmlab("vm", "stop", "t1", "--force", home=home)
     run_pvmlab("vm", "reinstall", "t1", home=home)
     assert provisioning(home, "t1") == "new"
-    run_pvmlab("vm", "start", "t1", *START, "--wait-for", "PVMLAB-NET-UP", home=home)
+    run_pvmlab("vm", "start", "t1", *START, "--wait-for", "PVMLAB-NET-UP", home=home, timeout=1500)
     assert len(http_records(home, "t1", "deploy")) == 2
     assert len(http_records(home, "t1", "image")) == 2 * len(fetched)
     assert provisioning(home, "t1") == "deployed"
@@ -176,7 +188,7 @@ def test_deploy_checksum_mismatch_and_lab_stopped_mid_stream(
         fh.seek(2 * 1024 * 1024)
         fh.write(bytes([byte[0] ^ 0xFF]))
     proc = run_pvmlab("vm", "start", "c1", *START, "--wait-for", "pvmlab-deploy: halting",
-                      home=home, check=False)  # fmt: skip
+                      home=home, check=False, timeout=1500)  # fmt: skip
     assert "pvmlab-deploy: FAILED: checksum mismatch" in console(home, "c1"), proc
     state = provisioning(home, "c1")
     assert state.startswith("failed: checksum mismatch: the disk holds sha256 "), state
@@ -188,7 +200,8 @@ def test_deploy_checksum_mismatch_and_lab_stopped_mid_stream(
     # the lab stops after the first chunk: the ramdisk retries, gives up, and reports once the
     # lab is back
     run_pvmlab("vm", "reinstall", "c1", home=home)
-    run_pvmlab("vm", "start", "c1", *START, "--wait-for", "pvmlab-deploy: wrote ", home=home)
+    run_pvmlab("vm", "start", "c1", *START, "--wait-for", "pvmlab-deploy: wrote ", home=home,
+               timeout=1500)
     supervisor = lab.refresh()["supervisor_pid"] if "supervisor_pid" in lab.status else None
     state_file = json.loads((home / "stack" / "state.json").read_text())
     supervisor = supervisor or state_file["supervisor_pid"]
@@ -217,7 +230,7 @@ def test_deploy_aarch64_uefi(lab: netlab.Lab, boot_assets: dict[str, BootAssets]
     run_pvmlab("vm", "create", "a1", "--arch", "aarch64", "--firmware", "uefi",
                "--memory", "1024", "--image", str(img), home=home)  # fmt: skip
     run_pvmlab("vm", "start", "a1", *START, "--wait-for", "pvmlab-deploy: deployed; rebooting",
-               home=home)  # fmt: skip
+               home=home, timeout=1500)  # fmt: skip
     assert "pvmlab-deploy: verified: sha256 " in console(home, "a1")
     assert provisioning(home, "a1") == "deployed"
     deadline = time.monotonic() + 1200
@@ -240,7 +253,7 @@ def test_deploy_the_built_debian_image(lab: netlab.Lab, built_image: ImageInfo) 
     run_pvmlab("vm", "create", "t1", "--arch", "x86_64", "--firmware", "uefi", "--memory", "1024",
                "--image", str(built_image.path), "--disk-size", "3G", home=home)  # fmt: skip
     out = run_pvmlab("vm", "start", "t1", *START, "--wait-ssh", "--ssh-user", "pvmlab", "--json",
-                     home=home)  # fmt: skip
+                     home=home, timeout=1500)  # fmt: skip
     assert json.loads(out.stdout)["outcome"] == "ready", out.stdout
     assert provisioning(home, "t1") == "deployed"
     said = run_pvmlab("vm", "ssh", "t1", "--user", "pvmlab", "--", "hostname; findmnt -n -o "
