@@ -81,7 +81,7 @@ def _raw_rate(lab: Any, home: Path, tmp: Path) -> float:
         return round(size / (time.monotonic() - start) / 1e6, 2)
 
 
-def run(n: int, work: Path, keep: bool = False) -> dict[str, Any]:
+def run(n: int, work: Path, keep: bool = False, deploy_only: bool = False) -> dict[str, Any]:
     from conftest import run_pvmlab
     from fixtures.bootassets import build_net, with_authorized_key
     from fixtures.deployimage import make_image
@@ -108,22 +108,25 @@ def run(n: int, work: Path, keep: bool = False) -> dict[str, Any]:
                 rate = _stream_rate(home, seen)
                 if rate is not None:
                     streams.append(rate)
+                if deploy_only:  # --deploy-only: the VM's records stay those of the deploy
+                    continue
                 rounds["local"].append(_boot(home, "pxe")["seconds"])
                 rounds["disk"].append(_boot(home, "disk")["seconds"])
                 raws.append(_raw_rate(lab, home, work))
         finally:
             if not keep:  # --workdir keeps the VM's console and timeline records
                 run_pvmlab("clean", home=home, check=False)
-    medians = {k: round(statistics.median(v), 2) for k, v in rounds.items()}
+    medians = {k: round(statistics.median(v), 2) for k, v in rounds.items() if v}
+    disk = medians.get("disk")
     return {
         "machine": _common.machine(),
         "image_bytes": image.stat().st_size,
         "rounds": rounds,
         "median_s": medians,
-        "deploy_over_disk": round(medians["deploy"] / medians["disk"], 2),
-        "local_over_disk": round(medians["local"] / medians["disk"], 2),
+        "deploy_over_disk": round(medians["deploy"] / disk, 2) if disk else None,
+        "local_over_disk": round(medians["local"] / disk, 2) if disk else None,
         "stream_mb_s": statistics.median(streams) if streams else None,
-        "http_raw_mb_s": statistics.median(raws),
+        "http_raw_mb_s": statistics.median(raws) if raws else None,
         "deploy_phases": [{k: p.get(k) for k in ("name", "label", "start", "duration",
                                                   "mb_per_s", "bytes")} for p in phases],
     }
@@ -135,13 +138,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1, help="rounds (default 1)")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.add_argument("--workdir", type=Path, help="keep the lab home and image here")
+    parser.add_argument("--deploy-only", action="store_true",
+                        help="only the deploy boots (with --workdir: keeps their records)")
     args = parser.parse_args(argv)
     _common.require_root()
     _common.require_programs("qemu-system-x86_64", "dnsmasq", "busybox", "sfdisk", "mcopy")
     with _common.one_line_errors(), _common.interruptible(), \
             _common.workdir(args.workdir, "pvmlab-bench-deploy-") as work:
-        result = run(args.n, work, keep=args.workdir is not None)
-    if args.json:
+        result = run(args.n, work, keep=args.workdir is not None, deploy_only=args.deploy_only)
+    if args.json or args.deploy_only:
         emit_json(result)
         return 0
     m = result["median_s"]

@@ -52,7 +52,8 @@ from typing import IO, Any
 from pvmlab.errors import StateError
 
 SUBDIRS = (
-    "images", "vms", "configs", "tftp", "logs", "pids", "monitors", "stack", "ssh", "diskimages"
+    "images", "vms", "configs", "tftp", "logs", "pids", "monitors", "stack", "ssh", "diskimages",
+    "deploy",
 )
 CACHE = "cache"  # made on first download, not by ``ensure``
 TAP_PREFIX = "pvt"  # every VM tap is this + 8 hex digits (11 characters, under IFNAMSIZ)

@@ -206,7 +206,7 @@ if [ -n "$last" ]; then
   magic=$(dd if="$part" bs=1 skip=1080 count=2 2>/dev/null | od -An -tx1 | tr -d ' \n')
   if [ "$magic" = "53ef" ]; then
     e2fsck -f -y "$part" >/dev/null 2>&1
-    resize2fs "$part" 2>&1 | tail -n 1 | sed "s/^/@MARKER@ /"
+    resize2fs "$part" 2>&1 | grep -v "^$" | tail -n 1 | sed "s/^/@MARKER@ /"
   fi
   say "grew partition $n: $(sfdisk -d "$disk" | grep "^$part ")"
 else
