@@ -159,9 +159,9 @@ def _path(client: ClientType) -> BootPath | None:
     if client.secure_boot:
         stage = SECURE_FIRST_STAGES.get(client.arch)
         if stage is None:
-            reason = "not served: no signed first stage (shim) in the lab yet"
+            reason = "no signed shim in the lab yet"
     if reason is None and client.ip_version not in SERVED_IP_VERSIONS:
-        reason = f"not served: the lab has no IPv{client.ip_version} DHCP yet"
+        reason = f"no IPv{client.ip_version} DHCP in the lab yet"
     return BootPath(
         client=client,
         client_arches=arches,

@@ -52,10 +52,10 @@ def test_pxe_row_is_a_tftp_name() -> None:
 
 def test_unserved_rows_say_why() -> None:
     v6 = rows()["x86_64 UEFI HTTP Boot IPv6"]
-    assert not v6.served and v6.reason == "not served: the lab has no IPv6 DHCP yet"
+    assert not v6.served and v6.reason == "no IPv6 DHCP in the lab yet"
     sb = rows()["aarch64 UEFI Secure Boot PXE IPv4"]
     assert not sb.served and sb.first_stage is None
-    assert sb.reason == "not served: no signed first stage (shim) in the lab yet"
+    assert sb.reason == "no signed shim in the lab yet"
     assert sb.location("http://h") is None
 
 

@@ -29,6 +29,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "distro",
         "Import, pull and list kernels and initrds to boot.",
     ),
+    "loaders": (
+        "pvmlab.cli.loaders",
+        "loaders",
+        "Show the first stage each client type (arch, firmware, PXE/HTTP, IPv4/6) gets.",
+    ),
     "clean": (
         "pvmlab.cli.vm",
         "clean",

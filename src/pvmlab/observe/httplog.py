@@ -37,6 +37,11 @@ class HttpRequest:
         """A kernel or initrd from the image store (not a script)."""
         return self.path.startswith("/images/")
 
+    @property
+    def is_first_stage(self) -> bool:
+        """A first stage fetched over HTTP (UEFI HTTP Boot): the TFTP root, served as /tftp/."""
+        return self.path.startswith("/tftp/")
+
     def names_mac(self, mac: str) -> bool:
         """The request is about ``mac`` (either spelling) by its ``mac`` field, path or query."""
         keys = {mac.lower(), mac.lower().replace(":", "-")}
