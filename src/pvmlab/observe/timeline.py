@@ -43,7 +43,10 @@ A boot without some step (legacy BIOS has no firmware DHCP of its own; a direct 
 has no network at all) simply has no such phase. A ``vm start --boot ipxe`` boot starts iPXE
 from a local drive: no firmware DHCP, no TFTP, so ``vm-start`` runs until iPXE starts (it is
 labelled so) and ``ipxe-start`` says where ``autoexec.ipxe`` came from (``media``: iPXE printed
-``file:autoexec.ipxe... ok``; ``tftp``: the lab's TFTP server).
+``file:autoexec.ipxe... ok``; ``tftp``: the lab's TFTP server; ``http``: beside the first stage
+on the HTTP server, after UEFI HTTP Boot). A ``--net-boot http`` boot has ``http-first-stage``
+(the firmware's HEAD and GET of iPXE) where a PXE boot has ``tftp``; its ``firmware-dhcp``
+starts at the firmware's ``>>Start HTTP Boot over IPv4`` and shows client-arch 16 or 19.
 """
 
 from __future__ import annotations
@@ -307,7 +310,7 @@ def tftp_phase(records: BootRecords) -> Phase | None:
 
 
 def ipxe_start_phase(records: BootRecords) -> Phase | None:
-    """iPXE's banner, and where its ``autoexec.ipxe`` came from (local media or TFTP)."""
+    """iPXE's banner, and where its ``autoexec.ipxe`` came from (local media, TFTP or HTTP)."""
     begun = records.console.first(_IPXE_START)
     if begun is None:
         return None
@@ -315,7 +318,9 @@ def ipxe_start_phase(records: BootRecords) -> Phase | None:
     script = records.console.first(_AUTOEXEC, begun.t)
     if script is not None:
         from_media = _AUTOEXEC.search(script.text).group("file")  # type: ignore[union-attr]
-        phase.detail["autoexec"] = "media" if from_media else "tftp"
+        # iPXE started by UEFI HTTP Boot fetches it beside itself, over HTTP
+        over_http = any(r.in_tftp_root and r.path.endswith("/autoexec.ipxe") for r in records.http)
+        phase.detail["autoexec"] = "media" if from_media else "http" if over_http else "tftp"
     return phase
 
 
@@ -341,7 +346,7 @@ def http_phases(records: BootRecords) -> list[Phase]:
     scripts = [
         r
         for r in records.http
-        if not r.is_boot_file and not r.is_first_stage and not _is_install_config(r)
+        if not r.is_boot_file and not r.in_tftp_root and not _is_install_config(r)
     ]
     files = [r for r in records.http if r.is_boot_file]
     phases = []
@@ -619,7 +624,8 @@ def phase_details(p: Phase) -> str:
     if d.get("file"):
         parts.append(str(d["file"]))
     if d.get("autoexec"):
-        parts.append(f"autoexec.ipxe from {'local media' if d['autoexec'] == 'media' else 'TFTP'}")
+        where = {"media": "local media", "http": "HTTP"}.get(d["autoexec"], "TFTP")
+        parts.append(f"autoexec.ipxe from {where}")
     if d.get("requests"):
         parts.append(", ".join(d["requests"]))
     if d.get("bytes") is not None and p.name != "http-script":
