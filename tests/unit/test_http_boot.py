@@ -152,3 +152,9 @@ def test_loaders_table_says_not_served(home: LabHome) -> None:
     assert "no: no IPv6 DHCP in the lab yet" in line
     line = next(ln for ln in out.splitlines() if "aarch64 uefi http IPv4 " in ln)
     assert "http http://192.168.105.1/tftp/ipxe-arm64.efi" in line and " yes " in line
+
+
+def test_the_first_stage_over_http_is_drawn_like_tftp() -> None:
+    from pvmlab.report.gantt import colour
+
+    assert colour("http-first-stage") == colour("tftp") != colour("http-kernel")
