@@ -331,6 +331,7 @@ def check_pair(name: Arch, fw: Firmware) -> None:
 # --- the network boot protocol axis -------------------------------------------------------------
 
 NetBoot = Literal["pxe", "http"]
+HTTP_VM_TAG = "netboot-http"  # the dnsmasq tag of a --net-boot http VM's reservation
 
 
 @dataclass(frozen=True)
@@ -358,7 +359,7 @@ HTTP = NetBootKind(
     label="HTTP Boot",
     vendor_class="HTTPClient",
     transport="http",
-    dnsmasq_tag="netboot-http",
+    dnsmasq_tag=HTTP_VM_TAG,
     firmwares=("uefi",),
 )
 NET_BOOTS: Mapping[NetBoot, NetBootKind] = MappingProxyType({PXE.name: PXE, HTTP.name: HTTP})

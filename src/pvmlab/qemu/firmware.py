@@ -18,6 +18,7 @@ for. Each skipped candidate is logged with the reason (``--debug``).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import logging
 import lzma
@@ -193,7 +194,14 @@ def _lzma_sections(image: bytes) -> Iterator[bytes]:
 
 def has_http_boot(code: Path) -> bool:
     """Whether a UEFI code image holds EDK2's HTTP Boot driver (OVMF/AAVMF built with
-    ``NETWORK_HTTP_BOOT_ENABLE``; Debian 12's builds have it)."""
+    ``NETWORK_HTTP_BOOT_ENABLE``; Debian 12's builds have it). Remembered per file version for
+    the process (a lab file's `up` creates many machines)."""
+    st = code.stat()
+    return _has_http_boot(code, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _has_http_boot(code: Path, _mtime_ns: int, _size: int) -> bool:
     image = code.read_bytes()
     if HTTP_BOOT_DXE in image:
         return True

@@ -51,7 +51,7 @@ HTTP_BOOT_STAGES: tuple[tuple[int, str, str], ...] = tuple(
     (code, f"http-{stage.role}", bootpaths.first_stage_url_path(stage))
     for code, stage in bootpaths.served_http_stages()
 )
-HTTP_VM_TAG = arch.HTTP.dnsmasq_tag or "netboot-http"
+HTTP_VM_TAG = arch.HTTP_VM_TAG
 
 _IFNAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
 _UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f,#\"'\\]")
