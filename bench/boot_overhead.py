@@ -1,7 +1,7 @@
 """What network booting costs: the same kernel booted directly and through the network chain.
 
     sudo .venv/bin/python -m bench.boot_overhead [--n 3] [--arch x86_64 --arch aarch64]
-        [--mode pxe|ipxe|both] [--json]
+        [--mode pxe|ipxe|http|both|pxe-http] [--json]
 
 For each architecture (UEFI firmware, TCG), N boots each way, the order rotating each round:
 
@@ -11,6 +11,8 @@ For each architecture (UEFI firmware, TCG), N boots each way, the order rotating
             TFTP iPXE -> iPXE DHCP -> HTTP scripts, kernel, initrd -> marker
     ipxe    ``pvmlab vm start --boot ipxe`` of the same VM: iPXE from a local virtual drive (no
             firmware DHCP, no TFTP) -> iPXE DHCP -> HTTP scripts, kernel, initrd -> marker
+    http    ``pvmlab vm start`` of a second VM created with ``--net-boot http``: the firmware's
+            UEFI HTTP Boot (DHCP hands a URL) -> iPXE over HTTP -> iPXE DHCP -> the same chain
 
 ``--mode`` chooses which network ways run next to direct (default both).
 
@@ -42,11 +44,24 @@ MARKER = "PVMLAB-BOOT-OK"
 TARGET_S = 2.0
 TIMEOUT = 240.0
 ARCHES = ("x86_64", "aarch64")
-MODES = {"pxe": ("pxe",), "ipxe": ("ipxe",), "both": ("pxe", "ipxe")}
+MODES = {
+    "pxe": ("pxe",),
+    "ipxe": ("ipxe",),
+    "http": ("http",),
+    "both": ("pxe", "ipxe"),
+    "pxe-http": ("pxe", "http"),
+}
 
 
-def _vm_name(arch: str) -> str:
-    return {"x86_64": "pxe-x86", "aarch64": "pxe-arm"}[arch]
+def _vm_name(arch: str, way: str = "pxe") -> str:
+    """The VM a way boots: the UEFI HTTP Boot way has its own (``--net-boot`` is the VM's)."""
+    short = {"x86_64": "x86", "aarch64": "arm"}[arch]
+    return f"http-{short}" if way == "http" else f"pxe-{short}"
+
+
+def _boot_order(way: str) -> str:
+    """``vm start --boot`` of a way: HTTP Boot is the NIC first, like PXE."""
+    return "pxe" if way == "http" else way
 
 
 def boot_direct(home: Path, arch: str, assets: Any, run: int) -> float:
@@ -162,6 +177,11 @@ def run(n: int, arches: list[str], keep: Path | None, mode: str = "both") -> dic
                         "vm", "create", _vm_name(arch), "--arch", arch, "--firmware", "uefi",
                         "--distro", "tiny", home=home,
                     )  # fmt: skip
+                    if "http" in nets:
+                        run_pvmlab(
+                            "vm", "create", _vm_name(arch, "http"), "--arch", arch,
+                            "--net-boot", "http", "--distro", "tiny", home=home,
+                        )  # fmt: skip
                 times = {arch: {w: list[float]() for w in ways} for arch in arches}
                 start_work = {arch: {w: list[float]() for w in nets} for arch in arches}
                 timelines = {arch: {w: list[dict[str, Any]]() for w in nets} for arch in arches}
@@ -171,7 +191,9 @@ def run(n: int, arches: list[str], keep: Path | None, mode: str = "both") -> dic
                             if way == "direct":
                                 secs = boot_direct(work, arch, assets[arch], i)
                             else:
-                                secs, work_s, tl = boot_network(home, _vm_name(arch), way)
+                                secs, work_s, tl = boot_network(
+                                    home, _vm_name(arch, way), _boot_order(way)
+                                )
                                 timelines[arch][way].append(tl)
                                 start_work[arch][way].append(round(work_s, 3))
                             times[arch][way].append(round(secs, 2))
@@ -265,7 +287,8 @@ def main(argv: list[str] | None = None) -> int:
         choices=list(MODES),
         default="both",
         help="network boots to compare with direct: pxe (firmware PXE -> TFTP iPXE), ipxe "
-        "(vm start --boot ipxe: iPXE from a local drive) or both (default)",
+        "(vm start --boot ipxe: iPXE from a local drive), http (UEFI HTTP Boot -> iPXE over "
+        "HTTP), both (pxe and ipxe; default) or pxe-http",
     )
     parser.add_argument("--n", type=int, default=3, help="boots each way per arch (default 3)")
     parser.add_argument(

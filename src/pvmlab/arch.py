@@ -42,6 +42,9 @@ class FirstStage:
     pe_machine: int | None  # PE/COFF machine type of an EFI build; None: a PXE NBP (not PE)
     candidates: tuple[str, ...]  # file names tried in a search directory, most wanted first
     official_path: str  # below boot.ipxe.org
+    # DHCP option 93 values of the firmware's UEFI HTTP Boot client (vendor class HTTPClient)
+    # it serves: the same file, fetched over HTTP from ``/tftp/<tftp_name>``; () = none
+    http_client_arches: tuple[int, ...] = ()
 
 
 BIOS_PXE = FirstStage(
@@ -65,6 +68,7 @@ EFI_X86_64 = FirstStage(
         "snponly.efi",
     ),
     official_path="x86_64-efi/ipxe.efi",
+    http_client_arches=(16,),  # x64 UEFI HTTP (RFC 4578 registry, IANA "Processor Architecture")
 )
 EFI_ARM64 = FirstStage(
     role="efi-arm64",
@@ -73,6 +77,7 @@ EFI_ARM64 = FirstStage(
     pe_machine=0xAA64,
     candidates=("ipxe-arm64.efi", "ipxe-aarch64.efi", "arm64-efi/ipxe.efi", "ipxe.efi"),
     official_path="arm64-efi/ipxe.efi",
+    http_client_arches=(19,),  # ARM 64-bit UEFI HTTP
 )
 # Every first stage, in the order the TFTP root, dnsmasq.conf and `distro ipxe` list them.
 FIRST_STAGES: tuple[FirstStage, ...] = (BIOS_PXE, EFI_X86_64, EFI_ARM64)
@@ -273,6 +278,11 @@ class FirmwareKind:
     boot_menu_wait: bool  # waits for a key before booting unless told splash-time=0
     removable_media: bool  # boots EFI/BOOT/<efi_boot_file> from a FAT drive (--boot ipxe)
     descriptor_interface: str | None  # "interface-types" value in QEMU's firmware descriptors
+    # UEFI HTTP Boot: the firmware may have a driver for it (``qemu.firmware.has_http_boot``
+    # checks the file); these fw_cfg files (``string=n``) take its PXE entries away, so the
+    # NIC's first boot entry is HTTP Boot over IPv4 (EDK2's OVMF and ArmVirtQemu read them)
+    http_boot: bool = False
+    pxe_off_fw_cfg: tuple[str, ...] = ()
 
 
 UEFI = FirmwareKind(
@@ -284,6 +294,8 @@ UEFI = FirmwareKind(
     boot_menu_wait=True,
     removable_media=True,
     descriptor_interface="uefi",
+    http_boot=True,
+    pxe_off_fw_cfg=("opt/org.tianocore/IPv4PXESupport", "opt/org.tianocore/IPv6PXESupport"),
 )
 BIOS = FirmwareKind(
     name="bios",
@@ -322,4 +334,67 @@ def check_pair(name: Arch, fw: Firmware) -> None:
         raise ValidationError(
             f"{firmware(fw).label} firmware exists only for {', '.join(have)}, not {name}",
             f"use --firmware {DEFAULT_FIRMWARE} (the default) for {name}",
+        )
+
+
+# --- the network boot protocol axis -------------------------------------------------------------
+
+NetBoot = Literal["pxe", "http"]
+HTTP_VM_TAG = "netboot-http"  # the dnsmasq tag of a --net-boot http VM's reservation
+
+
+@dataclass(frozen=True)
+class NetBootKind:
+    """How a machine's firmware fetches its first stage (``vm create --net-boot``)."""
+
+    name: NetBoot
+    label: str  # as messages and `pvmlab loaders` name it
+    vendor_class: str  # the DHCP option 60 prefix its firmware sends ("PXEClient:Arch:...")
+    transport: Literal["tftp", "http"]  # how the first stage travels
+    dnsmasq_tag: str | None  # tag a VM's reservation sets when it boots this way (None: default)
+    firmwares: tuple[Firmware, ...]  # firmware kinds that have a client for it
+
+
+PXE = NetBootKind(
+    name="pxe",
+    label="PXE",
+    vendor_class="PXEClient",
+    transport="tftp",
+    dnsmasq_tag=None,
+    firmwares=("uefi", "bios"),
+)
+HTTP = NetBootKind(
+    name="http",
+    label="HTTP Boot",
+    vendor_class="HTTPClient",
+    transport="http",
+    dnsmasq_tag=HTTP_VM_TAG,
+    firmwares=("uefi",),
+)
+NET_BOOTS: Mapping[NetBoot, NetBootKind] = MappingProxyType({PXE.name: PXE, HTTP.name: HTTP})
+NET_BOOT_NAMES: tuple[NetBoot, ...] = tuple(NET_BOOTS)
+DEFAULT_NET_BOOT: NetBoot = PXE.name
+
+
+def net_boot(name: NetBoot) -> NetBootKind:
+    return NET_BOOTS[name]
+
+
+def parse_net_boot(value: str) -> NetBoot:
+    for name in NET_BOOTS:
+        if value == name:
+            return name
+    raise ValidationError(
+        f"unknown network boot {value!r}", f"choose one of: {', '.join(NET_BOOT_NAMES)}"
+    )
+
+
+def check_net_boot(fw: Firmware, nb: NetBoot) -> None:
+    """Refuse a network boot protocol the firmware kind has no client for."""
+    kind = net_boot(nb)
+    if fw not in kind.firmwares:
+        needs = " or ".join(firmware(f).label for f in kind.firmwares)
+        raise ValidationError(
+            f"{kind.label} needs {needs} firmware, not {firmware(fw).label}",
+            f"use --firmware {DEFAULT_FIRMWARE}, or --net-boot {DEFAULT_NET_BOOT}",
         )

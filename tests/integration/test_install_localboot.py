@@ -104,16 +104,23 @@ def boot_sector_disk(dest: Path, work: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("arch", "firmware"), [("x86_64", "uefi"), ("x86_64", "bios"), ("aarch64", "uefi")]
+    ("arch", "firmware", "net_boot"),
+    [
+        ("x86_64", "uefi", "pxe"),
+        ("x86_64", "bios", "pxe"),
+        ("aarch64", "uefi", "pxe"),
+        ("x86_64", "uefi", "http"),  # UEFI HTTP Boot: iPXE over HTTP, then the same hand-over
+    ],
 )
 def test_installed_machine_boots_its_disk_after_pxe(
-    tmp_path: Path, lab: Path, arch: str, firmware: str
+    tmp_path: Path, lab: Path, arch: str, firmware: str, net_boot: str
 ) -> None:
     home = LabHome(lab)
     fake_distro(home, arch)
     vm = json.loads(run_pvmlab(
         "vm", "create", "inst1", "--arch", arch, "--firmware", firmware, "--distro",
-        "debian-12", "--unattended", "--disk-size", "64M", "--json", home=lab,
+        "debian-12", "--unattended", "--disk-size", "64M", "--net-boot", net_boot, "--json",
+        home=lab,
     ).stdout)  # fmt: skip
     disk = home.vm_dir("inst1") / "disk.qcow2"
     if firmware == "uefi":
@@ -141,8 +148,11 @@ def test_installed_machine_boots_its_disk_after_pxe(
     mine = [(r["path"], r["status"]) for r in reqs if r.get("client") == vm["ip"]]
     assert ("/boot.ipxe", 200) in mine
     assert ("/ipxe", 200) in mine
-    if firmware == "uefi":  # OVMF's HTTP Boot entry came before the disk, and was refused
-        assert ("/no-http-boot", 404) in mine
+    if firmware == "uefi" and net_boot == "pxe":  # OVMF's HTTP Boot entry came before the
+        assert ("/no-http-boot", 404) in mine  # disk, and was refused
+    if net_boot == "http":  # the first stage came over HTTP, and no refusal was needed
+        assert (f"/tftp/{FIRST_STAGES[UEFI_BOOT[arch][0]]}", 200) in mine
+        assert ("/no-http-boot", 404) not in mine
     assert not [p for p, _ in mine if p.startswith(("/images/", "/preseed/"))]
 
     with contextlib.suppress(subprocess.TimeoutExpired):

@@ -55,4 +55,12 @@ def test_summary_per_way() -> None:
 
 
 def test_modes() -> None:
-    assert bo.MODES == {"pxe": ("pxe",), "ipxe": ("ipxe",), "both": ("pxe", "ipxe")}
+    assert bo.MODES == {
+        "pxe": ("pxe",),
+        "ipxe": ("ipxe",),
+        "http": ("http",),
+        "both": ("pxe", "ipxe"),
+        "pxe-http": ("pxe", "http"),
+    }
+    assert (bo._vm_name("aarch64", "http"), bo._boot_order("http")) == ("http-arm", "pxe")
+    assert (bo._vm_name("x86_64"), bo._boot_order("ipxe")) == ("pxe-x86", "ipxe")

@@ -227,3 +227,46 @@ def test_ula_is_per_home_and_unique_local(tmp_path: Path) -> None:
     assert a != b
     assert a.network.prefixlen == 64 and a.network.subnet_of(ipaddress.IPv6Network("fd00::/8"))
     assert a == ula_interface(LabHome(tmp_path / "a"))
+
+
+def test_http_boot_block_literal_lines(home: LabHome) -> None:
+    """UEFI HTTP Boot: option 60 echoed, one client-arch tag and one URL per architecture for
+    VMs tagged netboot-http by their reservation, the refused URL for every other client."""
+    conf = dnsmasq.render_conf(home, LAB).splitlines()
+    start = conf.index("dhcp-vendorclass=set:httpboot,HTTPClient")
+    end = conf.index("# --- TFTP")
+    block = [ln for ln in conf[start:end] if ln and not ln.startswith("#")]
+    assert block == [
+        "dhcp-vendorclass=set:httpboot,HTTPClient",
+        "dhcp-option-force=tag:httpboot,60,HTTPClient",
+        "dhcp-match=set:http-efi-x86_64,option:client-arch,16",
+        "dhcp-boot=tag:!ipxe,tag:httpboot,tag:netboot-http,tag:http-efi-x86_64,"
+        "http://192.168.105.1/tftp/ipxe-x86_64.efi",
+        "dhcp-match=set:http-efi-arm64,option:client-arch,19",
+        "dhcp-boot=tag:!ipxe,tag:httpboot,tag:netboot-http,tag:http-efi-arm64,"
+        "http://192.168.105.1/tftp/ipxe-arm64.efi",
+        "dhcp-boot=tag:!ipxe,tag:httpboot,tag:!netboot-http,http://192.168.105.1/no-http-boot",
+    ]
+
+
+def test_http_boot_urls_follow_the_lab_address(home: LabHome) -> None:
+    lab = LabSpec(address="10.9.0.1/16", dhcp_start="10.9.1.0", dhcp_end="10.9.1.255")
+    boots = lines(dnsmasq.render_conf(home, lab), "dhcp-boot")
+    assert "tag:!ipxe,tag:httpboot,tag:netboot-http,tag:http-efi-arm64,http://10.9.0.1/tftp/ipxe-arm64.efi" in boots  # noqa: E501
+
+
+def test_hosts_tag_http_boot_vms() -> None:
+    vms = [
+        VMSpec(name="p1", arch="x86_64", mac="52:54:00:00:00:01", ip="192.168.105.10"),
+        VMSpec(name="h1", arch="aarch64", net_boot="http", mac="52:54:00:00:00:02",
+               ip="192.168.105.11"),
+    ]  # fmt: skip
+    assert dnsmasq.render_hosts(LAB, vms).splitlines() == [
+        "52:54:00:00:00:01,192.168.105.10,p1",
+        "52:54:00:00:00:02,set:netboot-http,192.168.105.11,h1",
+    ]
+
+
+def test_renderer_refuses_an_unknown_net_boot() -> None:
+    with pytest.raises(ValidationError, match="unknown network boot 'tftp'"):
+        dnsmasq.render_hosts(LAB, [raw_vm(net_boot="tftp")])

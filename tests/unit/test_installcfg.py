@@ -301,7 +301,10 @@ def test_uefi_http_boot_is_refused_at_once(home: LabHome) -> None:
     conf = dnsmasq.render_conf(home, store.load_lab(home)).splitlines()
     assert "dhcp-vendorclass=set:httpboot,HTTPClient" in conf
     assert "dhcp-option-force=tag:httpboot,60,HTTPClient" in conf
-    assert "dhcp-boot=tag:!ipxe,tag:httpboot,http://192.168.105.1/no-http-boot" in conf
+    assert (
+        "dhcp-boot=tag:!ipxe,tag:httpboot,tag:!netboot-http,http://192.168.105.1/no-http-boot"
+        in conf
+    )
 
 
 def test_status_is_bounded_and_installed_sticks(home: LabHome) -> None:

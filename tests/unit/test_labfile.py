@@ -170,3 +170,19 @@ def test_a_distro_is_imported_or_pulled_not_both() -> None:
     assert "give either kernel and initrd (import) or pull, not both" in _error(both)
     neither = GOOD.replace('kernel = "assets/vmlinuz"\ninitrd = "assets/initrd"\n', "")
     assert _error(neither).startswith("lab.toml:6: distros[0]: give kernel and initrd")
+
+
+def test_net_boot_http_and_its_firmware() -> None:
+    from pvmlab.labfile.apply import machine_fingerprint
+
+    plain = parse(GOOD, Path("lab.toml")).machines[0]
+    explicit = parse(GOOD.replace('arch = "amd64"', 'arch = "amd64"\nnet_boot = "pxe"'),
+                     Path("lab.toml")).machines[0]  # fmt: skip
+    http = parse(GOOD.replace('arch = "amd64"', 'arch = "amd64"\nnet_boot = "http"'),
+                 Path("lab.toml")).machines[0]  # fmt: skip
+    assert (plain.decl.net_boot, http.decl.net_boot) == ("pxe", "http")
+    # the default keeps the fingerprints of machines made before the key existed
+    assert machine_fingerprint(plain) == machine_fingerprint(explicit)
+    assert machine_fingerprint(http) != machine_fingerprint(plain)
+    text = GOOD.replace("memory = 256", 'net_boot = "http"')
+    assert "net_boot = 'http' (UEFI HTTP Boot) needs firmware = 'uefi'" in _error(text)

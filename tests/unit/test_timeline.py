@@ -7,6 +7,10 @@
                   (the lab's dnsmasq.log also holds an earlier boot of the same VM and a BIOS VM)
     x86_64-bios   SeaBIOS + the NIC's iPXE ROM (no firmware DHCP, no TFTP; same lab as above)
     aarch64-uefi  AAVMF -> ipxe-arm64.efi, before the fixes (Ctrl-B prompt, entropy wait)
+    x86_64-uefi-http
+                  OVMF's UEFI HTTP Boot (``vm create --net-boot http``): DHCP with vendor class
+                  HTTPClient (client-arch 16) -> HEAD and GET of ipxe-x86_64.efi over HTTP ->
+                  iPXE fetches autoexec.ipxe beside it over HTTP -> the usual chain; no TFTP
     x86_64-uefi-ready
                   OVMF -> ipxe-x86_64.efi -> HTTP, a guest that stays up at its shell prompt
                   (``pvmlab.hold``), recorded while it was still running (no exit event). Its
@@ -452,3 +456,28 @@ def test_an_installers_config_fetch_is_its_own_phase() -> None:
     assert names[-3:] == ["kernel", "install-config", "ready"]
     assert found["kernel"].label == "kernel -> installer config"
     assert timeline.install_config_phase(records("x86_64-uefi", X86)) is None
+
+
+def test_uefi_http_boot_has_an_http_first_stage_and_no_tftp() -> None:
+    tl, vm = load("x86_64-uefi-http")
+    assert names(tl) == [
+        "vm-start", "firmware-dhcp", "http-first-stage", "ipxe-start", "ipxe-dhcp",
+        "http-script", "http-kernel", "http-initrd", "handover", "kernel", "ready",
+    ]  # fmt: skip
+    check_contiguous(tl)
+    assert tl.total == marker_time("x86_64-uefi-http")
+    fw = tl.phase("firmware-dhcp")
+    assert fw is not None and fw.detail["client_arch"] == 16 and fw.detail["ip"] == vm["ip"]
+    assert "clock" not in fw.detail  # from OVMF's ">>Start HTTP Boot over IPv4" line
+    first = tl.phase("http-first-stage")
+    assert first is not None and first.label == "HTTP first stage"
+    assert first.detail["requests"] == [
+        "HEAD /tftp/ipxe-x86_64.efi 200",
+        "GET /tftp/ipxe-x86_64.efi 200",
+    ]
+    assert first.detail["file"] == "ipxe-x86_64.efi" and first.detail["bytes"] == 996864
+    ipxe = tl.phase("ipxe-start")
+    assert ipxe is not None and ipxe.detail["autoexec"] == "http"
+    assert "autoexec.ipxe from HTTP" in timeline.phase_details(ipxe)
+    script = tl.phase("http-script")
+    assert script is not None and script.detail["requests"] == ["/boot.ipxe 200", "/ipxe 200"]

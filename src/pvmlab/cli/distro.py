@@ -315,7 +315,11 @@ def ipxe(
     roles: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Show which iPXE first stage each client type gets, and where it comes from."""
+    """Show which iPXE binary each role uses, and where it comes from.
+
+    `pvmlab loaders` shows the whole picture: per client type (arch, firmware, PXE or HTTP
+    Boot, IPv4/IPv6, Secure Boot) the first stage, the TFTP name or URL and whether it is served.
+    """
     from pvmlab.assets import ipxe as ip
 
     h = home()

@@ -34,6 +34,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "image",
         "Build, list and remove bootable disk images made from distro packages.",
     ),
+    "loaders": (
+        "pvmlab.cli.loaders",
+        "loaders",
+        "Show the first stage each client type (arch, firmware, PXE/HTTP, IPv4/6) gets.",
+    ),
     "clean": (
         "pvmlab.cli.vm",
         "clean",

@@ -9,7 +9,13 @@ from typing import Any
 
 import click
 
-from pvmlab.arch import CLI_CHOICES, DEFAULT_FIRMWARE, FIRMWARE_NAMES
+from pvmlab.arch import (
+    CLI_CHOICES,
+    DEFAULT_FIRMWARE,
+    DEFAULT_NET_BOOT,
+    FIRMWARE_NAMES,
+    NET_BOOT_NAMES,
+)
 from pvmlab.cli.common import emit_json, home, json_option
 from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
@@ -109,6 +115,14 @@ def vm() -> None:
     show_default=True,
     help="UEFI (OVMF/AAVMF) or legacy BIOS (SeaBIOS, x86_64 only).",
 )
+@click.option(
+    "--net-boot",
+    type=click.Choice(NET_BOOT_NAMES),
+    default=DEFAULT_NET_BOOT,
+    show_default=True,
+    help="How the firmware fetches its first stage (iPXE): pxe (DHCP, then TFTP) or http"
+    " (UEFI HTTP Boot: DHCP hands a URL, the lab's HTTP server sends it; UEFI only).",
+)
 @click.option("--mac", help="NIC MAC address (default: a random locally administered one).")
 @click.option(
     "--ip",
@@ -141,6 +155,7 @@ def create_cmd(
     name: str,
     arch: str | None,
     firmware: str,
+    net_boot: str,
     mac: str | None,
     ip: str | None,
     distro: str | None,
@@ -164,6 +179,7 @@ def create_cmd(
         name=name,
         arch=validate.arch(arch or host_arch()),
         firmware=firmware,
+        net_boot=net_boot,
         mac=mac,
         ip=ip,
         distro=distro,
@@ -180,6 +196,7 @@ def create_cmd(
     else:
         _say(
             f"created VM {spec.name}: {spec.arch} {spec.firmware}, MAC {spec.mac}, IP {spec.ip}"
+            + (f", network boot {spec.net_boot}" if spec.net_boot != DEFAULT_NET_BOOT else "")
             + (f", distro {spec.distro}" if spec.distro else "")
             + (f", image {spec.image} (deployed at its first start)" if spec.image else "")
             + (f", unattended install ({spec.install})"
@@ -466,8 +483,8 @@ def stop_cmd(name: str, force: bool, timeout: float) -> None:
         _say(f"stopped VM {name} ({how})")
 
 
-COLUMNS = ["name", "arch", "firmware", "boot", "mac", "ip", "distro", "state", "accel", "pid",
-           "provisioning", "install"]
+COLUMNS = ["name", "arch", "firmware", "net_boot", "boot", "mac", "ip", "distro", "state",
+           "accel", "pid", "provisioning", "install"]
 
 
 def _rows() -> list[dict[str, Any]]:
@@ -489,6 +506,7 @@ def _rows() -> list[dict[str, Any]]:
             "name": spec.name,
             "arch": spec.arch,
             "firmware": spec.firmware,
+            "net_boot": spec.net_boot,
             "boot": rt.boot if rt else "pxe",
             "mac": spec.mac,
             "ip": spec.ip,

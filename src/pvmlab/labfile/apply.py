@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pvmlab.arch import DEFAULT_NET_BOOT
 from pvmlab.assets import catalog
 from pvmlab.assets import distro as distro_assets
 from pvmlab.assets.files import sha256_file
@@ -60,6 +61,8 @@ def _fingerprint(value: Any) -> str:
 def machine_fingerprint(plan: MachinePlan) -> str:
     """What a machine's definition depends on (what ``vm create`` is given)."""
     decl = plan.decl.model_dump(mode="json", exclude={"name", "count", "ready", "boot", "accel"})
+    if decl.get("net_boot") == DEFAULT_NET_BOOT:
+        del decl["net_boot"]  # machines made before the field existed keep their fingerprint
     return _fingerprint(decl)
 
 
@@ -330,6 +333,7 @@ def _create(
             name=plan.name,
             arch=m.arch,
             firmware=m.firmware,
+            net_boot=m.net_boot,
             mac=mac,
             ip=ip,
             distro=m.distro,

@@ -20,6 +20,7 @@
     firmware = "uefi"                   # or "bios"
     distro = "tiny"
     boot = "pxe"                        # or "ipxe" (iPXE from local media, UEFI)
+    net_boot = "pxe"                    # or "http" (UEFI HTTP Boot)
     memory = 512                        # MiB
     cpus = 1
     cmdline = "pvmlab.marker=up"
@@ -38,12 +39,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pvmlab.errors import PvmlabError
 from pvmlab.records import validate
 from pvmlab.records.models import (
+    DEFAULT_NET_BOOT,
     Cmdline,
     CPUs,
     DistroName,
     Firmware,
     Interface,
     MemoryMiB,
+    NetBoot,
     VMName,
     VMSpec,
     _checked,
@@ -156,6 +159,10 @@ class Machine(Decl):
     firmware: Firmware = "uefi"
     distro: DistroName | None = None
     boot: Literal["pxe", "ipxe"] = "pxe"
+    net_boot: NetBoot = Field(
+        default=DEFAULT_NET_BOOT,
+        description="How the firmware fetches iPXE: pxe (TFTP) or http (UEFI HTTP Boot).",
+    )
     memory: MemoryMiB = VMSpec.model_fields["memory_mib"].default
     cpus: CPUs = VMSpec.model_fields["cpus"].default
     cmdline: Cmdline | None = None
@@ -180,6 +187,8 @@ class Machine(Decl):
             raise ValueError(f"legacy BIOS firmware exists only for x86_64, not {self.arch}")
         if self.boot == "ipxe" and self.firmware != "uefi":
             raise ValueError("boot = 'ipxe' (iPXE from local media) needs firmware = 'uefi'")
+        if self.net_boot == "http" and self.firmware != "uefi":
+            raise ValueError("net_boot = 'http' (UEFI HTTP Boot) needs firmware = 'uefi'")
         given = [k for k, v in self.install_files().items() if v is not None]
         if len(given) + self.unattended > 1:
             raise ValueError(

@@ -17,6 +17,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pvmlab.arch import FIRST_STAGES
+from pvmlab.bootpaths import first_stage_url_path
+
+_FIRST_STAGE_PATHS = frozenset(first_stage_url_path(stage) for stage in FIRST_STAGES)
+
 
 @dataclass(frozen=True)
 class HttpRequest:
@@ -36,6 +41,17 @@ class HttpRequest:
     def is_boot_file(self) -> bool:
         """A kernel or initrd from the image store or the deploy ramdisk (not a script)."""
         return self.path.startswith(("/images/", "/deploy/ramdisk/"))
+
+    @property
+    def in_tftp_root(self) -> bool:
+        """A file of the TFTP root, fetched over HTTP (served as /tftp/)."""
+        return self.path.startswith("/tftp/")
+
+    @property
+    def is_first_stage(self) -> bool:
+        """A first stage fetched over HTTP (UEFI HTTP Boot; iPXE then fetches its
+        ``autoexec.ipxe`` beside it, which is not one)."""
+        return self.path in _FIRST_STAGE_PATHS
 
     def names_mac(self, mac: str) -> bool:
         """The request is about ``mac`` (either spelling) by its ``mac`` field, path or query."""

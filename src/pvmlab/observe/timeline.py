@@ -25,6 +25,8 @@ slowest one is where the time went. Transfers also carry their own ``transfer_s`
     vm-start       QEMU launched -> the firmware's first DHCP (firmware init, NIC driver)
     firmware-dhcp  the firmware's DHCP (client-arch, address) -> TFTP of the first stage
     tftp           the first stage over TFTP (file, bytes)
+    http-first-stage  UEFI HTTP Boot: the first stage over HTTP (the URL DHCP handed the
+                   firmware; requests, bytes), instead of ``tftp``
     ipxe-start     iPXE starting (its device probe, entropy, "Press Ctrl-B" prompt)
     ipxe-dhcp      iPXE's own DHCP
     http-script    boot.ipxe and the per-machine script
@@ -48,7 +50,10 @@ A boot without some step (legacy BIOS has no firmware DHCP of its own; a direct 
 has no network at all) simply has no such phase. A ``vm start --boot ipxe`` boot starts iPXE
 from a local drive: no firmware DHCP, no TFTP, so ``vm-start`` runs until iPXE starts (it is
 labelled so) and ``ipxe-start`` says where ``autoexec.ipxe`` came from (``media``: iPXE printed
-``file:autoexec.ipxe... ok``; ``tftp``: the lab's TFTP server).
+``file:autoexec.ipxe... ok``; ``tftp``: the lab's TFTP server; ``http``: beside the first stage
+on the HTTP server, after UEFI HTTP Boot). A ``--net-boot http`` boot has ``http-first-stage``
+(the firmware's HEAD and GET of iPXE) where a PXE boot has ``tftp``; its ``firmware-dhcp``
+starts at the firmware's ``>>Start HTTP Boot over IPv4`` and shows client-arch 16 or 19.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ LABELS = {
     "vm-start": "VM start -> firmware DHCP",
     "firmware-dhcp": "firmware DHCP",
     "tftp": "TFTP first stage",
+    "http-first-stage": "HTTP first stage",
     "ipxe-start": "iPXE start",
     "ipxe-dhcp": "iPXE DHCP",
     "http-script": "HTTP scripts",
@@ -92,7 +98,7 @@ LABELS = {
     "ready": "ready",
 }
 
-_FW_DHCP = re.compile(r">>Start PXE over IPv4")
+_FW_DHCP = re.compile(r">>Start (?:PXE|HTTP Boot) over IPv4")
 _FW_ACK = re.compile(r"Station IP address is (\S+)")
 _NBP_NAME = re.compile(r"NBP filename is (\S+)")
 _NBP_SIZE = re.compile(r"NBP filesize is (\d+) Bytes")
@@ -319,7 +325,7 @@ def tftp_phase(records: BootRecords) -> Phase | None:
 
 
 def ipxe_start_phase(records: BootRecords) -> Phase | None:
-    """iPXE's banner, and where its ``autoexec.ipxe`` came from (local media or TFTP)."""
+    """iPXE's banner, and where its ``autoexec.ipxe`` came from (local media, TFTP or HTTP)."""
     begun = records.console.first(_IPXE_START)
     if begun is None:
         return None
@@ -327,7 +333,9 @@ def ipxe_start_phase(records: BootRecords) -> Phase | None:
     script = records.console.first(_AUTOEXEC, begun.t)
     if script is not None:
         from_media = _AUTOEXEC.search(script.text).group("file")  # type: ignore[union-attr]
-        phase.detail["autoexec"] = "media" if from_media else "tftp"
+        # iPXE started by UEFI HTTP Boot fetches it beside itself, over HTTP
+        over_http = any(r.in_tftp_root and r.path.endswith("/autoexec.ipxe") for r in records.http)
+        phase.detail["autoexec"] = "media" if from_media else "http" if over_http else "tftp"
     return phase
 
 
@@ -350,7 +358,11 @@ def ipxe_dhcp_phase(records: BootRecords, after: float) -> Phase | None:
 def http_phases(records: BootRecords) -> list[Phase]:
     """The scripts (one phase), then the first two boot files: kernel and initrd."""
     t0 = records.t0
-    scripts = [r for r in records.http if not r.is_boot_file and not _is_install_config(r)]
+    scripts = [
+        r
+        for r in records.http
+        if not r.is_boot_file and not r.in_tftp_root and not _is_install_config(r)
+    ]
     files = [r for r in records.http if r.is_boot_file]
     phases = []
     if scripts:
@@ -380,6 +392,30 @@ def http_phases(records: BootRecords) -> list[Phase]:
             )
         )
     return phases
+
+
+def http_first_stage_phase(records: BootRecords) -> Phase | None:
+    """UEFI HTTP Boot: the firmware's requests for its first stage, timed by the HTTP server
+    (EDK2 asks twice: HEAD for the size, then GET)."""
+    fetched = [r for r in records.http if r.is_first_stage]
+    if not fetched:
+        return None
+    t0 = records.t0
+    start = (fetched[0].start or t0) - t0
+    last = fetched[-1]
+    end = (last.end if last.end is not None else last.start or t0) - t0
+    nbytes = max((r.bytes or 0 for r in fetched), default=0)
+    return Phase(
+        "http-first-stage",
+        start,
+        detail={
+            "file": Path(last.path).name,
+            "requests": [f"{r.method} {r.path} {r.status}" for r in fetched],
+            "bytes": nbytes,
+            "transfer_s": round(end - start, 3),
+            "mb_per_s": _rate(nbytes, end - start),
+        },
+    )
 
 
 def _is_install_config(req: HttpRequest) -> bool:
@@ -502,6 +538,7 @@ def boot_phases(records: BootRecords, wait_for: re.Pattern[str]) -> dict[str, Ph
 
     add(firmware_dhcp_phase(records))
     add(tftp_phase(records))
+    add(http_first_stage_phase(records))
     ipxe_start = add(ipxe_start_phase(records))
     after_ipxe = ipxe_start.start if ipxe_start is not None else 0.0
     add(ipxe_dhcp_phase(records, after_ipxe))
@@ -671,7 +708,8 @@ def phase_details(p: Phase) -> str:
     if d.get("file"):
         parts.append(str(d["file"]))
     if d.get("autoexec"):
-        parts.append(f"autoexec.ipxe from {'local media' if d['autoexec'] == 'media' else 'TFTP'}")
+        where = {"media": "local media", "http": "HTTP"}.get(d["autoexec"], "TFTP")
+        parts.append(f"autoexec.ipxe from {where}")
     if d.get("requests"):
         parts.append(", ".join(d["requests"]))
     if d.get("bytes") is not None and p.name != "http-script":

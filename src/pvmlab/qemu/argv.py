@@ -22,6 +22,12 @@ boots real hardware: the firmware never does DHCP itself (its PXE waits a fixed 
 iPXE does, then runs the same HTTP chain. The drive is QEMU's ``vvfat`` view of the directory
 ``ipxe_media`` (no image tools needed); the NIC follows as fallback, then the disk. A direct
 kernel (``kernel``/``initrd``/``append``, for test fixtures and benchmarks) bypasses all three.
+
+The NIC's protocol (``net_boot``, the VM's ``--net-boot``): ``pxe`` leaves the firmware's
+entries as they are (PXE over IPv4 first); ``http`` hands EDK2 the fw_cfg files that turn its
+PXE support off (``opt/org.tianocore/IPv4PXESupport`` and ``IPv6PXESupport`` = ``n``), so the
+NIC's boot entries are UEFI HTTP Boot only and the first of them, HTTP over IPv4, is what its
+``bootindex`` reaches.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
-from pvmlab.arch import Arch, Firmware, architecture, firmware
+from pvmlab.arch import DEFAULT_NET_BOOT, Arch, Firmware, NetBoot, architecture, firmware
 from pvmlab.records.models import DEFAULT_CPUS, DEFAULT_MEMORY_MIB
 
 AccelName = Literal["kvm", "hvf", "tcg"]
@@ -62,6 +68,7 @@ class QemuConfig:
     initrd: Path | None = None
     append: str | None = None
     ipxe_media: Path | None = None  # boot="ipxe": directory with EFI/BOOT/BOOT*.EFI (vvfat)
+    net_boot: NetBoot = DEFAULT_NET_BOOT  # the NIC's protocol: PXE or UEFI HTTP Boot
 
 
 def machine_type(arch: Arch, fw: Firmware) -> str:
@@ -160,6 +167,19 @@ def _nic(cfg: QemuConfig, bootindex: int | None) -> list[str]:
     ]  # fmt: skip
 
 
+def _net_boot(cfg: QemuConfig) -> list[str]:
+    """UEFI HTTP Boot: the firmware's PXE entries turned off through fw_cfg."""
+    if cfg.net_boot != "http" or cfg.tap is None or cfg.kernel is not None:
+        return []
+    fw = firmware(cfg.firmware)
+    if not fw.http_boot:
+        raise ValueError(f"{fw.label} firmware has no HTTP Boot")
+    out: list[str] = []
+    for name in fw.pxe_off_fw_cfg:
+        out += ["-fw_cfg", f"name={name},string=n"]
+    return out
+
+
 def _disk(cfg: QemuConfig, bootindex: int | None) -> list[str]:
     if cfg.disk is None:
         return []
@@ -221,6 +241,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         *_panic_device(cfg),
         *_boot_menu(cfg),
         *_nic(cfg, nic_index),
+        *_net_boot(cfg),
         *_ipxe_media(cfg, media_index),
         *_disk(cfg, disk_index),
         *_direct_kernel(cfg),

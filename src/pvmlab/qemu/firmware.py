@@ -18,10 +18,13 @@ for. Each skipped candidate is logged with the reason (``--debug``).
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import logging
+import lzma
 import os
-from collections.abc import Sequence
+import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,3 +161,48 @@ def find_uefi(
         f"install it: apt-get install {package} (Homebrew's qemu ships its own); "
         "`pvmlab --debug vm start` shows why each descriptor was skipped",
     )
+
+
+# --- what a firmware image contains --------------------------------------------------------------
+
+# EDK2's NetworkPkg/HttpBootDxe: its FFS file name (a GUID, stored little-endian). Firmware
+# volumes keep most drivers inside an LZMA-compressed section (GUID-defined section, EDK2's
+# LZMA GUID), so the name is looked for in the plain image and in each such section.
+HTTP_BOOT_DXE = uuid.UUID("ecebcb00-d9c8-11e4-af3d-8cdcd426c973").bytes_le
+_LZMA_SECTION = uuid.UUID("ee4e5898-3914-4259-9d6e-dc7bd79403cf").bytes_le
+_MAX_SECTION_OUTPUT = 256 * 1024 * 1024  # decompressed size cap per section
+
+
+def _lzma_sections(image: bytes) -> Iterator[bytes]:
+    """The decompressed contents of the image's LZMA GUID-defined sections. Each such section
+    header is size (3 bytes), type (1), the GUID (16), data offset (2), attributes (2); the data
+    is LZMA "alone" (properties, 8-byte size, stream)."""
+    at = image.find(_LZMA_SECTION)
+    while at >= 4:
+        offset = int.from_bytes(image[at + 16 : at + 18], "little")
+        start = at - 4 + offset
+        if offset >= 24 and start < len(image):
+            try:
+                data = lzma.LZMADecompressor(format=lzma.FORMAT_ALONE).decompress(
+                    image[start:], max_length=_MAX_SECTION_OUTPUT
+                )
+            except lzma.LZMAError:
+                data = b""  # the GUID's bytes appeared elsewhere: not a section
+            yield data
+        at = image.find(_LZMA_SECTION, at + 16)
+
+
+def has_http_boot(code: Path) -> bool:
+    """Whether a UEFI code image holds EDK2's HTTP Boot driver (OVMF/AAVMF built with
+    ``NETWORK_HTTP_BOOT_ENABLE``; Debian 12's builds have it). Remembered per file version for
+    the process (a lab file's `up` creates many machines)."""
+    st = code.stat()
+    return _has_http_boot(code, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=8)
+def _has_http_boot(code: Path, _mtime_ns: int, _size: int) -> bool:
+    image = code.read_bytes()
+    if HTTP_BOOT_DXE in image:
+        return True
+    return any(HTTP_BOOT_DXE in section for section in _lzma_sections(image))

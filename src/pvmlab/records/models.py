@@ -20,8 +20,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic import ValidationError as PydanticError
 
 from pvmlab.arch import DEFAULT_FIRMWARE as DEFAULT_FIRMWARE
+from pvmlab.arch import DEFAULT_NET_BOOT as DEFAULT_NET_BOOT
 from pvmlab.arch import Arch as Arch
 from pvmlab.arch import Firmware as Firmware
+from pvmlab.arch import NetBoot as NetBoot
 from pvmlab.errors import PvmlabError, ValidationError
 from pvmlab.records import validate
 
@@ -151,6 +153,7 @@ class VMSpec(Record):
     name: VMName
     arch: Arch
     firmware: Firmware = DEFAULT_FIRMWARE
+    net_boot: NetBoot = DEFAULT_NET_BOOT  # how its firmware fetches the first stage (pxe, http)
     mac: MAC
     ip: IPv4
     distro: DistroName | None = None

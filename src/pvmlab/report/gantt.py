@@ -20,6 +20,7 @@ _COLOURS: tuple[tuple[str, str], ...] = (
     ("vm-start", "#9aa5b1"),
     ("firmware", "#f0a35e"),
     ("tftp", "#e6c84f"),
+    ("http-first-stage", "#e6c84f"),  # the first stage, as tftp (UEFI HTTP Boot)
     ("ipxe", "#7fbf7f"),
     ("http", "#5aa9e6"),
     ("handover", "#b39ddb"),

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvmlab import arch
+from pvmlab import arch, bootpaths
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome, file_lock, write_atomic
 from pvmlab.network import lab as netlab
@@ -45,6 +45,13 @@ FIRST_STAGES: tuple[tuple[str, str], ...] = tuple(
 CLIENT_ARCH_TAGS: dict[int, str] = {
     code: stage.role for stage in arch.FIRST_STAGES for code in stage.client_arches
 }
+
+# UEFI HTTP Boot: (client-arch, its tag, the first stage's path on the HTTP server)
+HTTP_BOOT_STAGES: tuple[tuple[int, str, str], ...] = tuple(
+    (code, f"http-{stage.role}", bootpaths.first_stage_url_path(stage))
+    for code, stage in bootpaths.served_http_stages()
+)
+HTTP_VM_TAG = arch.HTTP_VM_TAG
 
 _IFNAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
 _UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f,#\"'\\]")
@@ -101,6 +108,7 @@ class Reservation:
     mac: str
     ip: str
     name: str
+    tags: tuple[str, ...] = ()  # dnsmasq tags the reservation sets (set:TAG)
 
 
 def reservations(lab: LabSpec, vms: Sequence[VMSpec]) -> list[Reservation]:
@@ -128,7 +136,8 @@ def reservations(lab: LabSpec, vms: Sequence[VMSpec]) -> list[Reservation]:
                 "give each VM its own IP",
             )
         seen_mac[mac], seen_ip[str(ip)] = name, name
-        out.append(Reservation(mac=mac, ip=str(ip), name=name))
+        tag = arch.net_boot(arch.parse_net_boot(str(vm.net_boot))).dnsmasq_tag
+        out.append(Reservation(mac=mac, ip=str(ip), name=name, tags=(tag,) if tag else ()))
     return out
 
 
@@ -163,7 +172,11 @@ def render_conf(
         client_arch_tags=sorted(CLIENT_ARCH_TAGS.items()),
         first_stages=FIRST_STAGES,
         boot_url=lab_endpoint(lab).boot_url,  # iPXE's DHCP boot file
-        no_http_boot_url=lab_endpoint(lab).url("/no-http-boot"),  # refused: HTTP Boot not served
+        http_vm_tag=HTTP_VM_TAG,
+        http_boot=[
+            (code, tag, lab_endpoint(lab).url(path)) for code, tag, path in HTTP_BOOT_STAGES
+        ],
+        no_http_boot_url=lab_endpoint(lab).url("/no-http-boot"),  # refused: not an HTTP VM
         tftp_root=_safe_path(home.tftp.absolute()),
         pid_file=_safe_path(pid_path(home).absolute()),
         log_file=_safe_path(log_path(home).absolute()),

@@ -16,14 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pvmlab import spawn
-from pvmlab.arch import check_pair
-from pvmlab.errors import ValidationError
+from pvmlab.arch import (
+    DEFAULT_NET_BOOT,
+    architecture,
+    check_net_boot,
+    check_pair,
+    parse_net_boot,
+)
+from pvmlab.errors import DependencyError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import store, validate
 from pvmlab.records.models import (
     DEFAULT_CPUS,
     DEFAULT_FIRMWARE,
     DEFAULT_MEMORY_MIB,
+    Arch,
     LabSpec,
     VMSpec,
 )
@@ -38,6 +45,7 @@ class CreateRequest:
     name: str
     arch: str
     firmware: str = DEFAULT_FIRMWARE
+    net_boot: str = DEFAULT_NET_BOOT
     mac: str | None = None
     ip: str | None = None
     distro: str | None = None
@@ -83,12 +91,37 @@ def allocate_ip(lab: LabSpec, taken: set[str]) -> ipaddress.IPv4Address:
     )
 
 
+def check_http_boot_firmware(arch: Arch) -> None:
+    """The UEFI firmware QEMU's descriptors give this architecture has the HTTP Boot driver."""
+    from pvmlab.qemu import firmware as firmware_mod
+
+    machine = architecture(arch).machine("uefi")
+    fw = firmware_mod.find_uefi(arch, machine)
+    try:
+        found = firmware_mod.has_http_boot(fw.code)
+    except OSError as exc:
+        raise DependencyError(
+            f"cannot read UEFI firmware {fw.code}: {exc.strerror}", "check the file's permissions"
+        ) from None
+    if not found:
+        raise DependencyError(
+            f"the UEFI firmware for {arch} ({fw.code}, from {fw.descriptor.name}) has no HTTP"
+            " Boot driver",
+            "use --net-boot pxe, or install an EDK2 build with NETWORK_HTTP_BOOT_ENABLE and a"
+            " QEMU firmware descriptor for it (/etc/qemu/firmware)",
+        )
+
+
 def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
     """All checks of ``vm create``; the lock must be held. Returns the VM to write."""
     name = validate.vm_name(req.name)
     arch = validate.arch(req.arch)
     firmware = validate.firmware(req.firmware)
     check_pair(arch, firmware)  # legacy BIOS exists only for x86_64
+    net_boot = parse_net_boot(req.net_boot)
+    check_net_boot(firmware, net_boot)  # HTTP Boot exists only in UEFI
+    if net_boot == "http":
+        check_http_boot_firmware(arch)
     memory = validate.memory_mib(req.memory_mib)
     cpus = validate.cpus(req.cpus)
     disk_bytes = validate.disk_size(req.disk_size) if req.disk_size is not None else None
@@ -127,6 +160,7 @@ def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
         name=name,
         arch=arch,
         firmware=firmware,
+        net_boot=net_boot,
         mac=mac,
         ip=str(addr),
         distro=distro,

@@ -130,6 +130,7 @@ def config_for(
         disk=disk if disk.exists() else None,
         interactive=interactive,
         ipxe_media=ipxe_media,
+        net_boot=vm.net_boot,
     )
 
 

@@ -1,0 +1,85 @@
+"""The boot path table (`pvmlab.bootpaths`): one row per client type, derived from the tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pvmlab import arch, bootpaths
+from pvmlab.errors import ValidationError
+
+
+def rows() -> dict[str, bootpaths.BootPath]:
+    return {r.client.label: r for r in bootpaths.boot_paths()}
+
+
+def test_every_client_type_once_and_no_impossible_ones() -> None:
+    labels = [r.client.label for r in bootpaths.boot_paths()]
+    assert len(labels) == len(set(labels)) == 18
+    assert "x86_64 legacy BIOS HTTP Boot IPv4" not in labels  # SeaBIOS has no HTTP Boot client
+    assert not [lb for lb in labels if "legacy BIOS Secure Boot" in lb]
+
+
+def test_served_rows_today() -> None:
+    served = sorted(lb for lb, r in rows().items() if r.served)
+    assert served == [
+        "aarch64 UEFI HTTP Boot IPv4",
+        "aarch64 UEFI PXE IPv4",
+        "x86_64 UEFI HTTP Boot IPv4",
+        "x86_64 UEFI PXE IPv4",
+        "x86_64 legacy BIOS PXE IPv4",
+    ]
+
+
+def test_http_boot_rows() -> None:
+    r = rows()["aarch64 UEFI HTTP Boot IPv4"]
+    assert r.client_arches == (19,)
+    assert r.vendor_class == "HTTPClient"
+    assert r.transport == "http"
+    assert r.location("http://192.168.105.1") == "http://192.168.105.1/tftp/ipxe-arm64.efi"
+    assert r.proven_by == "tests/integration/test_boot_http.py"
+    x = rows()["x86_64 UEFI HTTP Boot IPv4"]
+    assert x.client_arches == (16,)
+    assert x.location(None) == "/tftp/ipxe-x86_64.efi"
+
+
+def test_pxe_row_is_a_tftp_name() -> None:
+    r = rows()["x86_64 UEFI PXE IPv4"]
+    assert (r.client_arches, r.vendor_class, r.transport) == ((7, 9), "PXEClient", "tftp")
+    assert r.location("http://192.168.105.1") == "ipxe-x86_64.efi"
+
+
+def test_unserved_rows_say_why() -> None:
+    v6 = rows()["x86_64 UEFI HTTP Boot IPv6"]
+    assert not v6.served and v6.reason == "no IPv6 DHCP in the lab yet"
+    sb = rows()["aarch64 UEFI Secure Boot PXE IPv4"]
+    assert not sb.served and sb.first_stage is None
+    assert sb.reason == "no signed shim in the lab yet"
+    assert sb.location("http://h") is None
+
+
+def test_as_dict_reports_the_file_in_the_lab(tmp_path: Path) -> None:
+    (tmp_path / "ipxe-arm64.efi").write_bytes(b"MZ")
+    d = rows()["aarch64 UEFI HTTP Boot IPv4"].as_dict("http://10.0.0.1", tmp_path)
+    assert d["file"] == str(tmp_path / "ipxe-arm64.efi") and d["present"] is True
+    assert d["location"] == "http://10.0.0.1/tftp/ipxe-arm64.efi"
+    missing = rows()["x86_64 UEFI HTTP Boot IPv4"].as_dict("http://10.0.0.1", tmp_path)
+    assert missing["present"] is False
+
+
+def test_served_http_stages_feed_dnsmasq() -> None:
+    assert [(code, s.tftp_name) for code, s in bootpaths.served_http_stages()] == [
+        (16, "ipxe-x86_64.efi"),
+        (19, "ipxe-arm64.efi"),
+    ]
+
+
+def test_net_boot_table() -> None:
+    assert arch.parse_net_boot("http") == "http"
+    with pytest.raises(ValidationError, match="unknown network boot 'tftp'"):
+        arch.parse_net_boot("tftp")
+    arch.check_net_boot("uefi", "http")
+    with pytest.raises(ValidationError) as exc:
+        arch.check_net_boot("bios", "http")
+    assert exc.value.problem == "HTTP Boot needs UEFI firmware, not legacy BIOS"
