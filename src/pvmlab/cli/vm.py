@@ -114,6 +114,14 @@ def vm() -> None:
     "--ip",
     help="Reserved IPv4 address (default: the lowest free one below the DHCP dynamic range).",
 )
+@click.option(
+    "--ipv6",
+    metavar="ADDR",
+    help=(
+        "Reserved IPv6 address in the lab's /64 (labs made with `provisioner create --ipv6`; "
+        "default: the lowest free one below the DHCPv6 dynamic range, PREFIX::1000)."
+    ),
+)
 @click.option("--distro", help="Distro to network-boot (see `pvmlab distro ls`).")
 @click.option("--cmdline", help="Extra kernel command line for this VM.")
 @click.option(
@@ -131,6 +139,7 @@ def create_cmd(
     firmware: str,
     mac: str | None,
     ip: str | None,
+    ipv6: str | None,
     distro: str | None,
     cmdline: str | None,
     memory: int,
@@ -153,6 +162,7 @@ def create_cmd(
         firmware=firmware,
         mac=mac,
         ip=ip,
+        ipv6=ipv6,
         distro=distro,
         cmdline=cmdline,
         memory_mib=memory,
@@ -165,7 +175,9 @@ def create_cmd(
         emit_json(spec.model_dump(mode="json"))
     else:
         _say(
-            f"created VM {spec.name}: {spec.arch} {spec.firmware}, MAC {spec.mac}, IP {spec.ip}"
+            f"created VM {spec.name}: {spec.arch} {spec.firmware}, MAC {spec.mac}"
+            + (f", IP {spec.ip}" if spec.ip else "")
+            + (f", IPv6 {spec.ipv6}" if spec.ipv6 else "")
             + (f", distro {spec.distro}" if spec.distro else "")
             + (f", unattended install ({spec.install})" if spec.install else "")
         )
@@ -414,7 +426,7 @@ def _explain_failure(name: str) -> None:
     except PvmlabError as exc:  # the record was damaged meanwhile: no addresses to look for
         _err(f"no stack view: {exc}")
         return
-    for line in stacklog.stack_view(h, spec.mac, spec.ip).summary_lines():
+    for line in stacklog.stack_view(h, spec.mac, spec.address).summary_lines():
         _err(line)
 
 
@@ -444,8 +456,8 @@ def stop_cmd(name: str, force: bool, timeout: float) -> None:
         _say(f"stopped VM {name} ({how})")
 
 
-COLUMNS = ["name", "arch", "firmware", "boot", "mac", "ip", "distro", "state", "accel", "pid",
-           "install"]
+COLUMNS = ["name", "arch", "firmware", "boot", "mac", "ip", "ipv6", "distro", "state", "accel",
+           "pid", "install"]
 
 
 def _rows() -> list[dict[str, Any]]:
@@ -469,6 +481,7 @@ def _rows() -> list[dict[str, Any]]:
             "boot": rt.boot if rt else "pxe",
             "mac": spec.mac,
             "ip": spec.ip,
+            "ipv6": spec.ipv6,
             "distro": spec.distro,
             "state": run_state,
             "accel": rt.accel if rt else None,
@@ -508,8 +521,10 @@ def list_cmd(as_json: bool) -> None:
     if not rows:
         _say("no VMs (create one with `pvmlab vm create NAME`)")
         return
-    cells = [[c.upper() for c in COLUMNS]] + [[str(r[c] or "-") for c in COLUMNS] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    # the IPv6 column only where some VM has an IPv6 address (labs with `--ipv6`)
+    columns = [c for c in COLUMNS if c != "ipv6" or any(r.get("ipv6") for r in rows)]
+    cells = [[c.upper() for c in columns]] + [[str(r[c] or "-") for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     for row in cells:  # plain aligned columns: readable, and never wrapped in a pipe
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     for r in rows:

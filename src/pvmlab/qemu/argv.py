@@ -62,6 +62,7 @@ class QemuConfig:
     initrd: Path | None = None
     append: str | None = None
     ipxe_media: Path | None = None  # boot="ipxe": directory with EFI/BOOT/BOOT*.EFI (vvfat)
+    pxe_ipv4: bool = True  # False (IPv6-only lab): the UEFI firmware skips its PXE over IPv4
 
 
 def machine_type(arch: Arch, fw: Firmware) -> str:
@@ -146,6 +147,15 @@ def _panic_device(cfg: QemuConfig) -> list[str]:
     return ["-device", architecture(cfg.arch).panic_device, "-action", "panic=pause"]
 
 
+def _pxe_families(cfg: QemuConfig) -> list[str]:
+    """In an IPv6-only lab, EDK2's PXE over IPv4 (its first network boot entry) would wait out
+    its DHCP retries (4+8+16+32 s) before PXE over IPv6 is tried. OVMF's documented runtime
+    switch ``opt/org.tianocore/IPv4PXESupport`` (OvmfPkg/RUNTIME_CONFIG.md) turns it off."""
+    if cfg.pxe_ipv4 or not firmware(cfg.firmware).pflash or cfg.tap is None:
+        return []
+    return ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"]
+
+
 def _nic(cfg: QemuConfig, bootindex: int | None) -> list[str]:
     if cfg.tap is None:
         return []
@@ -220,6 +230,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         *_rng(cfg),
         *_panic_device(cfg),
         *_boot_menu(cfg),
+        *_pxe_families(cfg),
         *_nic(cfg, nic_index),
         *_ipxe_media(cfg, media_index),
         *_disk(cfg, disk_index),

@@ -485,7 +485,7 @@ def peer_problem(vm: VMSpec, peer: str | None, neighbours: dict[str, str]) -> st
         return f"the peer address {peer!r} is not an IP address"
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    if str(addr) != vm.ip:
+    if str(addr) not in (vm.ip, vm.ipv6):
         return f"{addr} is not the address of VM {vm.name}"
     mac = neighbours.get(str(addr))
     if mac is not None and mac != vm.mac:

@@ -130,6 +130,7 @@ def config_for(
         disk=disk if disk.exists() else None,
         interactive=interactive,
         ipxe_media=ipxe_media,
+        pxe_ipv4=vm.ip is not None,  # None: an IPv6-only lab
     )
 
 
