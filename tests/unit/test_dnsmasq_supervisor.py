@@ -131,8 +131,7 @@ def test_status_names_a_damaged_record_and_keeps_the_others(tmp_path: Path) -> N
                                ip="10.44.0.11"))
     home.vm_file("broken").write_text('{"name": "broken", "ar')
     st = control.stack_status(home)
-    assert st["reservations"] == [{"name": "good", "mac": "0e:00:00:00:44:01", "ip": "10.44.0.11",
-                                 "ipv6": None}]
+    assert st["reservations"] == [{"name": "good", "mac": "0e:00:00:00:44:01", "ip": "10.44.0.11"}]
     [damaged] = st["damaged_records"]
     assert damaged["name"] == "broken" and damaged["path"] == str(home.vm_file("broken"))
     assert "vm clean broken" in damaged["hint"]

@@ -110,7 +110,7 @@ def test_ipv6_only_conf_serves_dhcpv6_and_pxe_over_ipv6(home: LabHome) -> None:
     conf = dnsmasq.render_conf(home, ONLY6, bridge="pvbrtest")
     assert lines(conf, "dhcp-range") == ["fd00:105::1000,fd00:105::1fff,64,12h"]
     assert "enable-ra" in conf.splitlines()
-    assert lines(conf, "ra-param") == ["pvbrtest,10,0"]
+    assert lines(conf, "ra-param") == ["pvbrtest,10,600"]  # EDK2 waits 10 s for a gateway
     assert lines(conf, "dhcp-match") == [
         "set:efi-x86_64,option6:61,00:07",
         "set:efi-x86_64,option6:61,00:09",
@@ -301,3 +301,62 @@ def test_dhcpv6_transactions_are_found_by_the_mac_dnsmasq_learnt() -> None:
         "DHCPREPLY", "0e:38:96:66:74:68", "00:01:00:01:31:e7:14:bf:0e:38:96:66:74:68", "v6efi")
     tftp = dnsmasqlog.tftp_events_for(events, ["fd00:6e57:1ab::150f"])
     assert [(e.outcome, e.file) for e in tftp] == [("other", ""), ("sent", "ipxe-x86_64.efi")]
+
+
+# --- the HTTP server on both families -------------------------------------------------------
+
+
+def _free_port_on_both() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s6:
+        s6.bind(("::1", 0))
+        port = int(s6.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s4:
+            s4.bind(("127.0.0.1", port))
+    return port
+
+
+def _get(host: str, port: int, path: str) -> tuple[int, str]:
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=30)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read().decode()
+    finally:
+        conn.close()
+
+
+def test_a_dual_stack_server_answers_each_family_with_its_own_urls(home: LabHome) -> None:
+    import asyncio
+    import socket
+    import threading
+
+    from pvmlab.stack import http as pvhttp
+    from pvmlab.stack.endpoint import HttpEndpoint
+
+    try:
+        port = _free_port_on_both()
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    endpoint = HttpEndpoint("127.0.0.1", port, "127.0.0.1", also_listen=("::1",))
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    running = asyncio.run_coroutine_threadsafe(
+        pvhttp.start_http(home, DUAL, endpoint), loop).result(30)  # fmt: skip
+    try:
+        families = {s.family for s in running.listener.sockets}
+        assert families == {socket.AF_INET, socket.AF_INET6}
+        status4, script4 = _get("127.0.0.1", port, "/boot.ipxe")
+        status6, script6 = _get("::1", port, "/boot.ipxe")
+        assert (status4, status6) == (200, 200)
+        assert f"chain http://127.0.0.1:{port}/ipxe?" in script4
+        assert f"chain http://[::1]:{port}/ipxe?" in script6
+    finally:
+        asyncio.run_coroutine_threadsafe(running.cleanup(), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()

@@ -564,8 +564,9 @@ def stack_status(home: LabHome) -> dict[str, Any]:
         "running_vms": [{"name": n, "pid": p} for n, p in sorted(health.vms.items())],
         "tftp_root": str(home.tftp),
         "leases": [lease.as_dict() for lease in dnsmasq.read_leases(home)],
-        "reservations": [
-            {"name": v.name, "mac": v.mac, "ip": v.ip, "ipv6": v.ipv6} for v in vms
+        "reservations": [  # "ipv6" only for the VMs of a lab with an IPv6 prefix
+            {"name": v.name, "mac": v.mac, "ip": v.ip, **({"ipv6": v.ipv6} if v.ipv6 else {})}
+            for v in vms
         ],
         "damaged_records": [
             {"name": d.name, "path": str(d.path), "problem": d.problem, "hint": d.hint}
