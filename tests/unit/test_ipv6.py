@@ -360,3 +360,32 @@ def test_a_dual_stack_server_answers_each_family_with_its_own_urls(home: LabHome
         loop.call_soon_threadsafe(loop.stop)
         thread.join(30)
         loop.close()
+
+
+def test_provisioner_configure_moves_or_removes_ipv6(tmp_path: Path) -> None:
+    h = tmp_path / "h"
+    run_pvmlab("provisioner", "create", home=h)
+    run_pvmlab("vm", "create", "a", "--arch", "x86_64", home=h)
+    out = run_pvmlab("provisioner", "configure", "--ipv6", "fd00:200::/64", "--json", home=h)
+    assert json.loads(out.stdout)["ipv6"] == "fd00:200::1/64"
+    [vm] = json.loads(run_pvmlab("vm", "list", "--json", home=h).stdout)
+    assert (vm["ip"], vm["ipv6"]) == ("192.168.105.2", "fd00:200::2")  # a reservation each
+    run_pvmlab("provisioner", "configure", "--ipv6", "fd00:300::/64", home=h)
+    [vm] = json.loads(run_pvmlab("vm", "list", "--json", home=h).stdout)
+    assert vm["ipv6"] == "fd00:300::2"
+    bad = run_pvmlab("provisioner", "configure", "--ipv6", "fd00:300::1fff/64", home=h,
+                     check=False)  # fmt: skip
+    assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1
+    assert "inside the DHCPv6 dynamic range" in bad.stderr
+    run_pvmlab("provisioner", "configure", "--no-ipv6", home=h)
+    [vm] = json.loads(run_pvmlab("vm", "list", "--json", home=h).stdout)
+    assert vm["ipv6"] is None
+    assert json.loads((h / "lab.json").read_text())["ipv6"] is None
+
+
+def test_an_ipv6_only_lab_keeps_its_ipv6(tmp_path: Path) -> None:
+    h = tmp_path / "h"
+    run_pvmlab("provisioner", "create", "--ipv6", "fd00:105::/64", "--no-ipv4", home=h)
+    proc = run_pvmlab("provisioner", "configure", "--no-ipv6", home=h, check=False)
+    assert proc.returncode != 0 and "would have no address" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

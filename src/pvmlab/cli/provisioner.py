@@ -161,20 +161,50 @@ def create(
     default=None,
     help="Give the targets outbound access, or take it away (see `provisioner create`).",
 )
+@click.option(
+    "--ipv6",
+    "ipv6",
+    metavar="PREFIX/64",
+    help=(
+        "Give the lab this IPv6 /64 (as `provisioner create --ipv6`), or move it to another; "
+        "each VM gets a reservation in it. The lab must be stopped."
+    ),
+)
+@click.option(
+    "--no-ipv6",
+    "no_ipv6",
+    is_flag=True,
+    help="Take IPv6 away from a dual-stack lab (and the VMs' IPv6 reservations).",
+)
 @json_option
-def configure(uplink: bool | None, as_json: bool) -> None:
-    """Change settings of the defined lab (today: its uplink); a running lab applies them at
-    its next start (`provisioner stop` + `start`)."""
+def configure(uplink: bool | None, ipv6: str | None, no_ipv6: bool, as_json: bool) -> None:
+    """Change settings of the defined lab (its uplink, its IPv6 prefix); a running lab applies
+    the uplink at its next start (`provisioner stop` + `start`)."""
+    from pvmlab.errors import ValidationError
     from pvmlab.records import store
     from pvmlab.stack import control
 
     h = home()
     h.require()
+    if ipv6 is not None and no_ipv6:
+        raise ValidationError("--ipv6 and --no-ipv6 contradict each other", "give one of them")
+    change_ipv6 = ipv6 is not None or no_ipv6
+    if change_ipv6 and control.is_stack_running(h):
+        raise StateError(
+            "the lab is running: its IPv6 prefix can only change while it is stopped",
+            "`pvmlab provisioner stop`, configure, then `pvmlab provisioner start`",
+        )
+    iface6 = validate.ipv6_interface(ipv6) if ipv6 is not None else None
     with h.locked():
         lab = store.load_lab(h)
-        if uplink and not lab.has_ipv4:
-            from pvmlab.errors import ValidationError
+        if change_ipv6:
+            from pvmlab.vm.define import set_lab_ipv6
 
+            lab, changed = set_lab_ipv6(h, lab, str(iface6) if iface6 is not None else None)
+            store.save_lab(h, lab)
+            for vm in changed:
+                store.save_vm(h, vm)
+        if uplink and not lab.has_ipv4:
             raise ValidationError(
                 "the uplink needs IPv4 (its NAT is IPv4), and this lab is IPv6-only",
                 "define a dual-stack lab (`provisioner create --ipv6 PREFIX/64`) for an uplink",
@@ -186,7 +216,8 @@ def configure(uplink: bool | None, as_json: bool) -> None:
     if as_json:
         emit_json({"home": str(h.root), **lab.model_dump(mode="json"), "running": running})
         return
-    click.echo(f"lab in {h.root}: uplink {'on' if lab.uplink else 'off'}")
+    click.echo(f"lab in {h.root}: uplink {'on' if lab.uplink else 'off'}"
+               + (f", ipv6 {lab.ipv6 or 'none'}" if change_ipv6 else ""))
     if running:
         click.echo("the lab is running: `pvmlab provisioner stop && pvmlab provisioner start` "
                    "applies it")

@@ -15,6 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError as PydanticError
+
 from pvmlab import spawn
 from pvmlab.arch import check_pair
 from pvmlab.errors import ValidationError
@@ -26,6 +28,7 @@ from pvmlab.records.models import (
     DEFAULT_MEMORY_MIB,
     LabSpec,
     VMSpec,
+    first_problem,
 )
 from pvmlab.stack import installcfg
 from pvmlab.stack.endpoint import lab_endpoint
@@ -115,6 +118,42 @@ def allocate_ipv6(lab: LabSpec, taken: set[str]) -> ipaddress.IPv6Address:
         f"no free IPv6 address left below the DHCPv6 dynamic range {start}",
         "remove a VM (`pvmlab vm clean NAME`) or give its address with --ipv6",
     )
+
+
+def set_lab_ipv6(home: LabHome, lab: LabSpec, ipv6: str | None) -> tuple[LabSpec, list[VMSpec]]:
+    """Give a defined lab an IPv6 prefix (``ipv6``: its address, from
+    ``validate.ipv6_interface``), or take it away (None); the lock must be held. Each VM gets a
+    reservation in the new prefix (the lowest free one) or loses its own. Returns the lab and the
+    VMs whose record changed; nothing is written when a check fails."""
+    if ipv6 is None and not lab.has_ipv4:
+        raise ValidationError(
+            "this lab is IPv6-only: without IPv6 it would have no address",
+            "keep its IPv6 prefix, or define a new lab",
+        )
+    try:
+        new_lab = LabSpec.model_validate({**lab.model_dump(), "ipv6": ipv6})
+    except PydanticError as exc:
+        raise ValidationError(
+            f"cannot give the lab IPv6 {ipv6}: {first_problem(exc)}",
+            "give the prefix alone (the provisioner takes ::1) or an address below ::1000",
+        ) from None
+    vms, damaged = store.scan_vms(home)
+    if damaged:
+        raise ValidationError(
+            f"VM record {damaged[0].path} cannot be read, so its IPv6 address cannot be changed",
+            damaged[0].hint,
+        )
+    changed: list[VMSpec] = []
+    taken: set[str] = set()
+    for vm in sorted(vms, key=lambda v: v.name):
+        if ipv6 is None:
+            update: str | None = None
+        else:
+            update = str(allocate_ipv6(new_lab, taken))
+            taken.add(update)
+        if update != vm.ipv6:
+            changed.append(vm.model_copy(update={"ipv6": update}))
+    return new_lab, changed
 
 
 def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
