@@ -115,15 +115,27 @@ def test_ipv6_only_conf_serves_dhcpv6_and_pxe_over_ipv6(home: LabHome) -> None:
         "set:efi-x86_64,option6:61,00:07",
         "set:efi-x86_64,option6:61,00:09",
         "set:efi-arm64,option6:61,00:0b",
+        "set:httpboot6-efi-x86_64,option6:61,00:10",  # UEFI HTTP Boot
+        "set:httpboot6-efi-arm64,option6:61,00:13",
     ]
     assert lines(conf, "dhcp-option") == [
         "tag:!ipxe,tag:efi-x86_64,option6:bootfile-url,tftp://[fd00:105::1]/ipxe-x86_64.efi",
         "tag:!ipxe,tag:efi-arm64,option6:bootfile-url,tftp://[fd00:105::1]/ipxe-arm64.efi",
         "tag:ipxe,option6:bootfile-url,http://[fd00:105::1]/boot.ipxe",
+        "tag:!ipxe,tag:httpboot6-efi-x86_64,option6:bootfile-url,"
+        "http://[fd00:105::1]/tftp/ipxe-x86_64.efi",
+        "tag:!ipxe,tag:httpboot6-efi-arm64,option6:bootfile-url,"
+        "http://[fd00:105::1]/tftp/ipxe-arm64.efi",
+    ]
+    # HTTP Boot offers carry vendor class 16: enterprise 343, length 10, "HTTPClient"
+    http_client = "00:00:01:57:00:0a:" + ":".join(f"{b:02x}" for b in b"HTTPClient")
+    assert lines(conf, "dhcp-option-force") == [
+        f"tag:!ipxe,tag:httpboot6-efi-x86_64,option6:16,{http_client}",
+        f"tag:!ipxe,tag:httpboot6-efi-arm64,option6:16,{http_client}",
     ]
     assert lines(conf, "dhcp-userclass") == ["set:ipxe,iPXE"]
     # nothing of IPv4: no DHCPv4 range, router, first stages by dhcp-boot
-    assert lines(conf, "dhcp-boot") == [] and lines(conf, "dhcp-option-force") == []
+    assert lines(conf, "dhcp-boot") == []
     assert lines(conf, "dhcp-hostsfile") == [str(home.dhcp_hosts.absolute())]
 
 
@@ -134,8 +146,11 @@ def test_dual_stack_conf_keeps_the_ipv4_lines(home: LabHome) -> None:
         "192.168.105.100,192.168.105.199,255.255.255.0,12h",
         "fd00:105::1000,fd00:105::1fff,64,12h",
     ]
-    for key in ("dhcp-boot", "dhcp-option-force", "dhcp-userclass", "dhcp-vendorclass"):
+    for key in ("dhcp-boot", "dhcp-userclass", "dhcp-vendorclass"):
         assert lines(dual, key) == lines(v4, key), key
+    v6_only = [ln for ln in lines(dual, "dhcp-option-force") if "option6:" in ln]
+    assert [ln for ln in lines(dual, "dhcp-option-force") if ln not in v6_only] == lines(
+        v4, "dhcp-option-force")
     assert "dhcp-boot=tag:ipxe,http://192.168.105.1/boot.ipxe,,192.168.105.1" in dual.splitlines()
     assert (
         "dhcp-option=tag:ipxe,option6:bootfile-url,http://[fd00:105::1]/boot.ipxe"

@@ -103,6 +103,21 @@ def _client_arch6(code: int) -> str:
     return f"{code >> 8:02x}:{code & 0xFF:02x}"
 
 
+# UEFI HTTP Boot's client architectures (RFC 5970 / IANA "Processor Architecture Types": 16
+# x64 UEFI HTTP, 19 arm64 UEFI HTTP) -> the first stage they are given over HTTP. To move into
+# pvmlab.arch's first-stage table with the HTTP Boot work (IPv4), which needs the same codes.
+HTTP_BOOT_CLIENT_ARCHES: tuple[tuple[int, arch.FirstStage], ...] = (
+    (16, arch.EFI_X86_64),
+    (19, arch.EFI_ARM64),
+)
+# DHCPv6 vendor class (option 16) of an HTTP Boot answer: enterprise 343 (EDK2's), then the
+# length-prefixed "HTTPClient"; EDK2 takes only offers whose vendor class starts so
+HTTP_CLIENT_VENDOR_CLASS6 = ":".join(
+    f"{b:02x}" for b in (343).to_bytes(4, "big") + len(b"HTTPClient").to_bytes(2, "big")
+    + b"HTTPClient"
+)
+
+
 def _ipv6_values(lab: LabSpec) -> dict[str, object] | None:
     """The template's IPv6 block: address, DHCPv6 range, PXE-over-IPv6 first stages by URL."""
     if lab.ipv6 is None:
@@ -122,6 +137,16 @@ def _ipv6_values(lab: LabSpec) -> dict[str, object] | None:
         ],
         "first_stages": [(stage.role, f"tftp://{tftp_host}/{stage.tftp_name}") for stage in efi],
         "boot_url": endpoint.boot_url,
+        # (dnsmasq tag, option 61 value, the first stage's URL on the HTTP server)
+        "http_boot": [
+            (
+                f"httpboot6-{stage.role}",
+                _client_arch6(code),
+                endpoint.url(f"/tftp/{stage.tftp_name}"),
+            )
+            for code, stage in HTTP_BOOT_CLIENT_ARCHES
+        ],
+        "http_client_vendor_class": HTTP_CLIENT_VENDOR_CLASS6,
     }
 
 
