@@ -79,6 +79,15 @@ def test_x86_uefi_pxe_over_ipv6_in_an_ipv6_only_lab(
             assert (want, 200) in paths, paths
         console = (home / "logs" / "v6efi.log").read_text(errors="replace")
         assert re.search(rf"{MARKER} .*pvmlab\.test=1", console), console[-2000:]
+        # the timeline reads the DHCPv6 lines: each phase of the chain, with the IPv6 addresses
+        tl = json.loads(run_pvmlab("vm", "timeline", "v6efi", "--json", home=home).stdout)
+        phases = {p["name"]: p for p in tl["phases"]}
+        for name in ("firmware-dhcp", "tftp", "ipxe-dhcp", "http-script", "http-kernel",
+                     "http-initrd", "ready"):  # fmt: skip
+            assert name in phases, tl["phases"]
+        assert phases["firmware-dhcp"]["ip"] in replied
+        assert phases["tftp"]["file"] == "ipxe-x86_64.efi"
+        assert phases["ipxe-dhcp"]["ip"] == FIRST_VM
         # `vm list` shows the IPv6 address (and no IPv4 one)
         [row] = json.loads(run_pvmlab("vm", "list", "--json", home=home).stdout)
         assert (row["ip"], row["ipv6"], row["state"]) == (None, FIRST_VM, "stopped")

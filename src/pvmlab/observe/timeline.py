@@ -253,8 +253,11 @@ def _rate(nbytes: int | None, seconds: float | None) -> float | None:
 
 def _firmware_dhcp(records: BootRecords) -> DhcpTransaction | None:
     firmware = [tx for tx in records.dhcp if not tx.is_ipxe]
-    # EDK2's IPv6 stack asks DHCPv6 before its PXE does: the PXE one is the one given a file
-    return next((tx for tx in firmware if tx.bootfile), firmware[0] if firmware else None)
+    # EDK2's IPv6 stack asks DHCPv6 before its PXE does: the PXE one is the one given a file,
+    # and DHCPv6 logs its SOLICIT/ADVERTISE and REQUEST/REPLY as two transactions
+    given = [tx for tx in firmware if tx.bootfile]
+    fallback = given[0] if given else firmware[0] if firmware else None
+    return next((tx for tx in given if tx.acked_ip), fallback)
 
 
 def _ipxe_dhcp(records: BootRecords) -> DhcpTransaction | None:
