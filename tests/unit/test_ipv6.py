@@ -404,3 +404,18 @@ def test_an_ipv6_only_lab_keeps_its_ipv6(tmp_path: Path) -> None:
     proc = run_pvmlab("provisioner", "configure", "--no-ipv6", home=h, check=False)
     assert proc.returncode != 0 and "would have no address" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_unattended_installs_need_the_ipv4_network(home: LabHome, tmp_path: Path) -> None:
+    from pvmlab.records.models import DistroAssets
+
+    store.save_lab(home, ONLY6)
+    store.save_distro(home, DistroAssets(name="tiny", arch="x86_64", kernel_sha256="0" * 64,
+                                         initrd_sha256="0" * 64, kernel_size=1, initrd_size=1))
+    template = tmp_path / "preseed.cfg"
+    template.write_text("d-i debian-installer/locale string en_US\n")
+    req = CreateRequest(name="u1", arch="x86_64", distro="tiny", disk_size="1G",
+                        install="preseed", install_template=template)  # fmt: skip
+    with pytest.raises(ValidationError, match="unattended installs need the lab's IPv4 network"):
+        create(home, req)
+    assert not home.vm_file("u1").exists()
