@@ -36,8 +36,9 @@ def qemu_pids(home: Path) -> list[int]:
 
 
 @contextlib.contextmanager
-def vm_lab(tmp_path: Path, assets: dict[str, BootAssets]) -> Iterator[Path]:
-    """A running lab with the fixture kernels imported as distro ``tiny``; VMs cleaned after."""
+def vm_lab(tmp_path: Path, assets: dict[str, BootAssets], *create_args: str) -> Iterator[Path]:
+    """A running lab with the fixture kernels imported as distro ``tiny``; VMs cleaned after.
+    ``create_args`` go to ``provisioner create`` (e.g. ``--ipv6 PREFIX/64 --no-ipv4``)."""
     home = (tmp_path / "home").absolute()
 
     def clean() -> list[str]:
@@ -47,7 +48,7 @@ def vm_lab(tmp_path: Path, assets: dict[str, BootAssets]) -> Iterator[Path]:
             kill_pid(pid)
         return [f"QEMU processes left after `pvmlab clean`: {left}"] if left else []
 
-    with running_lab(home), checked_cleanup(clean):
+    with running_lab(home, *create_args), checked_cleanup(clean):
         for arch, a in assets.items():
             run_pvmlab(
                 "distro", "import", "tiny", "--arch", arch,

@@ -46,8 +46,10 @@ def table(
             t.add_column(c, no_wrap=True)
         else:
             t.add_column(c, overflow="fold")
-    for r in rows:
-        t.add_row(*r)
+    from rich.text import Text
+
+    for r in rows:  # cells are data, never rich markup: "http://[fd00::1]/" must stay whole
+        t.add_row(*(Text(cell) for cell in r))
     console.print(t)
 
 

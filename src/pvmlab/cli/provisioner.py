@@ -25,14 +25,37 @@ def provisioner() -> None:
     """
 
 
+DEFAULT_ADDRESS = "192.168.105.1/24"
+
+
+def _addresses(st: dict[str, Any]) -> str:
+    """The lab's addresses as status lines name them: ``IPv4/N``, ``IPv6/64`` or both."""
+    return " and ".join(a for a in (st.get("address"), st.get("ipv6")) if a) or "-"
+
+
 @provisioner.command()
 @click.option(
     "--ip",
     "address",
-    default="192.168.105.1/24",
-    show_default=True,
+    default=None,
     metavar="CIDR",
-    help="The provisioner's address and the lab subnet.",
+    help=f"The provisioner's IPv4 address and the lab subnet [default: {DEFAULT_ADDRESS}].",
+)
+@click.option(
+    "--ipv6",
+    "ipv6",
+    metavar="PREFIX/64",
+    help=(
+        "Also serve IPv6 on this /64 (dual stack): router advertisements, DHCPv6 with a "
+        "reservation per VM, PXE over IPv6. The provisioner takes PREFIX::1, or the address "
+        "given (ADDRESS/64)."
+    ),
+)
+@click.option(
+    "--no-ipv4",
+    "no_ipv4",
+    is_flag=True,
+    help="An IPv6-only lab (needs --ipv6): no IPv4 address, no DHCPv4.",
 )
 @click.option(
     "--dhcp-range",
@@ -51,16 +74,57 @@ def provisioner() -> None:
     ),
 )
 @json_option
-def create(address: str, dhcp_range: str | None, uplink: bool, as_json: bool) -> None:
-    """Record the lab network (address, subnet, dynamic DHCP range, uplink) in the lab home."""
+def create(
+    address: str | None,
+    ipv6: str | None,
+    no_ipv4: bool,
+    dhcp_range: str | None,
+    uplink: bool,
+    as_json: bool,
+) -> None:
+    """Record the lab network (addresses, subnet, dynamic DHCP range, uplink) in the lab home.
+
+    IPv4 by default; --ipv6 PREFIX/64 adds IPv6 (dual stack), --no-ipv4 with it makes the lab
+    IPv6-only.
+    """
+    from pvmlab.errors import ValidationError
     from pvmlab.records import store
     from pvmlab.records.models import LabSpec
 
-    iface = validate.ipv4_interface(address)
-    if dhcp_range is None:
-        start, end = validate.default_dhcp_range(iface)
+    iface6 = validate.ipv6_interface(ipv6) if ipv6 is not None else None
+    if iface6 is not None:
+        start6, end6 = validate.ipv6_dynamic_range(iface6.network)
+        if start6 <= iface6.ip <= end6:
+            raise ValidationError(
+                f"the provisioner's IPv6 address {iface6.ip} is inside the DHCPv6 dynamic "
+                f"range {start6}-{end6}",
+                "give the prefix alone (the provisioner takes ::1) or an address below ::1000",
+            )
+    v4: dict[str, str | None] = {"address": None, "dhcp_start": None, "dhcp_end": None}
+    if no_ipv4:
+        if iface6 is None:
+            raise ValidationError(
+                "--no-ipv4 leaves the lab without any address",
+                "give its IPv6 prefix too: --no-ipv4 --ipv6 PREFIX/64",
+            )
+        for given, option in ((address, "--ip"), (dhcp_range, "--dhcp-range")):
+            if given is not None:
+                raise ValidationError(
+                    f"{option} is IPv4, but --no-ipv4 makes the lab IPv6-only",
+                    f"drop {option} or --no-ipv4",
+                )
+        if uplink:
+            raise ValidationError(
+                "the uplink needs IPv4 (its NAT is IPv4), but --no-ipv4 makes the lab IPv6-only",
+                "drop --uplink or --no-ipv4",
+            )
     else:
-        start, end = validate.dhcp_range(dhcp_range, iface)
+        iface = validate.ipv4_interface(address if address is not None else DEFAULT_ADDRESS)
+        if dhcp_range is None:
+            start, end = validate.default_dhcp_range(iface)
+        else:
+            start, end = validate.dhcp_range(dhcp_range, iface)
+        v4 = {"address": str(iface), "dhcp_start": str(start), "dhcp_end": str(end)}
     h = home()
     already = StateError(
         f"a lab is already defined in {h.root}",
@@ -74,15 +138,18 @@ def create(address: str, dhcp_range: str | None, uplink: bool, as_json: bool) ->
         if h.lab_file.exists():  # created meanwhile by another `provisioner create`
             raise already
         lab = LabSpec(
-            address=str(iface), dhcp_start=str(start), dhcp_end=str(end), uplink=uplink
+            address=v4["address"], dhcp_start=v4["dhcp_start"], dhcp_end=v4["dhcp_end"],
+            ipv6=str(iface6) if iface6 is not None else None, uplink=uplink,
         )
         store.save_lab(h, lab)
     if as_json:
         emit_json({"home": str(h.root), **lab.model_dump(mode="json")})
     else:
         click.echo(
-            f"lab defined in {h.root}: provisioner {lab.address}, "
-            f"dynamic range {lab.dhcp_start}-{lab.dhcp_end}"
+            f"lab defined in {h.root}: provisioner "
+            + _addresses({"address": lab.address, "ipv6": lab.ipv6})
+            + (f", dynamic range {lab.dhcp_start}-{lab.dhcp_end}" if lab.has_ipv4 else "")
+            + (", DHCPv6 range {}-{}".format(*lab.ipv6_dhcp_range) if lab.has_ipv6 else "")
             + (", with an uplink" if lab.uplink else "")
         )
         click.echo("next: `pvmlab provisioner start`")
@@ -94,17 +161,54 @@ def create(address: str, dhcp_range: str | None, uplink: bool, as_json: bool) ->
     default=None,
     help="Give the targets outbound access, or take it away (see `provisioner create`).",
 )
+@click.option(
+    "--ipv6",
+    "ipv6",
+    metavar="PREFIX/64",
+    help=(
+        "Give the lab this IPv6 /64 (as `provisioner create --ipv6`), or move it to another; "
+        "each VM gets a reservation in it. The lab must be stopped."
+    ),
+)
+@click.option(
+    "--no-ipv6",
+    "no_ipv6",
+    is_flag=True,
+    help="Take IPv6 away from a dual-stack lab (and the VMs' IPv6 reservations).",
+)
 @json_option
-def configure(uplink: bool | None, as_json: bool) -> None:
-    """Change settings of the defined lab (today: its uplink); a running lab applies them at
-    its next start (`provisioner stop` + `start`)."""
+def configure(uplink: bool | None, ipv6: str | None, no_ipv6: bool, as_json: bool) -> None:
+    """Change settings of the defined lab (its uplink, its IPv6 prefix); a running lab applies
+    the uplink at its next start (`provisioner stop` + `start`)."""
+    from pvmlab.errors import ValidationError
     from pvmlab.records import store
     from pvmlab.stack import control
 
     h = home()
     h.require()
+    if ipv6 is not None and no_ipv6:
+        raise ValidationError("--ipv6 and --no-ipv6 contradict each other", "give one of them")
+    change_ipv6 = ipv6 is not None or no_ipv6
+    if change_ipv6 and control.is_stack_running(h):
+        raise StateError(
+            "the lab is running: its IPv6 prefix can only change while it is stopped",
+            "`pvmlab provisioner stop`, configure, then `pvmlab provisioner start`",
+        )
+    iface6 = validate.ipv6_interface(ipv6) if ipv6 is not None else None
     with h.locked():
         lab = store.load_lab(h)
+        if change_ipv6:
+            from pvmlab.vm.define import set_lab_ipv6
+
+            lab, changed = set_lab_ipv6(h, lab, str(iface6) if iface6 is not None else None)
+            store.save_lab(h, lab)
+            for vm in changed:
+                store.save_vm(h, vm)
+        if uplink and not lab.has_ipv4:
+            raise ValidationError(
+                "the uplink needs IPv4 (its NAT is IPv4), and this lab is IPv6-only",
+                "define a dual-stack lab (`provisioner create --ipv6 PREFIX/64`) for an uplink",
+            )
         if uplink is not None and uplink != lab.uplink:
             lab = lab.model_copy(update={"uplink": uplink})
             store.save_lab(h, lab)
@@ -112,7 +216,8 @@ def configure(uplink: bool | None, as_json: bool) -> None:
     if as_json:
         emit_json({"home": str(h.root), **lab.model_dump(mode="json"), "running": running})
         return
-    click.echo(f"lab in {h.root}: uplink {'on' if lab.uplink else 'off'}")
+    click.echo(f"lab in {h.root}: uplink {'on' if lab.uplink else 'off'}"
+               + (f", ipv6 {lab.ipv6 or 'none'}" if change_ipv6 else ""))
     if running:
         click.echo("the lab is running: `pvmlab provisioner stop && pvmlab provisioner start` "
                    "applies it")
@@ -140,13 +245,15 @@ def start_cmd(as_json: bool) -> None:
     if st["already_running"]:
         click.echo(f"already running (supervisor pid {st['services'][0]['pid']})")
     elif st["repairs"]:
-        click.echo(f"lab repaired: {st['address']} on bridge {st['bridge']} in netns {st['netns']}")
+        click.echo(
+            f"lab repaired: {_addresses(st)} on bridge {st['bridge']} in netns {st['netns']}"
+        )
         for repair in st["repairs"]:
             click.echo(f"  fixed: {repair}")
     elif st["was"] == "degraded":
         click.echo(f"lab {st['state']}: nothing pvmlab can repair itself (see the warnings)")
     else:
-        click.echo(f"lab started: {st['address']} on bridge {st['bridge']} in netns {st['netns']}")
+        click.echo(f"lab started: {_addresses(st)} on bridge {st['bridge']} in netns {st['netns']}")
     _print_services(st)
     _print_uplink(st)
 
@@ -201,12 +308,17 @@ def status_cmd(as_json: bool) -> None:
         click.echo(f"  {problem['problem']} (fix: {problem['hint']})")
     for damaged in st["damaged_records"]:
         click.echo(f"damaged VM record: {damaged['problem']} (fix: {damaged['hint']})")
-    if st["address"] is None:
+    if st["address"] is None and st.get("ipv6") is None:
         click.echo("no lab defined (`pvmlab provisioner create`)")
         return
-    click.echo(
-        f"address {st['address']}  dynamic range {st['dhcp_range'][0]}-{st['dhcp_range'][1]}"
-    )
+    if st["address"] is not None:
+        click.echo(
+            f"address {st['address']}  dynamic range {st['dhcp_range'][0]}-{st['dhcp_range'][1]}"
+        )
+    if st.get("ipv6") is not None:
+        click.echo(
+            f"ipv6 {st['ipv6']}  DHCPv6 range {st['dhcpv6_range'][0]}-{st['dhcpv6_range'][1]}"
+        )
     click.echo(f"netns {st['netns']}  bridge {st['bridge']}  network up: {st['network_up']}")
     _print_services(st)
     _print_uplink(st)
@@ -317,7 +429,10 @@ def _print_services(st: dict[str, Any]) -> None:
 
     rows = []
     for svc in st["services"]:
-        detail = svc.get("url") or ", ".join(svc.get("serves", ["dnsmasq", "http"]))
+        url6 = svc.get("url6") if svc.get("url6") != svc.get("url") else None
+        detail = " ".join(u for u in (svc.get("url"), url6) if u) or ", ".join(
+            svc.get("serves", ["dnsmasq", "http"])
+        )
         if svc.get("restarts"):
             detail += f" (restarted {svc['restarts']}x)"
         state = "running" if svc["running"] else "not answering" if svc["pid"] else "stopped"

@@ -128,6 +128,14 @@ def vm() -> None:
     "--ip",
     help="Reserved IPv4 address (default: the lowest free one below the DHCP dynamic range).",
 )
+@click.option(
+    "--ipv6",
+    metavar="ADDR",
+    help=(
+        "Reserved IPv6 address in the lab's /64 (labs made with `provisioner create --ipv6`; "
+        "default: the lowest free one below the DHCPv6 dynamic range, PREFIX::1000)."
+    ),
+)
 @click.option("--distro", help="Distro to network-boot (see `pvmlab distro ls`).")
 @click.option("--cmdline", help="Extra kernel command line for this VM.")
 @click.option(
@@ -158,6 +166,7 @@ def create_cmd(
     net_boot: str,
     mac: str | None,
     ip: str | None,
+    ipv6: str | None,
     distro: str | None,
     cmdline: str | None,
     memory: int,
@@ -182,6 +191,7 @@ def create_cmd(
         net_boot=net_boot,
         mac=mac,
         ip=ip,
+        ipv6=ipv6,
         distro=distro,
         cmdline=cmdline,
         memory_mib=memory,
@@ -195,7 +205,9 @@ def create_cmd(
         emit_json(spec.model_dump(mode="json"))
     else:
         _say(
-            f"created VM {spec.name}: {spec.arch} {spec.firmware}, MAC {spec.mac}, IP {spec.ip}"
+            f"created VM {spec.name}: {spec.arch} {spec.firmware}, MAC {spec.mac}"
+            + (f", IP {spec.ip}" if spec.ip else "")
+            + (f", IPv6 {spec.ipv6}" if spec.ipv6 else "")
             + (f", network boot {spec.net_boot}" if spec.net_boot != DEFAULT_NET_BOOT else "")
             + (f", distro {spec.distro}" if spec.distro else "")
             + (f", image {spec.image} (deployed at its first start)" if spec.image else "")
@@ -453,7 +465,7 @@ def _explain_failure(name: str) -> None:
     except PvmlabError as exc:  # the record was damaged meanwhile: no addresses to look for
         _err(f"no stack view: {exc}")
         return
-    for line in stacklog.stack_view(h, spec.mac, spec.ip).summary_lines():
+    for line in stacklog.stack_view(h, spec.mac, spec.address).summary_lines():
         _err(line)
 
 
@@ -483,8 +495,8 @@ def stop_cmd(name: str, force: bool, timeout: float) -> None:
         _say(f"stopped VM {name} ({how})")
 
 
-COLUMNS = ["name", "arch", "firmware", "net_boot", "boot", "mac", "ip", "distro", "state",
-           "accel", "pid", "provisioning", "install"]
+COLUMNS = ["name", "arch", "firmware", "net_boot", "boot", "mac", "ip", "ipv6", "distro",
+           "state", "accel", "pid", "provisioning", "install"]
 
 
 def _rows() -> list[dict[str, Any]]:
@@ -510,6 +522,7 @@ def _rows() -> list[dict[str, Any]]:
             "boot": rt.boot if rt else "pxe",
             "mac": spec.mac,
             "ip": spec.ip,
+            "ipv6": spec.ipv6,
             "distro": spec.distro,
             "state": run_state,
             "accel": rt.accel if rt else None,
@@ -550,8 +563,10 @@ def list_cmd(as_json: bool) -> None:
     if not rows:
         _say("no VMs (create one with `pvmlab vm create NAME`)")
         return
-    cells = [[c.upper() for c in COLUMNS]] + [[str(r[c] or "-") for c in COLUMNS] for r in rows]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(COLUMNS))]
+    # the IPv6 column only where some VM has an IPv6 address (labs with `--ipv6`)
+    columns = [c for c in COLUMNS if c != "ipv6" or any(r.get("ipv6") for r in rows)]
+    cells = [[c.upper() for c in columns]] + [[str(r[c] or "-") for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     for row in cells:  # plain aligned columns: readable, and never wrapped in a pipe
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     for r in rows:

@@ -197,12 +197,12 @@ def up(
     redefine = have_lab is not None and _lab_fingerprint(have_lab) != _lab_fingerprint(want_lab)
     uplink_changed = have_lab is not None and have_lab.uplink != want_lab.uplink
     if have_lab is None:
-        changes.append(Change("create", "provisioner", want_lab.address))
+        changes.append(Change("create", "provisioner", str(want_lab.address)))
     elif redefine:
-        changes.append(Change("redefine", "provisioner", want_lab.address,
+        changes.append(Change("redefine", "provisioner", str(want_lab.address),
                               f"was {have_lab.address} {have_lab.dhcp_start}-{have_lab.dhcp_end}"))
     elif uplink_changed:
-        changes.append(Change("redefine", "provisioner", want_lab.address,
+        changes.append(Change("redefine", "provisioner", str(want_lab.address),
                               f"uplink {'on' if want_lab.uplink else 'off'}"))
 
     # --- distros
@@ -303,7 +303,7 @@ def up(
 
     started = control.start_stack(home)
     if not started.get("already_running"):
-        changes.append(Change("start", "stack", want_lab.address))
+        changes.append(Change("start", "stack", str(want_lab.address)))
     if start_machines:
         for plan in lab.machines:
             if state.running_pid(home, plan.name) is None:

@@ -133,7 +133,7 @@ def judge_machine(
     result.console_tail = console_tail(home, plan.name)
     try:
         vm = store.load_vm(home, plan.name)
-        result.stack_view = stack_view(home, vm.mac, vm.ip).summary_lines()
+        result.stack_view = stack_view(home, vm.mac, vm.address).summary_lines()
     except PvmlabError:
         result.stack_view = []
     if not keep and state.running_pid(home, plan.name) is not None:

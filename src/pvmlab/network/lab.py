@@ -126,11 +126,11 @@ def _link(netns: str, name: str) -> dict[str, Any] | None:
     return links[0] if links else None
 
 
-def _addresses(link: dict[str, Any]) -> list[str]:
+def _addresses(link: dict[str, Any], family: str = "inet") -> list[str]:
     return [
         f"{a['local']}/{a['prefixlen']}"
         for a in link.get("addr_info", [])
-        if a.get("family") == "inet"
+        if a.get("family") == family
     ]
 
 
@@ -176,8 +176,10 @@ def inspect_network(home: LabHome, lab: LabSpec) -> list[NetworkProblem]:
     problems = []
     if "UP" not in link.get("flags", []):
         problems.append(NetworkProblem(f"bridge {br} is down"))
-    if lab.address not in _addresses(link):
+    if lab.address is not None and lab.address not in _addresses(link):
         problems.append(NetworkProblem(f"bridge {br} does not hold the lab address {lab.address}"))
+    if lab.ipv6 is not None and lab.ipv6 not in _addresses(link, "inet6"):
+        problems.append(NetworkProblem(f"bridge {br} does not hold the lab address {lab.ipv6}"))
     return problems
 
 
@@ -309,11 +311,13 @@ def up(home: LabHome, lab: LabSpec) -> None:
             _note(home, record, "created", "bridge")
             log.info("created bridge %s in %s", br, ns)
             link = _link(ns, br)
-        if link is not None and _addresses(link) != [lab.address]:
+        want = [lab.address] if lab.address is not None else []
+        if link is not None and _addresses(link) != want:
             spawn.run(["ip", "-n", ns, "-4", "addr", "flush", "dev", br])
-            spawn.run(["ip", "-n", ns, "addr", "add", lab.address, "dev", br])
+            for address in want:
+                spawn.run(["ip", "-n", ns, "addr", "add", address, "dev", br])
         spawn.run(["ip", "-n", ns, "link", "set", br, "up"])
-        record["ipv6"] = _add_ula(home)
+        record["ipv6"] = _add_ipv6(home, lab.ipv6) if lab.ipv6 is not None else _add_ula(home)
         _save_record(home, record)
 
 
@@ -341,6 +345,18 @@ def _add_ula(home: LabHome) -> str | None:
                  proc.stderr.strip())
         return None
     return str(ula)
+
+
+def _add_ipv6(home: LabHome, address: str) -> str:
+    """Give the bridge the lab's own IPv6 address (``provisioner create --ipv6``).
+
+    ``nodad``: with duplicate address detection the address stays "tentative" for about a
+    second after it is added, and dnsmasq and the HTTP server, started right after, cannot
+    bind to a tentative address (EADDRNOTAVAIL). The bridge is the lab's own link, created a
+    moment ago: nobody else can hold the address.
+    """
+    spawn.run(["ip", "-n", home.netns, "addr", "replace", address, "dev", home.bridge, "nodad"])
+    return address
 
 
 def ipv6_address(home: LabHome) -> str | None:

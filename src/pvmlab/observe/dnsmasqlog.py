@@ -10,6 +10,15 @@ serial number: the message itself and what dnsmasq learnt about the client on th
     Nov 27 01:59:26 dnsmasq-tftp[9783]: sent /home/tftp/ipxe-arm64.efi to 192.168.105.2
     Nov 27 01:59:20 dnsmasq-dhcp[9783]: read /home/configs/dhcp-hosts
 
+DHCPv6 messages name the client by its DUID, not its MAC; dnsmasq logs the MAC it learnt (from
+the link-local source address) on a line of the same serial, which ``parse_dnsmasq_log`` puts
+into the messages::
+
+    Dec  1 03:15:14 dnsmasq-dhcp[8562]: 12501742 client MAC address: 0e:38:96:66:74:68
+    Dec  1 03:15:14 dnsmasq-dhcp[8562]: 12501742 DHCPSOLICIT(pvbr…) 00:01:00:01:31:e7:…
+    Dec  1 03:15:14 dnsmasq-dhcp[8562]: 12501742 DHCPREPLY(pvbr…) fd00:6e57:1ab::2 00:01:… v6efi
+    Dec  1 03:15:29 dnsmasq-tftp[8562]: sent /home/tftp/ipxe-x86_64.efi to fd00:6e57:1ab::150f
+
 ``parse_dnsmasq_log`` turns lines into events (`DhcpMessage`, `DhcpClientInfo`, `TftpEvent`,
 `HostsFileRead`); ``dhcp_transactions`` groups a MAC's DHCP events by serial, and
 ``tftp_events_for`` picks the transfers to some addresses. dnsmasq stamps lines in local time,
@@ -18,6 +27,7 @@ whole seconds, without a year: the caller says which year (the year of the VM st
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from collections.abc import Iterable
@@ -32,18 +42,27 @@ _MESSAGE = re.compile(
     r"^(?P<kind>DHCP[A-Z]+)\((?P<interface>[^)]*)\) "
     r"(?:(?P<ip>\d+\.\d+\.\d+\.\d+) )?(?P<mac>[0-9a-f]{2}(?::[0-9a-f]{2}){5})(?: (?P<rest>.*))?$"
 )
+# DHCPv6: an optional address, then the client's DUID (hex bytes), then a hostname
+_MESSAGE6 = re.compile(
+    r"^(?P<kind>DHCP[A-Z-]+)\((?P<interface>[^)]*)\) "
+    r"(?:(?P<ip>[0-9a-f]*:[0-9a-f:]*) )?(?P<duid>[0-9a-f]{2}(?::[0-9a-f]{2})+)(?: (?P<rest>.*))?$"
+)
+_CLIENT_MAC = "client MAC address"  # log-dhcp's line naming a DHCPv6 client's MAC
+IPXE_TAG = "ipxe"  # the tag dnsmasq.conf.j2 sets for user class "iPXE"
 _CLIENT_ARCH = re.compile(r"^(?:PXEClient|HTTPClient):Arch:(\d+)")
-_BOOTFILE_SENT = re.compile(r"^\d+ option:\s*67 bootfile-name\s+(?P<file>.+)$")  # "sent size: …"
+# "sent size: …": option 67 (DHCPv4) or 59 (DHCPv6, a URL)
+_BOOTFILE_SENT = re.compile(r"^\d+ option:\s*(?:67 bootfile-name|59 bootfile-url)\s+(?P<file>.+)$")
 _HOSTS_READ = re.compile(r"^read (?P<path>/\S+)$")
-_IPV4 = r"(?P<ip>\d+\.\d+\.\d+\.\d+)"
-_SENT = re.compile(rf"^sent (?P<file>.+) to {_IPV4}$")
-_NOT_FOUND = re.compile(rf"^file (?P<file>.+) not found for {_IPV4}$")
-_OTHER_TFTP = re.compile(rf"^(?P<text>.*?) {_IPV4}$")
+_IP = r"(?P<ip>\d+\.\d+\.\d+\.\d+|[0-9a-f]*:[0-9a-f:.]*)"  # IPv4, or IPv6 (has a colon)
+_SENT = re.compile(rf"^sent (?P<file>.+) to {_IP}$")
+_NOT_FOUND = re.compile(rf"^file (?P<file>.+) not found for {_IP}$")
+_OTHER_TFTP = re.compile(rf"^(?P<text>.*?) {_IP}$")
 
 
 @dataclass(frozen=True)
 class DhcpMessage:
-    """One DHCP message (DHCPDISCOVER, DHCPOFFER, DHCPREQUEST, DHCPACK, DHCPNAK, ...)."""
+    """One DHCP message (DHCPDISCOVER, DHCPOFFER, DHCPREQUEST, DHCPACK, DHCPNAK, ...; DHCPv6's
+    DHCPSOLICIT, DHCPADVERTISE, DHCPREPLY, ... with the client's ``duid``)."""
 
     t: float | None  # epoch seconds (whole seconds, dnsmasq's clock)
     serial: str | None  # the transaction; None without ``log-dhcp``
@@ -52,6 +71,7 @@ class DhcpMessage:
     mac: str
     ip: str | None
     text: str = ""  # what follows the MAC: a hostname, or dnsmasq's reason for a NAK
+    duid: str | None = None  # DHCPv6: the client's DUID (``mac`` from its "client MAC" line)
 
 
 @dataclass(frozen=True)
@@ -118,6 +138,11 @@ def _dhcp_event(t: float | None, serial: str | None, rest: str) -> DnsmasqEvent 
             t, serial, msg.group("kind"), msg.group("interface"), msg.group("mac"),
             msg.group("ip"), (msg.group("rest") or "").strip(),
         )  # fmt: skip
+    if (msg := _MESSAGE6.match(rest)) is not None:
+        return DhcpMessage(
+            t, serial, msg.group("kind"), msg.group("interface"), "", msg.group("ip"),
+            (msg.group("rest") or "").strip(), msg.group("duid"),
+        )  # fmt: skip
     if serial is not None:
         key, _, value = rest.partition(": ")
         return DhcpClientInfo(t, serial, key, value.strip())
@@ -138,8 +163,19 @@ def _tftp_event(t: float | None, rest: str) -> TftpEvent | None:
 
 
 def parse_dnsmasq_log(lines: Iterable[str], year: int) -> list[DnsmasqEvent]:
-    """The events of ``lines``, in log order."""
-    return [e for line in lines if (e := parse_dnsmasq_line(line, year)) is not None]
+    """The events of ``lines``, in log order; a DHCPv6 message carries the MAC its
+    transaction's "client MAC address" line named."""
+    out: list[DnsmasqEvent] = []
+    macs: dict[str, str] = {}  # serial -> MAC, from DHCPv6 transactions
+    for line in lines:
+        event = parse_dnsmasq_line(line, year)
+        if isinstance(event, DhcpClientInfo) and event.key == _CLIENT_MAC:
+            macs[event.serial] = event.value.lower()
+        elif isinstance(event, DhcpMessage) and event.duid is not None and event.serial:
+            event = dataclasses.replace(event, mac=macs.get(event.serial, ""))
+        if event is not None:
+            out.append(event)
+    return out
 
 
 @dataclass
@@ -161,8 +197,16 @@ class DhcpTransaction:
         return int(m.group(1)) if m else None
 
     @property
+    def is_ipxe(self) -> bool:
+        """Sent by iPXE: its user class (DHCPv4), or the tag the lab's configuration gives that
+        user class (dnsmasq logs no user class for DHCPv6)."""
+        return self.user_class == "iPXE" or IPXE_TAG in self.tags
+
+    @property
     def acked_ip(self) -> str | None:
-        return next((m.ip for m in self.messages if m.kind == "DHCPACK" and m.ip), None)
+        return next(
+            (m.ip for m in self.messages if m.kind in ("DHCPACK", "DHCPREPLY") and m.ip), None
+        )
 
     def add(self, event: DhcpMessage | DhcpClientInfo) -> None:
         if self.t is None:

@@ -58,6 +58,7 @@ starts at the firmware's ``>>Start HTTP Boot over IPv4`` and shows client-arch 1
 
 from __future__ import annotations
 
+import ipaddress
 import itertools
 import json
 import re
@@ -98,7 +99,7 @@ LABELS = {
     "ready": "ready",
 }
 
-_FW_DHCP = re.compile(r">>Start (?:PXE|HTTP Boot) over IPv4")
+_FW_DHCP = re.compile(r">>Start (?:PXE|HTTP Boot) over IPv[46]")
 _FW_ACK = re.compile(r"Station IP address is (\S+)")
 _NBP_NAME = re.compile(r"NBP filename is (\S+)")
 _NBP_SIZE = re.compile(r"NBP filesize is (\d+) Bytes")
@@ -220,6 +221,14 @@ def http_records_of_boot(
     return httplog.requests_of_machine(requests, mac, ips)
 
 
+def _address(text: str) -> str:
+    """An address as the logs write it: EDK2 prints IPv6 upper case and uncompressed."""
+    try:
+        return str(ipaddress.ip_address(text.lower()))
+    except ValueError:
+        return text
+
+
 def gather_boot_records(
     console: ConsoleRecord, dnsmasq_lines: Iterable[str], http_lines: Iterable[str], mac: str
 ) -> BootRecords:
@@ -228,7 +237,7 @@ def gather_boot_records(
     ips = {tx.acked_ip for tx in dhcp if tx.acked_ip}
     fw_ack = console.first(_FW_ACK)
     if fw_ack is not None:
-        ips.add(_FW_ACK.search(fw_ack.text).group(1))  # type: ignore[union-attr]
+        ips.add(_address(_FW_ACK.search(fw_ack.text).group(1)))  # type: ignore[union-attr]
     return BootRecords(console, dhcp, tftp, http_records_of_boot(http_lines, mac, ips, console.t0))
 
 
@@ -264,11 +273,16 @@ def _rate(nbytes: int | None, seconds: float | None) -> float | None:
 
 
 def _firmware_dhcp(records: BootRecords) -> DhcpTransaction | None:
-    return next((tx for tx in records.dhcp if tx.user_class != "iPXE"), None)
+    firmware = [tx for tx in records.dhcp if not tx.is_ipxe]
+    # EDK2's IPv6 stack asks DHCPv6 before its PXE does: the PXE one is the one given a file,
+    # and DHCPv6 logs its SOLICIT/ADVERTISE and REQUEST/REPLY as two transactions
+    given = [tx for tx in firmware if tx.bootfile]
+    fallback = given[0] if given else firmware[0] if firmware else None
+    return next((tx for tx in given if tx.acked_ip), fallback)
 
 
 def _ipxe_dhcp(records: BootRecords) -> DhcpTransaction | None:
-    return next((tx for tx in records.dhcp if tx.user_class == "iPXE"), None)
+    return next((tx for tx in records.dhcp if tx.is_ipxe), None)
 
 
 def _dhcp_detail(tx: DhcpTransaction | None) -> dict[str, Any]:

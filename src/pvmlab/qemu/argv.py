@@ -69,6 +69,7 @@ class QemuConfig:
     append: str | None = None
     ipxe_media: Path | None = None  # boot="ipxe": directory with EFI/BOOT/BOOT*.EFI (vvfat)
     net_boot: NetBoot = DEFAULT_NET_BOOT  # the NIC's protocol: PXE or UEFI HTTP Boot
+    pxe_ipv4: bool = True  # False (IPv6-only lab): the UEFI firmware skips its PXE over IPv4
 
 
 def machine_type(arch: Arch, fw: Firmware) -> str:
@@ -151,6 +152,15 @@ def _panic_device(cfg: QemuConfig) -> list[str]:
     reports it), and ``panic=pause``: the VM then stays, in run state ``guest-panicked``, for
     ``vm list`` and ``vm start --wait`` to report (QEMU's default would exit)."""
     return ["-device", architecture(cfg.arch).panic_device, "-action", "panic=pause"]
+
+
+def _pxe_families(cfg: QemuConfig) -> list[str]:
+    """In an IPv6-only lab, EDK2's PXE over IPv4 (its first network boot entry) would wait out
+    its DHCP retries (4+8+16+32 s) before PXE over IPv6 is tried. OVMF's documented runtime
+    switch ``opt/org.tianocore/IPv4PXESupport`` (OvmfPkg/RUNTIME_CONFIG.md) turns it off."""
+    if cfg.pxe_ipv4 or not firmware(cfg.firmware).pflash or cfg.tap is None:
+        return []
+    return ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"]
 
 
 def _nic(cfg: QemuConfig, bootindex: int | None) -> list[str]:
@@ -240,6 +250,7 @@ def build_argv(cfg: QemuConfig) -> list[str]:
         *_rng(cfg),
         *_panic_device(cfg),
         *_boot_menu(cfg),
+        *_pxe_families(cfg),
         *_nic(cfg, nic_index),
         *_net_boot(cfg),
         *_ipxe_media(cfg, media_index),

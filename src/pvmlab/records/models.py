@@ -62,6 +62,13 @@ def _ipv4(value: str) -> str:
         raise ValueError(f"invalid IPv4 address {value!r}") from None
 
 
+def _ipv6(value: str) -> str:
+    try:
+        return str(ipaddress.IPv6Address(value))
+    except ValueError:
+        raise ValueError(f"invalid IPv6 address {value!r}") from None
+
+
 def _checked(fn: Callable[[V], R]) -> AfterValidator:
     """A pydantic check that runs ``fn`` (a ``pvmlab.records.validate`` function) on the value."""
     return AfterValidator(lambda value: _check(fn, value))
@@ -78,6 +85,8 @@ SHA256 = Annotated[str, _checked(validate.sha256)]
 MemoryMiB = Annotated[int, _checked(validate.memory_mib)]
 CPUs = Annotated[int, _checked(validate.cpus)]
 Interface = Annotated[str, _checked(lambda value: str(validate.ipv4_interface(value)))]
+IPv6 = Annotated[str, AfterValidator(_ipv6)]
+Interface6 = Annotated[str, _checked(lambda value: str(validate.ipv6_interface(value)))]
 
 InstallKind = Literal["preseed", "autoinstall", "kickstart", "user-data"]
 INSTALL_KINDS: tuple[InstallKind, ...] = ("preseed", "autoinstall", "kickstart", "user-data")
@@ -117,19 +126,53 @@ class Record(BaseModel):
 
 
 class LabSpec(Record):
-    address: Interface = "192.168.105.1/24"
-    dhcp_start: IPv4
-    dhcp_end: IPv4
+    """The lab network: IPv4 (``address`` and its dynamic range), IPv6 (``ipv6``: the
+    provisioner's address in a /64), or both. ``address`` None is an IPv6-only lab."""
+
+    address: Interface | None = "192.168.105.1/24"
+    dhcp_start: IPv4 | None = None
+    dhcp_end: IPv4 | None = None
+    ipv6: Interface6 | None = None
     uplink: bool = False  # outbound access for the targets (pvmlab.network.uplink)
     created: str = Field(default_factory=utc_now)
 
     @model_validator(mode="after")
     def _range_in_subnet(self) -> LabSpec:
-        _check(lambda r: validate.dhcp_range(r, self.iface), f"{self.dhcp_start},{self.dhcp_end}")
+        if self.address is None:
+            if self.ipv6 is None:
+                raise ValueError("the lab has neither an IPv4 address nor an IPv6 prefix")
+            if self.dhcp_start is not None or self.dhcp_end is not None:
+                raise ValueError("an IPv6-only lab has no IPv4 DHCP range")
+            if self.uplink:
+                raise ValueError("the uplink needs IPv4 (its NAT is IPv4 only)")
+        else:
+            if self.dhcp_start is None or self.dhcp_end is None:
+                raise ValueError("an IPv4 lab needs its DHCP range (dhcp_start, dhcp_end)")
+            _check(lambda r: validate.dhcp_range(r, self.iface),
+                   f"{self.dhcp_start},{self.dhcp_end}")
+        if self.ipv6 is not None and self.in_ipv6_dynamic_range(self.iface6.ip):
+            start, end = self.ipv6_dhcp_range
+            raise ValueError(
+                f"the provisioner's IPv6 address {self.iface6.ip} is inside the DHCPv6 dynamic "
+                f"range {start}-{end}"
+            )
         return self
 
     @property
+    def has_ipv4(self) -> bool:
+        return self.address is not None
+
+    @property
+    def has_ipv6(self) -> bool:
+        return self.ipv6 is not None
+
+    @property
     def iface(self) -> ipaddress.IPv4Interface:
+        if self.address is None:
+            raise ValidationError(
+                "this lab is IPv6-only: it has no IPv4 address",
+                "define the lab with `provisioner create --ip CIDR` to use IPv4",
+            )
         return ipaddress.IPv4Interface(self.address)
 
     @property
@@ -148,6 +191,28 @@ class LabSpec(Record):
         start, end = self.dhcp_range
         return start <= addr <= end
 
+    @property
+    def iface6(self) -> ipaddress.IPv6Interface:
+        if self.ipv6 is None:
+            raise ValidationError(
+                "this lab has no IPv6 prefix",
+                "define the lab with `provisioner create --ipv6 PREFIX/64` to use IPv6",
+            )
+        return ipaddress.IPv6Interface(self.ipv6)
+
+    @property
+    def ipv6_dhcp_range(self) -> tuple[ipaddress.IPv6Address, ipaddress.IPv6Address]:
+        return validate.ipv6_dynamic_range(self.iface6.network)
+
+    def in_ipv6_dynamic_range(self, addr: ipaddress.IPv6Address) -> bool:
+        start, end = self.ipv6_dhcp_range
+        return start <= addr <= end
+
+    @property
+    def primary_ip(self) -> str:
+        """The address targets reach the provisioner at: IPv4 when the lab has it, else IPv6."""
+        return str(self.ip) if self.has_ipv4 else str(self.iface6.ip)
+
 
 class VMSpec(Record):
     name: VMName
@@ -155,7 +220,8 @@ class VMSpec(Record):
     firmware: Firmware = DEFAULT_FIRMWARE
     net_boot: NetBoot = DEFAULT_NET_BOOT  # how its firmware fetches the first stage (pxe, http)
     mac: MAC
-    ip: IPv4
+    ip: IPv4 | None = None  # None: the lab is IPv6-only
+    ipv6: IPv6 | None = None  # its DHCPv6 reservation (labs with an IPv6 prefix)
     distro: DistroName | None = None
     cmdline: Cmdline | None = None
     memory_mib: MemoryMiB = DEFAULT_MEMORY_MIB
@@ -173,6 +239,17 @@ class VMSpec(Record):
     image: str | None = None
     image_sha256: SHA256 | None = None
     image_bytes: int | None = None
+
+    @model_validator(mode="after")
+    def _has_an_address(self) -> VMSpec:
+        if self.ip is None and self.ipv6 is None:
+            raise ValueError(f"VM {self.name} has neither an IPv4 nor an IPv6 address")
+        return self
+
+    @property
+    def address(self) -> str:
+        """Where the host reaches the VM (SSH, logs): its IPv4 address, else its IPv6 one."""
+        return self.ip if self.ip is not None else str(self.ipv6)
 
 
 class DistroAssets(Record):

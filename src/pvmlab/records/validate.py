@@ -152,6 +152,74 @@ def ipv4_in(
     return addr
 
 
+IPV6_PREFIXLEN = 64  # SLAAC, dnsmasq's RA and PXEv6 firmware all expect a /64 on the link
+
+
+def ipv6_interface(value: str) -> ipaddress.IPv6Interface:
+    """The provisioner's IPv6 address with its /64: ``PREFIX::/64`` gives it ``PREFIX::1``."""
+    text = value.strip()
+    try:
+        iface = ipaddress.IPv6Interface(text)
+    except (ValueError, ipaddress.AddressValueError, ipaddress.NetmaskValueError) as exc:
+        raise ValidationError(
+            f"invalid IPv6 prefix {_show(value)}: {exc}",
+            "write it as PREFIX/64 or ADDRESS/64, e.g. fd00:105::/64",
+        ) from None
+    if "/" not in text:
+        raise ValidationError(
+            f"IPv6 prefix {_show(value)} has no prefix length",
+            "write it as PREFIX/64 or ADDRESS/64, e.g. fd00:105::/64",
+        )
+    net = iface.network
+    if net.prefixlen != IPV6_PREFIXLEN:
+        raise ValidationError(
+            f"IPv6 prefix /{net.prefixlen} is not usable for a lab network",
+            "give a /64 (router advertisements and PXE over IPv6 expect one), e.g. fd00:105::/64",
+        )
+    first = net.network_address
+    if first.is_link_local or first.is_multicast or first.is_loopback or first.is_unspecified \
+            or first.ipv4_mapped is not None:
+        raise ValidationError(
+            f"{net} cannot be a lab prefix",
+            "use a unique local prefix such as fd00:105::/64 (or one of your global ones)",
+        )
+    if iface.ip == first:  # the prefix itself: the provisioner takes ::1
+        iface = ipaddress.IPv6Interface((int(first) + 1, IPV6_PREFIXLEN))
+    return iface
+
+
+def ipv6_in(
+    value: str, network: ipaddress.IPv6Network, what: str = "address"
+) -> ipaddress.IPv6Address:
+    """An IPv6 host address inside the lab's /64 (not the subnet-router anycast ``PREFIX::``)."""
+    try:
+        addr = ipaddress.IPv6Address(value.strip().strip("[]"))
+    except ValueError:
+        raise ValidationError(
+            f"invalid {what} {_show(value)}", "write an IPv6 address, e.g. fd00:105::10"
+        ) from None
+    if addr not in network:
+        raise ValidationError(
+            f"{what} {addr} is outside the lab prefix {network}",
+            f"choose an address inside {network}",
+        )
+    if addr == network.network_address:
+        raise ValidationError(
+            f"{what} {addr} is the subnet-router anycast address of {network}",
+            "choose a host address, e.g. one ending in ::10",
+        )
+    return addr
+
+
+def ipv6_dynamic_range(
+    network: ipaddress.IPv6Network,
+) -> tuple[ipaddress.IPv6Address, ipaddress.IPv6Address]:
+    """DHCPv6 addresses for unknown clients: ``PREFIX::1000``-``PREFIX::1fff`` (reservations
+    are taken from below, like IPv4's)."""
+    base = int(network.network_address)
+    return ipaddress.IPv6Address(base + 0x1000), ipaddress.IPv6Address(base + 0x1FFF)
+
+
 def dhcp_range(
     value: str, iface: ipaddress.IPv4Interface
 ) -> tuple[ipaddress.IPv4Address, ipaddress.IPv4Address]:

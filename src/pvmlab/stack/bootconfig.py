@@ -124,7 +124,7 @@ def _distro_problem(home: LabHome, vm: VMSpec) -> tuple[DistroAssets | None, str
 def build(home: LabHome, vm: VMSpec, base_url: str) -> BootConfig:
     """The boot configuration of one VM (``problem`` set when it cannot boot)."""
     head = BootConfig(
-        vm=vm.name, mac=vm.mac, ip=vm.ip, arch=vm.arch, firmware=vm.firmware, distro=vm.distro,
+        vm=vm.name, mac=vm.mac, ip=vm.address, arch=vm.arch, firmware=vm.firmware, distro=vm.distro,
         install=vm.install,
     )
     if vm.image_sha256 is not None:

@@ -22,6 +22,7 @@ namespace or an orphaned dnsmasq is found even when every file about them is los
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -45,11 +46,10 @@ from pvmlab.records.models import LabSpec
 from pvmlab.stack import dnsmasq
 from pvmlab.stack.endpoint import lab_endpoint
 from pvmlab.stack.supervisor import (
-    DHCP_PORT,
     READY,
     RELOAD_TIMEOUT,
-    TFTP_PORT,
     pid_file,
+    served_udp_ports,
     state_path,
 )
 
@@ -205,8 +205,9 @@ def _http_answers(netns: str, ip: str, port: int) -> str | None:
     """None when the HTTP server answers a request on the bridge, else what went wrong."""
 
     def probe() -> bytes:
+        host = f"[{ip}]" if ":" in ip else ip
         with socket.create_connection((ip, port), timeout=HTTP_PROBE_TIMEOUT) as conn:
-            conn.sendall(b"HEAD /boot.ipxe HTTP/1.0\r\nHost: " + ip.encode() + b"\r\n\r\n")
+            conn.sendall(b"HEAD /boot.ipxe HTTP/1.0\r\nHost: " + host.encode() + b"\r\n\r\n")
             return conn.recv(64)
 
     try:
@@ -265,17 +266,21 @@ def stack_health(home: LabHome, lab: LabSpec | None = None) -> StackHealth:
             ))
     if dns is None:
         problems.append(StackProblem("dnsmasq", "dnsmasq is not running"))
-    elif not {DHCP_PORT, TFTP_PORT} <= _bound_udp_ports(dns):
+    elif not served_udp_ports(lab) <= _bound_udp_ports(dns):
         problems.append(StackProblem(
             "dnsmasq", f"dnsmasq (pid {dns}) has not bound the DHCP and TFTP ports"))
     http_ok = False
     if netlab.netns_exists(ns) and not any(p.component == "network" for p in problems):
         endpoint = lab_endpoint(lab)
-        error = _http_answers(ns, endpoint.listen_host, endpoint.port)
-        http_ok = error is None
-        if error is not None:
-            problems.append(StackProblem(
-                "http", f"the HTTP server at {endpoint.url('/')} does not answer: {error}"))
+        for host in endpoint.listen_hosts:  # each address of a dual-stack lab
+            error = _http_answers(ns, host, endpoint.port)
+            if error is not None:
+                url = dataclasses.replace(endpoint, target_host=host).url("/")
+                problems.append(StackProblem(
+                    "http", f"the HTTP server at {url} does not answer: {error}"))
+                break
+        else:
+            http_ok = True
     for name, qemu in sorted(vms.items()):
         tap = netlab.tap_problem(home, name, qemu)
         if tap is not None:
@@ -531,7 +536,11 @@ def stack_status(home: LabHome) -> dict[str, Any]:
         "bridge": home.bridge,
         "network_up": netlab.is_up(home),
         "address": lab.address if lab is not None else None,
-        "dhcp_range": [lab.dhcp_start, lab.dhcp_end] if lab is not None else None,
+        "dhcp_range": [lab.dhcp_start, lab.dhcp_end] if lab is not None and lab.has_ipv4
+        else None,
+        "ipv6": lab.ipv6 if lab is not None else None,
+        "dhcpv6_range": [str(a) for a in lab.ipv6_dhcp_range]
+        if lab is not None and lab.has_ipv6 else None,
         "started": live.get("started"),
         "services": [
             {"name": "supervisor", "pid": sup, "running": sup is not None},
@@ -547,13 +556,18 @@ def stack_status(home: LabHome) -> dict[str, Any]:
                 "pid": sup,
                 "running": health.http_ok,
                 "url": lab_endpoint(lab).url("/") if lab is not None else None,
+                "url6": lab_endpoint(lab, family=6).url("/")
+                if lab is not None and lab.has_ipv6 else None,
                 "boot_url": lab_endpoint(lab).boot_url if lab is not None else None,
             },
         ],
         "running_vms": [{"name": n, "pid": p} for n, p in sorted(health.vms.items())],
         "tftp_root": str(home.tftp),
         "leases": [lease.as_dict() for lease in dnsmasq.read_leases(home)],
-        "reservations": [{"name": v.name, "mac": v.mac, "ip": v.ip} for v in vms],
+        "reservations": [  # "ipv6" only for the VMs of a lab with an IPv6 prefix
+            {"name": v.name, "mac": v.mac, "ip": v.ip, **({"ipv6": v.ipv6} if v.ipv6 else {})}
+            for v in vms
+        ],
         "damaged_records": [
             {"name": d.name, "path": str(d.path), "problem": d.problem, "hint": d.hint}
             for d in damaged

@@ -97,47 +97,122 @@ def _ifname(name: str) -> str:
     return name
 
 
-def _lab_values(lab: LabSpec) -> tuple[ipaddress.IPv4Interface, str, str]:
+def _lab_values(lab: LabSpec) -> tuple[ipaddress.IPv4Interface, str, str] | None:
+    if lab.address is None:
+        return None
     iface = validate.ipv4_interface(str(lab.address))
     start, end = validate.dhcp_range(f"{lab.dhcp_start},{lab.dhcp_end}", iface)
     return iface, str(start), str(end)
 
 
+def _client_arch6(code: int) -> str:
+    """A DHCPv6 client architecture (option 61, two bytes) as dnsmasq matches it: hex bytes."""
+    return f"{code >> 8:02x}:{code & 0xFF:02x}"
+
+
+# UEFI HTTP Boot's client architectures (RFC 5970 / IANA "Processor Architecture Types": 16
+# x64 UEFI HTTP, 19 arm64 UEFI HTTP) -> the first stage they are given over HTTP. To move into
+# pvmlab.arch's first-stage table with the HTTP Boot work (IPv4), which needs the same codes.
+HTTP_BOOT_CLIENT_ARCHES: tuple[tuple[int, arch.FirstStage], ...] = (
+    (16, arch.EFI_X86_64),
+    (19, arch.EFI_ARM64),
+)
+# DHCPv6 vendor class (option 16) of an HTTP Boot answer: enterprise 343 (EDK2's), then the
+# length-prefixed "HTTPClient"; EDK2 takes only offers whose vendor class starts so
+HTTP_CLIENT_VENDOR_CLASS6 = ":".join(
+    f"{b:02x}" for b in (343).to_bytes(4, "big") + len(b"HTTPClient").to_bytes(2, "big")
+    + b"HTTPClient"
+)
+
+
+def _ipv6_values(lab: LabSpec) -> dict[str, object] | None:
+    """The template's IPv6 block: address, DHCPv6 range, PXE-over-IPv6 first stages by URL."""
+    if lab.ipv6 is None:
+        return None
+    iface = validate.ipv6_interface(lab.ipv6)
+    start, end = validate.ipv6_dynamic_range(iface.network)
+    endpoint = lab_endpoint(lab, family=6)
+    tftp_host = f"[{iface.ip}]"
+    efi = [stage for stage in arch.FIRST_STAGES if stage.pe_machine is not None]  # no BIOS PXEv6
+    return {
+        "address": str(iface.ip),
+        "prefixlen": iface.network.prefixlen,
+        "range_start": str(start),
+        "range_end": str(end),
+        "client_arch_tags": [
+            (_client_arch6(code), stage.role) for stage in efi for code in stage.client_arches
+        ],
+        "first_stages": [(stage.role, f"tftp://{tftp_host}/{stage.tftp_name}") for stage in efi],
+        "boot_url": endpoint.boot_url,
+        # (dnsmasq tag, option 61 value, the first stage's URL on the HTTP server)
+        "http_boot": [
+            (
+                f"httpboot6-{stage.role}",
+                _client_arch6(code),
+                endpoint.url(f"/tftp/{stage.tftp_name}"),
+            )
+            for code, stage in HTTP_BOOT_CLIENT_ARCHES
+        ],
+        "http_client_vendor_class": HTTP_CLIENT_VENDOR_CLASS6,
+    }
+
+
 @dataclass(frozen=True)
 class Reservation:
     mac: str
-    ip: str
+    ip: str | None
     name: str
     tags: tuple[str, ...] = ()  # dnsmasq tags the reservation sets (set:TAG)
+    ipv6: str | None = None
 
 
 def reservations(lab: LabSpec, vms: Sequence[VMSpec]) -> list[Reservation]:
     """Each VM's reservation, validated again; clashes are refused, not left to dnsmasq."""
-    iface = validate.ipv4_interface(str(lab.address))
+    iface = validate.ipv4_interface(str(lab.address)) if lab.address is not None else None
+    iface6 = validate.ipv6_interface(lab.ipv6) if lab.ipv6 is not None else None
     out: list[Reservation] = []
     seen_mac: dict[str, str] = {}
     seen_ip: dict[str, str] = {}
     for vm in vms:
         name = validate.vm_name(str(vm.name))
         mac = validate.mac(str(vm.mac))
-        ip = validate.ipv4_in(str(vm.ip), iface.network, f"IP of VM {name}")
-        if ip == iface.ip:
-            raise ValidationError(
-                f"VM {name} has the provisioner's address {ip}", f"edit {name}'s IP"
-            )
+        ip: ipaddress.IPv4Address | ipaddress.IPv6Address | None = None
+        if iface is not None:
+            ip = validate.ipv4_in(str(vm.ip), iface.network, f"IP of VM {name}")
+            if ip == iface.ip:
+                raise ValidationError(
+                    f"VM {name} has the provisioner's address {ip}", f"edit {name}'s IP"
+                )
+        ip6 = None
+        if iface6 is not None and vm.ipv6 is not None:
+            ip6 = validate.ipv6_in(vm.ipv6, iface6.network, f"IPv6 address of VM {name}")
+            if ip6 == iface6.ip:
+                raise ValidationError(
+                    f"VM {name} has the provisioner's address {ip6}", f"edit {name}'s IPv6"
+                )
+            if str(ip6) in seen_ip:
+                raise ValidationError(
+                    f"VMs {seen_ip[str(ip6)]} and {name} have the same IPv6 address {ip6}",
+                    "give each VM its own IPv6 address",
+                )
+            seen_ip[str(ip6)] = name
         if mac in seen_mac:
             raise ValidationError(
                 f"VMs {seen_mac[mac]} and {name} have the same MAC {mac}",
                 "give each VM its own MAC",
             )
-        if str(ip) in seen_ip:
+        if ip is not None and str(ip) in seen_ip:
             raise ValidationError(
                 f"VMs {seen_ip[str(ip)]} and {name} have the same IP {ip}",
                 "give each VM its own IP",
             )
-        seen_mac[mac], seen_ip[str(ip)] = name, name
+        seen_mac[mac] = name
+        if ip is not None:
+            seen_ip[str(ip)] = name
         tag = arch.net_boot(arch.parse_net_boot(str(vm.net_boot))).dnsmasq_tag
-        out.append(Reservation(mac=mac, ip=str(ip), name=name, tags=(tag,) if tag else ()))
+        out.append(Reservation(mac=mac, ip=str(ip) if ip is not None else None, name=name,
+                               tags=(tag,) if tag else (),
+                               ipv6=str(ip6) if ip6 is not None else None))
     return out
 
 
@@ -152,31 +227,34 @@ def render_conf(
 ) -> str:
     """dnsmasq.conf for the lab; ``ipv6`` (the bridge's ULA, see ``network.lab``) turns on
     router advertisements. By default it is read from the network's record."""
-    iface, start, end = _lab_values(lab)
+    v4 = _lab_values(lab)
     if ipv6 is None:
         ipv6 = netlab.ipv6_address(home)
     if ipv6 is not None:
         ipaddress.IPv6Interface(ipv6)  # a ValueError here is a bug, not user input
     return _ENV.get_template("dnsmasq.conf.j2").render(
         router_advertisements=ipv6 is not None,
+        ipv4=v4 is not None,
+        ipv6=_ipv6_values(lab),
         dns_upstream=uplink.DNS_FORWARD if lab.uplink else None,
         home_root=_safe_path(home.root.absolute()),
         bridge=_ifname(bridge or home.bridge),
-        address=str(iface.ip),
-        netmask=str(iface.netmask),
-        range_start=start,
-        range_end=end,
+        address=str(v4[0].ip) if v4 else "",
+        netmask=str(v4[0].netmask) if v4 else "",
+        range_start=v4[1] if v4 else "",
+        range_end=v4[2] if v4 else "",
         lease_time=LEASE_TIME,
         lease_file=_safe_path(lease_path(home).absolute()),
         hosts_file=_safe_path(hosts_path(home).absolute()),
         client_arch_tags=sorted(CLIENT_ARCH_TAGS.items()),
         first_stages=FIRST_STAGES,
-        boot_url=lab_endpoint(lab).boot_url,  # iPXE's DHCP boot file
+        boot_url=lab_endpoint(lab).boot_url if v4 else "",  # iPXE's DHCP boot file
         http_vm_tag=HTTP_VM_TAG,
         http_boot=[
             (code, tag, lab_endpoint(lab).url(path)) for code, tag, path in HTTP_BOOT_STAGES
-        ],
-        no_http_boot_url=lab_endpoint(lab).url("/no-http-boot"),  # refused: not an HTTP VM
+        ] if v4 else [],
+        # refused: not an HTTP VM
+        no_http_boot_url=lab_endpoint(lab).url("/no-http-boot") if v4 else "",
         tftp_root=_safe_path(home.tftp.absolute()),
         pid_file=_safe_path(pid_path(home).absolute()),
         log_file=_safe_path(log_path(home).absolute()),

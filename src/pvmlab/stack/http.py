@@ -43,6 +43,7 @@ Manual run: ``python -m pvmlab.stack.http --home H --host 127.0.0.1 --port 8080`
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
@@ -256,16 +257,27 @@ def _note(request: web.Request, **fields: Any) -> None:
     request[EXTRA].update(fields)
 
 
+def base_url(request: web.Request) -> str:
+    """The base URL for this request's scripts: a client that reached a dual-stack server over
+    IPv6 is given IPv6 URLs (``base6``), everyone else the endpoint's own."""
+    urls = request.app[URL_KEY]
+    if "base6" in urls and request.transport is not None:
+        local = request.transport.get_extra_info("sockname")
+        if isinstance(local, tuple) and len(local) == 4:  # an AF_INET6 socket address
+            return urls["base6"]
+    return urls["base"]
+
+
 async def _boot_config(request: web.Request, mac: str) -> BootConfig | None:
     """What ``mac`` boots, read from the lab home off the event loop (the records are files)."""
     app = request.app
     return await asyncio.to_thread(
-        boot_config, app[HOME_KEY], app[LAB_KEY], mac, base_url=app[URL_KEY]["base"]
+        boot_config, app[HOME_KEY], app[LAB_KEY], mac, base_url=base_url(request)
     )
 
 
 async def boot_ipxe(request: web.Request) -> web.Response:
-    return _script(render_boot_script(request.app[URL_KEY]["base"]), "chain")
+    return _script(render_boot_script(base_url(request)), "chain")
 
 
 async def machine_ipxe(request: web.Request) -> web.Response:
@@ -444,16 +456,18 @@ async def start_http(
     await runner.setup()
     if runner.server is None:
         raise StateError("the HTTP server did not set up")
-    host, port = endpoint.listen_host, endpoint.port
+    port = endpoint.port
     loop = asyncio.get_running_loop()
     try:
         listener = await loop.create_server(
-            guard.factory(runner.server), host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+            guard.factory(runner.server), endpoint.listen_hosts, port, reuse_address=True,
+            backlog=LISTEN_BACKLOG,
         )
     except OSError as exc:
         await runner.cleanup()
         raise StateError(
-            f"cannot serve HTTP on {host}:{port}: {exc.strerror or exc}",
+            f"cannot serve HTTP on {', '.join(_host_port(h, port) for h in endpoint.listen_hosts)}"
+            f": {exc.strerror or exc}",
             "is another server using that port, or is the address not on this host?",
         ) from None
     except BaseException:
@@ -463,13 +477,21 @@ async def start_http(
     if port == 0:  # the port is known only now
         endpoint = endpoint.with_port(int(listener.sockets[0].getsockname()[1]))
         app[URL_KEY]["base"] = endpoint.base_url
+    six = [h for h in endpoint.listen_hosts if ":" in h]
+    if endpoint.also_listen and six:  # dual stack: IPv6 clients get IPv6 URLs
+        app[URL_KEY]["base6"] = dataclasses.replace(endpoint, target_host=six[0]).base_url
     log.info(
-        "HTTP server on %s:%d, scripts point at %s; at most %d connections, idle timeout "
+        "HTTP server on %s, scripts point at %s; at most %d connections, idle timeout "
         "%g s, request head %g s, body %g s",
-        host, endpoint.port, endpoint.base_url, guard.cap, limits.idle_timeout,
+        ", ".join(_host_port(h, endpoint.port) for h in endpoint.listen_hosts),
+        endpoint.base_url, guard.cap, limits.idle_timeout,
         limits.header_timeout, limits.body_timeout,
     )
     return HttpServer(runner, listener, guard, endpoint)
+
+
+def _host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def bound_port(server: HttpServer) -> int:

@@ -200,6 +200,12 @@ def _mirror(url: str | None) -> dict[str, str]:
 def facts(home: LabHome, lab: LabSpec, vm: VMSpec, base_url: str) -> dict[str, Any]:
     """Everything a template may use about the machine (plain strings, lists and dicts)."""
     key = ssh_public_key(home)
+    if not lab.has_ipv4:
+        raise ValidationError(
+            "unattended installs need the lab's IPv4 network (the install configurations give "
+            "the machine its IPv4 address, gateway and DNS), and this lab is IPv6-only",
+            "use a dual-stack lab: `provisioner create --ipv6 PREFIX/64` without --no-ipv4",
+        )
     net = lab.network
     return {
         "name": vm.name,
@@ -485,7 +491,7 @@ def peer_problem(vm: VMSpec, peer: str | None, neighbours: dict[str, str]) -> st
         return f"the peer address {peer!r} is not an IP address"
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         addr = addr.ipv4_mapped
-    if str(addr) != vm.ip:
+    if str(addr) not in (vm.ip, vm.ipv6):
         return f"{addr} is not the address of VM {vm.name}"
     mac = neighbours.get(str(addr))
     if mac is not None and mac != vm.mac:

@@ -37,7 +37,16 @@ from pvmlab.home import LabHome
 from pvmlab.records import store, validate
 from pvmlab.records.models import LabSpec, VMSpec
 from pvmlab.stack import installcfg
-from pvmlab.stack.http import EXTRA, HOME_KEY, LAB_KEY, TEXT, URL_KEY, serve_file, serve_path
+from pvmlab.stack.http import (
+    EXTRA,
+    HOME_KEY,
+    LAB_KEY,
+    TEXT,
+    URL_KEY,
+    base_url,
+    serve_file,
+    serve_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +93,7 @@ async def _document(request: web.Request, doc: str) -> web.Response:
         return _text(404, f"VM {vm.name} has {what}, so no {doc} document")
     home: LabHome = request.app[HOME_KEY]
     lab: LabSpec = request.app[LAB_KEY]
-    base = request.app[URL_KEY]["base"]
+    base = base_url(request)
     try:
         text = await asyncio.to_thread(installcfg.render_document, home, lab, vm, doc, base)
     except PvmlabError as exc:

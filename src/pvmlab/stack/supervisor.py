@@ -57,6 +57,14 @@ READY_TIMEOUT = 15.0
 RELOAD_TIMEOUT = 10.0
 REQUEST_TIMEOUT = 5.0
 DHCP_PORT, TFTP_PORT = 67, 69
+DHCPV6_PORT = 547
+
+
+def served_udp_ports(lab: LabSpec) -> set[int]:
+    """The UDP ports dnsmasq binds for this lab: TFTP, DHCP for IPv4, DHCPv6 for IPv6."""
+    return {TFTP_PORT} | ({DHCP_PORT} if lab.has_ipv4 else set()) | (
+        {DHCPV6_PORT} if lab.has_ipv6 else set()
+    )
 READY = "READY"
 # the kernel stops dnsmasq when the supervisor dies, however it dies (util-linux's setpriv)
 PDEATHSIG_PREFIX = ("setpriv", "--pdeathsig", "TERM")
@@ -113,7 +121,8 @@ class Supervisor:
             "netns": self.home.netns,
             "bridge": self.home.bridge,
             "address": self.lab.address,
-            "ip": str(self.lab.ip),
+            "ip": str(self.lab.ip) if self.lab.has_ipv4 else None,
+            "ipv6": self.lab.ipv6,
             "http_url": lab_endpoint(self.lab).url("/"),
             "boot_url": lab_endpoint(self.lab).boot_url,
             "started": self.started,
@@ -144,7 +153,7 @@ class Supervisor:
                     f"dnsmasq exited with code {code} while starting: {detail}",
                     "see `pvmlab provisioner logs --service supervisor`",
                 )
-            if {DHCP_PORT, TFTP_PORT} <= bound_udp_ports():
+            if served_udp_ports(self.lab) <= bound_udp_ports():
                 return
             if time.monotonic() > deadline:
                 raise StateError(

@@ -15,6 +15,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError as PydanticError
+
 from pvmlab import spawn
 from pvmlab.arch import (
     DEFAULT_NET_BOOT,
@@ -33,6 +35,7 @@ from pvmlab.records.models import (
     Arch,
     LabSpec,
     VMSpec,
+    first_problem,
 )
 from pvmlab.stack import installcfg
 from pvmlab.stack.endpoint import lab_endpoint
@@ -48,6 +51,7 @@ class CreateRequest:
     net_boot: str = DEFAULT_NET_BOOT
     mac: str | None = None
     ip: str | None = None
+    ipv6: str | None = None  # a DHCPv6 reservation inside the lab's /64 (labs with IPv6)
     distro: str | None = None
     cmdline: str | None = None
     memory_mib: int = DEFAULT_MEMORY_MIB
@@ -112,6 +116,76 @@ def check_http_boot_firmware(arch: Arch) -> None:
         )
 
 
+def check_ipv6(lab: LabSpec, value: str, taken: dict[str, str]) -> ipaddress.IPv6Address:
+    addr = validate.ipv6_in(value, lab.iface6.network, "VM IPv6 address")
+    if addr == lab.iface6.ip:
+        raise ValidationError(
+            f"VM IPv6 address {addr} is the provisioner's address", "choose another address"
+        )
+    if lab.in_ipv6_dynamic_range(addr):
+        start, end = lab.ipv6_dhcp_range
+        raise ValidationError(
+            f"VM IPv6 address {addr} is inside the DHCPv6 dynamic range {start}-{end}",
+            "choose an address outside it (or omit --ipv6 to get the lowest free one)",
+        )
+    if str(addr) in taken:
+        raise ValidationError(
+            f"VM IPv6 address {addr} is already used by VM {taken[str(addr)]!r}",
+            "choose another address (or omit --ipv6)",
+        )
+    return addr
+
+
+def allocate_ipv6(lab: LabSpec, taken: set[str]) -> ipaddress.IPv6Address:
+    """The lowest free address of the /64 below the DHCPv6 dynamic range (``PREFIX::2`` up)."""
+    base = int(lab.iface6.network.network_address)
+    start, _ = lab.ipv6_dhcp_range
+    for n in range(base + 1, int(start)):
+        addr = ipaddress.IPv6Address(n)
+        if addr != lab.iface6.ip and str(addr) not in taken:
+            return addr
+    raise ValidationError(
+        f"no free IPv6 address left below the DHCPv6 dynamic range {start}",
+        "remove a VM (`pvmlab vm clean NAME`) or give its address with --ipv6",
+    )
+
+
+def set_lab_ipv6(home: LabHome, lab: LabSpec, ipv6: str | None) -> tuple[LabSpec, list[VMSpec]]:
+    """Give a defined lab an IPv6 prefix (``ipv6``: its address, from
+    ``validate.ipv6_interface``), or take it away (None); the lock must be held. Each VM gets a
+    reservation in the new prefix (the lowest free one) or loses its own. Returns the lab and the
+    VMs whose record changed; nothing is written when a check fails."""
+    if ipv6 is None and not lab.has_ipv4:
+        raise ValidationError(
+            "this lab is IPv6-only: without IPv6 it would have no address",
+            "keep its IPv6 prefix, or define a new lab",
+        )
+    try:
+        new_lab = LabSpec.model_validate({**lab.model_dump(), "ipv6": ipv6})
+    except PydanticError as exc:
+        raise ValidationError(
+            f"cannot give the lab IPv6 {ipv6}: {first_problem(exc)}",
+            "give the prefix alone (the provisioner takes ::1) or an address below ::1000",
+        ) from None
+    vms, damaged = store.scan_vms(home)
+    if damaged:
+        raise ValidationError(
+            f"VM record {damaged[0].path} cannot be read, so its IPv6 address cannot be changed",
+            damaged[0].hint,
+        )
+    changed: list[VMSpec] = []
+    taken: set[str] = set()
+    for vm in sorted(vms, key=lambda v: v.name):
+        if ipv6 is None:
+            update: str | None = None
+        else:
+            update = str(allocate_ipv6(new_lab, taken))
+            taken.add(update)
+        if update != vm.ipv6:
+            changed.append(vm.model_copy(update={"ipv6": update}))
+    return new_lab, changed
+
+
 def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
     """All checks of ``vm create``; the lock must be held. Returns the VM to write."""
     name = validate.vm_name(req.name)
@@ -154,15 +228,39 @@ def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
             )
     else:
         mac = validate.random_mac(macs)
-    ips = {d.ip: d.name for d in damaged if d.ip} | {v.ip: v.name for v in existing}
-    addr = check_ip(lab, req.ip, ips) if req.ip is not None else allocate_ip(lab, set(ips))
+    ip: str | None = None
+    if lab.has_ipv4:
+        ips = {d.ip: d.name for d in damaged if d.ip} | {
+            v.ip: v.name for v in existing if v.ip is not None
+        }
+        addr = check_ip(lab, req.ip, ips) if req.ip is not None else allocate_ip(lab, set(ips))
+        ip = str(addr)
+    elif req.ip is not None:
+        raise ValidationError(
+            f"the lab is IPv6-only: VM {name} cannot have the IPv4 address {req.ip}",
+            "omit --ip (give --ipv6 ADDR for its reservation)",
+        )
+    ipv6: str | None = None
+    if lab.has_ipv6:
+        taken6 = {v.ipv6: v.name for v in existing if v.ipv6 is not None}
+        ipv6 = str(
+            check_ipv6(lab, req.ipv6, taken6)
+            if req.ipv6 is not None
+            else allocate_ipv6(lab, set(taken6))
+        )
+    elif req.ipv6 is not None:
+        raise ValidationError(
+            f"the lab has no IPv6 prefix: VM {name} cannot have the IPv6 address {req.ipv6}",
+            "omit --ipv6, or define the lab with `pvmlab provisioner create --ipv6 PREFIX/64`",
+        )
     return VMSpec(
         name=name,
         arch=arch,
         firmware=firmware,
         net_boot=net_boot,
         mac=mac,
-        ip=str(addr),
+        ip=ip,
+        ipv6=ipv6,
         distro=distro,
         cmdline=cmdline,
         memory_mib=memory,
@@ -208,7 +306,7 @@ def create(home: LabHome, req: CreateRequest) -> VMSpec:
             raise
     from pvmlab.vm import ssh
 
-    ssh.forget_host(home, vm.ip)  # a new machine: whatever key was recorded for its IP is stale
+    ssh.forget_host(home, vm.address)  # a new machine: a key recorded for its address is stale
     reload_stack(home)
     return vm
 
@@ -265,7 +363,7 @@ def reinstall(
         installcfg.clear_status(home, vm.name)
     from pvmlab.vm import ssh
 
-    ssh.forget_host(home, vm.ip)  # the reinstalled machine comes back with new SSH host keys
+    ssh.forget_host(home, vm.address)  # the reinstalled machine comes back with new SSH host keys
     return vm
 
 

@@ -131,6 +131,7 @@ def config_for(
         interactive=interactive,
         ipxe_media=ipxe_media,
         net_boot=vm.net_boot,
+        pxe_ipv4=vm.ip is not None,  # None: an IPv6-only lab
     )
 
 

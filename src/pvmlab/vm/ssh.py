@@ -136,7 +136,7 @@ def check_user(user: str) -> str:
 
 def ssh_argv(home: LabHome, vm: VMSpec, user: str, command: list[str]) -> list[str]:
     """``ssh`` to the VM's reserved address; a shell when ``command`` is empty."""
-    return ["ssh", *client_options(home), "-l", check_user(user), str(vm.ip), *command]
+    return ["ssh", *client_options(home), "-l", check_user(user), vm.address, *command]
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,8 @@ def scp_argv(home: LabHome, src: str, dst: str, user: str, recursive: bool) -> C
             "e.g. `pvmlab vm cp ./file t1:/tmp/` or `pvmlab vm cp t1:/etc/hostname .`",
         )
     vm, path = remote_src or remote_dst  # type: ignore[misc]
-    remote = f"{check_user(user)}@{vm.ip}:{path}"
+    host = vm.address if vm.ip is not None else f"[{vm.address}]"  # scp: IPv6 in brackets
+    remote = f"{check_user(user)}@{host}:{path}"
     pair = [remote, dst] if remote_src is not None else [src, remote]
     return CopyPlan(vm=vm, argv=["scp", *client_options(home), *(["-r"] if recursive else []),
                                  *pair])  # fmt: skip
@@ -223,11 +224,11 @@ def classify(stderr_line: str) -> str | None:
 
 def failure(home: LabHome, vm: VMSpec, user: str, kinds: list[str], last: str) -> StateError:
     """The one-line error for a connection that failed."""
-    where = f"{vm.ip}:{SSH_PORT}"
+    where = f"{vm.address}:{SSH_PORT}" if vm.ip else f"[{vm.address}]:{SSH_PORT}"
     if "hostkey" in kinds:
         return StateError(
-            f"the SSH host key of VM {vm.name} ({vm.ip}) {HOSTKEY_CHANGED}",
-            f"if {vm.name} was reinstalled, forget the old key: `ssh-keygen -R {vm.ip} -f "
+            f"the SSH host key of VM {vm.name} ({vm.address}) {HOSTKEY_CHANGED}",
+            f"if {vm.name} was reinstalled, forget the old key: `ssh-keygen -R {vm.address} -f "
             f"{home.ssh_known_hosts}`",
         )
     if "refused" in kinds:
@@ -248,7 +249,7 @@ def failure(home: LabHome, vm: VMSpec, user: str, kinds: list[str], last: str) -
             "another login user is chosen with --user",
         )
     return StateError(
-        f"SSH to VM {vm.name} ({vm.ip}) failed: {last or 'no error output'}",
+        f"SSH to VM {vm.name} ({vm.address}) failed: {last or 'no error output'}",
         f"see `pvmlab vm logs {vm.name}`",
     )
 
