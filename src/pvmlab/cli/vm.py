@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from pvmlab.arch import CLI_CHOICES, DEFAULT_FIRMWARE, FIRMWARE_NAMES
+from pvmlab.arch import CLI_CHOICES, DEFAULT_FIRMWARE, DEFAULT_LOADER, FIRMWARE_NAMES, LOADER_NAMES
 from pvmlab.cli.common import emit_json, home, json_option
 from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
@@ -123,6 +123,18 @@ def vm() -> None:
     "--cpus", type=int, default=DEFAULT_CPUS, show_default=True, help="Number of virtual CPUs."
 )
 @click.option("--disk-size", help="Create a qcow2 disk of this size (e.g. 10G).")
+@click.option(
+    "--loader",
+    type=click.Choice(LOADER_NAMES),
+    help="First stage served over TFTP (UEFI): iPXE, or Debian's signed network GRUB "
+    "(default: the distro's loader if it names one, else grub with --secure-boot, else ipxe).",
+)
+@click.option(
+    "--secure-boot",
+    is_flag=True,
+    help="UEFI firmware with Secure Boot enforced and Microsoft's keys enrolled (QEMU's "
+    "firmware descriptors); the first stage is then Debian's signed shim, which loads GRUB.",
+)
 @install_options
 @json_option
 def create_cmd(
@@ -136,6 +148,8 @@ def create_cmd(
     memory: int,
     cpus: int,
     disk_size: str | None,
+    loader: str | None,
+    secure_boot: bool,
     as_json: bool,
     **install: Any,
 ) -> None:
@@ -158,6 +172,8 @@ def create_cmd(
         memory_mib=memory,
         cpus=cpus,
         disk_size=disk_size,
+        loader=loader,
+        secure_boot=secure_boot,
         **_install_request(install),
     )
     spec = create(home(), req)
@@ -167,6 +183,8 @@ def create_cmd(
         _say(
             f"created VM {spec.name}: {spec.arch} {spec.firmware}, MAC {spec.mac}, IP {spec.ip}"
             + (f", distro {spec.distro}" if spec.distro else "")
+            + (f", loader {spec.loader}" if spec.loader != DEFAULT_LOADER else "")
+            + (", Secure Boot" if spec.secure_boot else "")
             + (f", unattended install ({spec.install})" if spec.install else "")
         )
 

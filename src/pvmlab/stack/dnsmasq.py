@@ -45,6 +45,15 @@ FIRST_STAGES: tuple[tuple[str, str], ...] = tuple(
 CLIENT_ARCH_TAGS: dict[int, str] = {
     code: stage.role for stage in arch.FIRST_STAGES for code in stage.client_arches
 }
+# The per-machine loader tags, set in a machine's reservation (``loader_tag``): GRUB, or shim
+# (which loads GRUB) under Secure Boot. Each with a client-arch tag picks the file served.
+GRUB_TAG = "grub"
+SHIM_TAG = "shim"
+LOADER_BOOTS: tuple[tuple[str, str, str], ...] = tuple(
+    (tag, arch.architecture(g.arch).first_stages["uefi"].role, name)
+    for g in arch.SIGNED_GRUBS.values()
+    for tag, name in ((GRUB_TAG, g.grub_tftp_name), (SHIM_TAG, g.shim_tftp_name))
+)
 
 _IFNAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
 _UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f,#\"'\\]")
@@ -101,6 +110,15 @@ class Reservation:
     mac: str
     ip: str
     name: str
+    tag: str | None = None  # the machine's loader tag (None: the default first stage, iPXE)
+
+
+def loader_tag(vm: VMSpec) -> str | None:
+    """The dnsmasq tag that picks a machine's first stage: shim under Secure Boot with GRUB,
+    GRUB without; None for iPXE (also under Secure Boot, where the firmware refuses it)."""
+    if vm.loader != "grub":
+        return None
+    return SHIM_TAG if vm.secure_boot else GRUB_TAG
 
 
 def reservations(lab: LabSpec, vms: Sequence[VMSpec]) -> list[Reservation]:
@@ -128,7 +146,7 @@ def reservations(lab: LabSpec, vms: Sequence[VMSpec]) -> list[Reservation]:
                 "give each VM its own IP",
             )
         seen_mac[mac], seen_ip[str(ip)] = name, name
-        out.append(Reservation(mac=mac, ip=str(ip), name=name))
+        out.append(Reservation(mac=mac, ip=str(ip), name=name, tag=loader_tag(vm)))
     return out
 
 
@@ -162,6 +180,8 @@ def render_conf(
         hosts_file=_safe_path(hosts_path(home).absolute()),
         client_arch_tags=sorted(CLIENT_ARCH_TAGS.items()),
         first_stages=FIRST_STAGES,
+        loader_boots=LOADER_BOOTS,
+        loader_tags=(GRUB_TAG, SHIM_TAG),
         boot_url=lab_endpoint(lab).boot_url,  # iPXE's DHCP boot file
         no_http_boot_url=lab_endpoint(lab).url("/no-http-boot"),  # refused: HTTP Boot not served
         tftp_root=_safe_path(home.tftp.absolute()),
