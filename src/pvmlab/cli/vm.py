@@ -272,7 +272,7 @@ def reinstall_cmd(name: str, as_json: bool, **install: Any) -> None:
     "as_json",
     is_flag=True,
     help="Print the outcome as JSON for scripts (with --wait/--wait-ssh: ready, exited, halted,"
-    " timeout or no_ssh,"
+    " timeout, no_ssh or refused (the firmware refused an unsigned first stage under Secure Boot),"
     " the seconds since QEMU's launch, the matching line, QMP's run state).",
 )
 def start_cmd(
@@ -347,6 +347,12 @@ def start_cmd(
         raise StateError(
             result.reason,
             f"the console and the stack's view are above; full console: {h.vm_log(name)}",
+        )
+    if result.outcome == "refused":
+        raise StateError(
+            result.reason,
+            f"`pvmlab vm timeline {name}` shows the chain stopping after the first stage's "
+            f"TFTP fetch; `pvmlab vm stop {name}` ends it",
         )
     if result.outcome == "no_ssh":
         raise StateError(
