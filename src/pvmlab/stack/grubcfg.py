@@ -60,10 +60,13 @@ def write_prefix(home: LabHome) -> None:
         link.symlink_to("../images")
 
 
-def write_machine(home: LabHome, lab: LabSpec, vm: VMSpec) -> None:
-    """Render ``vm``'s own GRUB configuration into the TFTP root (with the shared parts)."""
+def write_machine(
+    home: LabHome, lab: LabSpec, vm: VMSpec, *, base_url: str | None = None
+) -> None:
+    """Render ``vm``'s own GRUB configuration into the TFTP root (with the shared parts);
+    ``base_url``: the HTTP server's, for install pointers on the command line."""
     write_prefix(home)
-    cfg = bootconfig.build(home, vm, lab_endpoint(lab).base_url)
+    cfg = bootconfig.build(home, vm, base_url or lab_endpoint(lab).base_url)
     path = home.grub_machine_cfg(validate.mac(vm.mac))
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, render_machine(cfg))
