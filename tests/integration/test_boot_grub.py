@@ -148,5 +148,6 @@ def test_secure_boot_refuses_unsigned_ipxe(
         assert "user class: iPXE" not in log
         timeline = run_pvmlab("vm", "timeline", "refused1", home=home).stdout
         assert "TFTP first stage" in timeline and "kernel" not in timeline.split("TFTP")[1]
+        assert "first stage refused" in timeline, timeline
         run_pvmlab("vm", "stop", "refused1", "--force", home=home)
 

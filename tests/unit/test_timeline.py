@@ -452,3 +452,31 @@ def test_an_installers_config_fetch_is_its_own_phase() -> None:
     assert names[-3:] == ["kernel", "install-config", "ready"]
     assert found["kernel"].label == "kernel -> installer config"
     assert timeline.install_config_phase(records("x86_64-uefi", X86)) is None
+
+
+def test_secure_boot_refusal_ends_the_chain() -> None:
+    """The firmware fetched the unsigned first stage and refused it: the timeline says so."""
+    refused = 'BdsDxe: failed to load Boot0001 "UEFI PXEv4 (MAC:0E2892)" from X: Access Denied'
+    text = "\n".join(json.dumps(r) for r in (
+        {"event": "start", "t": 1000.0, "pid": 7},
+        {"t": 10.6, "end": 15.0, "line": ">>Start PXE over IPv4."},
+        {"t": 15.0, "end": 15.0, "line": "  Station IP address is 192.168.105.4"},
+        {"t": 15.2, "end": 15.2, "line": "  NBP filename is ipxe-x86_64.efi"},
+        {"t": 15.2, "end": 15.2, "line": "  NBP filesize is 996864 Bytes"},
+        {"t": 15.3, "end": 16.7, "line": " Downloading NBP file..."},
+        {"t": 16.7, "end": 16.7, "line": "  NBP file downloaded successfully."},
+        {"t": 16.8, "end": 16.8, "line": refused},
+        {"event": "refused", "t": 16.8, "line": refused},
+        {"event": "exit", "t": 70.0},
+    ))  # fmt: skip
+    tl = timeline.boot_timeline(
+        timeline.parse_console(text), [], [], vm="r1", mac="0e:28:92:55:b7:81",
+        wait_for=re.compile(MARKER),
+    )  # fmt: skip
+    assert names(tl)[-2:] == ["tftp", "refused"]
+    last = tl.phases[-1]
+    assert (last.label, last.start, last.duration) == (
+        "first stage refused (Secure Boot)", 16.8, pytest.approx(53.2)
+    )
+    assert last.detail == {"line": refused}
+    assert tl.total is None

@@ -66,6 +66,7 @@ LABELS = {
     "vm-start": "VM start -> firmware DHCP",
     "firmware-dhcp": "firmware DHCP",
     "tftp": "TFTP first stage",
+    "refused": "first stage refused (Secure Boot)",
     "ipxe-start": "iPXE start",
     "ipxe-dhcp": "iPXE DHCP",
     "http-script": "HTTP scripts",
@@ -108,12 +109,21 @@ class ReadyEvent:
     pattern: str
 
 
+@dataclass(frozen=True)
+class RefusedEvent:
+    """The firmware refused to run a boot image (the stamper's ``refused`` event)."""
+
+    t: float
+    line: str
+
+
 @dataclass
 class ConsoleRecord:
     t0: float  # epoch of the VM start
     lines: list[ConsoleLine]
     exit: float | None = None
     ready: ReadyEvent | None = None
+    refused: RefusedEvent | None = None
 
     def first(self, pattern: re.Pattern[str], after: float = -1.0) -> ConsoleLine | None:
         for line in self.lines:
@@ -129,6 +139,7 @@ def parse_console(text: str) -> ConsoleRecord:
     lines: list[ConsoleLine] = []
     exit_t = None
     ready = None
+    refused = None
     for raw in text.splitlines():
         try:
             rec = json.loads(raw)
@@ -139,9 +150,12 @@ def parse_console(text: str) -> ConsoleRecord:
         try:
             event = rec.get("event")
             if event == "start":
-                t0, lines, exit_t, ready = float(rec["t"]), [], None, None
+                t0, lines, exit_t, ready, refused = float(rec["t"]), [], None, None, None
             elif event == "exit":
                 exit_t = float(rec["t"])
+            elif event == "refused":
+                if refused is None:
+                    refused = RefusedEvent(float(rec["t"]), str(rec["line"]))
             elif event == "ready":
                 if ready is None:
                     ready = ReadyEvent(float(rec["t"]), str(rec["line"]), str(rec["pattern"]))
@@ -155,7 +169,7 @@ def parse_console(text: str) -> ConsoleRecord:
             "the console record has no start",
             "start the VM again with `pvmlab vm start` to record a timeline",
         )
-    return ConsoleRecord(t0=t0, lines=lines, exit=exit_t, ready=ready)
+    return ConsoleRecord(t0=t0, lines=lines, exit=exit_t, ready=ready, refused=refused)
 
 
 # --- step 1: what each source recorded of the machine's last boot --------------------------------
@@ -427,6 +441,9 @@ def boot_phases(records: BootRecords, wait_for: re.Pattern[str]) -> dict[str, Ph
 
     add(firmware_dhcp_phase(records))
     add(tftp_phase(records))
+    refused = records.console.refused
+    if refused is not None:  # the chain ends here: the firmware would not run the first stage
+        add(Phase("refused", refused.t, detail={"line": refused.line[:160]}))
     ipxe_start = add(ipxe_start_phase(records))
     after_ipxe = ipxe_start.start if ipxe_start is not None else 0.0
     add(ipxe_dhcp_phase(records, after_ipxe))
