@@ -480,3 +480,40 @@ def test_secure_boot_refusal_ends_the_chain() -> None:
     )
     assert last.detail == {"line": refused}
     assert tl.total is None
+
+
+def test_grub_first_stage_phase() -> None:
+    """GRUB's banner starts its phase (config, kernel and initrd over TFTP), the kernel ends it."""
+    home = "/lab/home"
+    text = "\n".join(json.dumps(r) for r in (
+        {"event": "start", "t": 1000.0, "pid": 7},
+        {"t": 8.0, "end": 12.0, "line": ">>Start PXE over IPv4."},
+        {"t": 12.0, "end": 12.0, "line": "  Station IP address is 192.168.105.2"},
+        {"t": 12.1, "end": 12.1, "line": "  NBP filename is grubx64.efi"},
+        {"t": 12.2, "end": 14.0, "line": " Downloading NBP file..."},
+        {"t": 14.0, "end": 14.0, "line": "  NBP file downloaded successfully."},
+        {"t": 15.0, "end": 15.0, "line": "Welcome to GRUB!"},
+        {"t": 15.5, "end": 15.5, "line": "pvmlab: booting g1 (x86_64 uefi) with tiny"},
+        # GRUB's screen escapes open the kernel's first line before the kernel runs
+        {"t": 15.6, "end": 24.0, "line": "EFI stub: Loaded initrd from LINUX_EFI_INITRD"},
+        {"t": 30.0, "end": 30.0, "line": f"{MARKER} BOOT_IMAGE=/images/tiny/x86_64/vmlinuz"},
+        {"event": "exit", "t": 31.0},
+    ))  # fmt: skip
+    dnsmasq = [
+        f"Dec  1 00:16:54 dnsmasq-tftp[5]: sent {home}/tftp/grubx64.efi to 192.168.105.2",
+        f"Dec  1 00:16:55 dnsmasq-tftp[5]: sent {home}/tftp/grub/grub.cfg to 192.168.105.2",
+        f"Dec  1 00:17:00 dnsmasq-tftp[5]: sent {home}/tftp/images/tiny/x86_64/vmlinuz to "
+        "192.168.105.2",
+        f"Dec  1 00:17:01 dnsmasq-tftp[5]: sent {home}/tftp/images/tiny/x86_64/initrd to "
+        "192.168.105.2",
+    ]
+    tl = timeline.boot_timeline(
+        timeline.parse_console(text), dnsmasq, [], vm="g1", mac="0e:00:00:00:00:01",
+        wait_for=re.compile(MARKER),
+    )  # fmt: skip
+    assert names(tl) == ["vm-start", "firmware-dhcp", "tftp", "grub", "kernel", "ready"]
+    grub = tl.phase("grub")
+    assert grub is not None
+    assert (grub.label, grub.start, grub.duration) == (
+        "GRUB: config, kernel, initrd (TFTP)", 15.0, pytest.approx(9.0)
+    )
