@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system programs pvmlab drives: QEMU (x86_64 and aarch64), UEFI firmware,
 # dnsmasq, iPXE binaries, iproute2, busybox, pasta + nftables (the optional uplink), the
-# OpenSSH client (vm ssh) and Python's venv module.
+# OpenSSH client (vm ssh), Debian's signed shim and GRUB, and Python's venv module.
 #
 # Idempotent: a package already present is not installed again, and nothing is downloaded when
 # everything is there. Debian and Ubuntu use apt; macOS gets Homebrew hints; anything else gets a
@@ -36,6 +36,12 @@ packages=(
   # the image itself
   mmdebstrap dosfstools mtools fdisk qemu-user-static
 )
+# Debian's signed shim and network GRUB for the host's architecture (vm create --loader grub,
+# --secure-boot); the other architecture's are fetched by pvmlab into the lab home's cache.
+case "$(dpkg --print-architecture 2>/dev/null || uname -m)" in
+  amd64|x86_64) packages+=(shim-signed grub-efi-amd64-signed) ;;
+  arm64|aarch64) packages+=(shim-signed grub-efi-arm64-signed) ;;
+esac
 # dropbear + sftp-server go into the SSH test initramfs (tests/fixtures/bootassets.py); fdisk
 # and systemd-boot-efi make the deploy tests' small disk image (tests/fixtures/deployimage.py)
 test_packages=(nginx-light curl dropbear-bin openssh-sftp-server chromium fdisk systemd-boot-efi)

@@ -398,3 +398,87 @@ def check_net_boot(fw: Firmware, nb: NetBoot) -> None:
             f"{kind.label} needs {needs} firmware, not {firmware(fw).label}",
             f"use --firmware {DEFAULT_FIRMWARE}, or --net-boot {DEFAULT_NET_BOOT}",
         )
+
+
+# --- the loader axis: which first stage a UEFI machine is served ------------------------------
+#
+#     loader  first stage over TFTP           under Secure Boot
+#     ipxe    ipxe-<arch>.efi (FIRST_STAGES)  refused by the firmware (iPXE is not signed)
+#     grub    Debian's signed network GRUB    Debian's signed shim, which loads that GRUB
+#
+# GRUB's network image finds its configuration under its built-in prefix ``(tftp,SERVER)/grub``
+# (seen in dnsmasq's TFTP log: it asks for grub/grub.cfg) and has no HTTP module, so its
+# configuration, the kernel and the initrd all come over TFTP.
+
+Loader = Literal["ipxe", "grub"]
+LOADER_NAMES: tuple[Loader, ...] = ("ipxe", "grub")
+DEFAULT_LOADER: Loader = "ipxe"
+GRUB_PREFIX_DIR = "grub"  # the signed network GRUB's prefix below the TFTP root
+
+
+@dataclass(frozen=True)
+class SignedGrub:
+    """Debian's signed network GRUB and shim for one architecture, as the lab serves them."""
+
+    arch: Arch
+    debian_arch: str  # the Debian architecture the packages are fetched for
+    grub_package: str
+    grub_file: str  # inside the package
+    grub_tftp_name: str  # the name shim loads from its own directory (and GRUB's own DHCP file)
+    shim_package: str
+    shim_file: str
+    shim_tftp_name: str
+
+
+GRUB_X86_64 = SignedGrub(
+    arch="x86_64",
+    debian_arch="amd64",
+    grub_package="grub-efi-amd64-signed",
+    grub_file="usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
+    grub_tftp_name="grubx64.efi",
+    shim_package="shim-signed",
+    shim_file="usr/lib/shim/shimx64.efi.signed",
+    shim_tftp_name="shimx64.efi",
+)
+GRUB_AARCH64 = SignedGrub(
+    arch="aarch64",
+    debian_arch="arm64",
+    grub_package="grub-efi-arm64-signed",
+    grub_file="usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed",
+    grub_tftp_name="grubaa64.efi",
+    shim_package="shim-signed",
+    shim_file="usr/lib/shim/shimaa64.efi.signed",
+    shim_tftp_name="shimaa64.efi",
+)
+SIGNED_GRUBS: Mapping[Arch, SignedGrub] = MappingProxyType(
+    {GRUB_X86_64.arch: GRUB_X86_64, GRUB_AARCH64.arch: GRUB_AARCH64}
+)
+
+
+def signed_grub(name: Arch) -> SignedGrub:
+    return SIGNED_GRUBS[name]
+
+
+def parse_loader(value: str) -> Loader:
+    for name in LOADER_NAMES:
+        if value == name:
+            return name
+    raise ValidationError(
+        f"unknown loader {value!r}", f"choose one of: {', '.join(LOADER_NAMES)}"
+    )
+
+
+def check_loader(fw: Firmware, loader: Loader, secure_boot: bool) -> None:
+    """Refuse what legacy BIOS cannot do: GRUB's network image and Secure Boot are UEFI's."""
+    if fw == "uefi":
+        return
+    if secure_boot:
+        raise ValidationError(
+            f"Secure Boot needs UEFI firmware, not {firmware(fw).label}",
+            f"use --firmware {UEFI.name} with --secure-boot",
+        )
+    if loader == "grub":
+        raise ValidationError(
+            f"the GRUB first stage is a UEFI program; {firmware(fw).label} gets iPXE",
+            f"use --firmware {UEFI.name} with --loader grub, or --loader ipxe",
+        )

@@ -7,7 +7,8 @@
     vms/            NAME.json per VM; NAME/ holds efivars.fd, disk.qcow2, runtime.json, ipxe-media/
     images/         NAME/ARCH/{vmlinuz,initrd,distro.json}
     configs/        dnsmasq.conf, dhcp-hosts (reservations), .render.lock
-    tftp/           the TFTP root (iPXE first stages, autoexec.ipxe)
+    tftp/           the TFTP root (iPXE first stages, autoexec.ipxe; signed GRUB and shim,
+                    grub/grub.cfg and grub/machines/<MAC>.cfg, images -> ../images)
     logs/           dnsmasq.log, http.log, supervisor.log; per VM NAME.log (console),
                     NAME.qemu.log, NAME.console.jsonl (console times)
     pids/           supervisor.pid, NAME.pid
@@ -17,7 +18,8 @@
     ssh/            the lab's SSH key pair and its known_hosts (``vm ssh``, ``vm cp``)
     diskimages/     NAME/{disk.raw,image.json} (``image build``: bootable disk images)
     cache/          downloads/NAME/ARCH/METHOD/ (``distro pull``), ipxe/ (official iPXE builds),
-                    rootfs/KEY.tar (``image build``: mmdebstrap's output, keyed by its inputs)
+                    rootfs/KEY.tar (``image build``: mmdebstrap's output, keyed by its inputs),
+                    loaders/ (signed GRUB and shim packages for a foreign architecture)
 
 Every path above is built here, by a property or method of ``LabHome``, and nowhere else.
 
@@ -181,6 +183,28 @@ class LabHome:
     def tftp_file(self, name: str) -> Path:
         """A file served over TFTP under ``name``."""
         return self.tftp / name
+
+    @property
+    def tftp_images(self) -> Path:
+        """``tftp/images``: a link to ``../images``, so GRUB (no HTTP in Debian's signed image)
+        loads kernels and initrds over TFTP at the paths the HTTP server uses."""
+        return self.tftp / "images"
+
+    @property
+    def grub_prefix(self) -> Path:
+        """``tftp/grub``: the signed network GRUB's prefix; its ``grub.cfg`` is the same for
+        every machine and sources ``machines/<MAC>.cfg``."""
+        return self.tftp / "grub"
+
+    def grub_machine_cfg(self, mac: str) -> Path:
+        """``tftp/grub/machines/<mac>.cfg``, named as GRUB's ``${net_default_mac}`` spells it."""
+        return self.grub_prefix / "machines" / f"{mac}.cfg"
+
+    @property
+    def loader_cache(self) -> Path:
+        """``cache/loaders``: Debian packages of signed GRUB and shim fetched for other
+        architectures than the host's (``pvmlab.assets.signedboot``)."""
+        return self.cache / "loaders"
 
     @property
     def dnsmasq_conf(self) -> Path:

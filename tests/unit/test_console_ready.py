@@ -63,3 +63,20 @@ def test_escapes_are_removed_before_matching() -> None:
     st, _out, events = stamper(r"^Welcome$")
     st.feed(b"\x1b[2J\x1b[0mWelcome\r\n", 100.5)
     assert [e["line"] for e in events] == ["Welcome"]
+
+
+def test_firmware_refusing_an_image_is_a_refused_event() -> None:
+    """EDK2's boot manager under Secure Boot: LoadImage of an unsigned image is Access Denied."""
+    st, out, events = stamper(r"PVMLAB-BOOT-OK")
+    st.feed(b"  NBP file downloaded successfully.\r\n", 101.0)
+    line = (
+        'BdsDxe: failed to load Boot0001 "UEFI PXEv4 (MAC:0E289255B781)" from '
+        "PciRoot(0x0)/Pci(0x2,0x0)/MAC(0E289255B781,0x1)/IPv4(0.0.0.0,0x0,DHCP,0.0.0.0,0.0.0.0,"
+        "0.0.0.0): Access Denied"
+    )
+    st.feed(line.encode() + b"\r\n", 102.0)
+    # a later option that is merely absent is not a refusal, and one event is enough
+    st.feed(b'BdsDxe: failed to load Boot0002 "UEFI PXEv6" from X: Not Found\r\n', 103.0)
+    st.feed(line.encode() + b"\r\n", 104.0)
+    assert events == [{"event": "refused", "t": 2.0, "line": line}]
+    assert [r.get("event") for r in records(out)] == [None, None, "refused", None, None]

@@ -63,11 +63,16 @@ def test_conf_paths_live_in_the_home(home: LabHome) -> None:
 
 
 @pytest.mark.parametrize(
-    ("arch", "boot_file"),
-    [(0, "undionly.kpxe"), (7, "ipxe-x86_64.efi"), (9, "ipxe-x86_64.efi"), (11, "ipxe-arm64.efi")],
+    ("arch", "boot_files"),
+    [
+        (0, ["undionly.kpxe"]),
+        (7, ["ipxe-x86_64.efi", "grubx64.efi", "shimx64.efi"]),
+        (9, ["ipxe-x86_64.efi", "grubx64.efi", "shimx64.efi"]),
+        (11, ["ipxe-arm64.efi", "grubaa64.efi", "shimaa64.efi"]),
+    ],
 )
 def test_each_client_arch_gets_its_first_stage_with_next_server(
-    home: LabHome, arch: int, boot_file: str
+    home: LabHome, arch: int, boot_files: list[str]
 ) -> None:
     conf = dnsmasq.render_conf(home, LAB)
     tags = [
@@ -78,8 +83,35 @@ def test_each_client_arch_gets_its_first_stage_with_next_server(
     ]
     assert len(tags) == 1
     boots = [b for b in lines(conf, "dhcp-boot") if f"tag:{tags[0]}," in b]
-    # not for iPXE clients; the file; empty server name; next-server = provisioner
-    assert boots == [f"tag:!ipxe,tag:{tags[0]},{boot_file},,192.168.105.1"]
+    # not for iPXE clients; the file; empty server name; next-server = provisioner. iPXE unless
+    # the machine's reservation set the grub or shim tag (they exclude each other: no ordering).
+    ipxe, *signed = boot_files
+    expected = [f"tag:!ipxe,tag:!grub,tag:!shim,tag:{tags[0]},{ipxe},,192.168.105.1"]
+    if signed:
+        grub, shim = signed
+        expected += [
+            f"tag:!ipxe,tag:grub,tag:{tags[0]},{grub},,192.168.105.1",
+            f"tag:!ipxe,tag:shim,tag:{tags[0]},{shim},,192.168.105.1",
+        ]
+    assert boots == expected
+
+
+def test_reservation_sets_the_loader_tag() -> None:
+    vms = [
+        VMSpec(name="a", arch="x86_64", mac="52:54:00:00:00:01", ip="192.168.105.10"),
+        VMSpec(name="b", arch="x86_64", mac="52:54:00:00:00:02", ip="192.168.105.11",
+               loader="grub"),
+        VMSpec(name="c", arch="aarch64", mac="52:54:00:00:00:03", ip="192.168.105.12",
+               loader="grub", secure_boot=True),
+        VMSpec(name="d", arch="x86_64", mac="52:54:00:00:00:04", ip="192.168.105.13",
+               secure_boot=True),
+    ]
+    assert dnsmasq.render_hosts(LAB, vms).splitlines() == [
+        "52:54:00:00:00:01,192.168.105.10,a",
+        "52:54:00:00:00:02,set:grub,192.168.105.11,b",
+        "52:54:00:00:00:03,set:shim,192.168.105.12,c",
+        "52:54:00:00:00:04,192.168.105.13,d",  # iPXE under Secure Boot: refused by firmware
+    ]
 
 
 def test_ipxe_clients_get_the_http_script(home: LabHome) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from pvmlab.errors import DependencyError
-from pvmlab.qemu.firmware import descriptor_files, find_uefi, search_dirs
+from pvmlab.qemu.firmware import descriptor_files, find_uefi, require_secure_boot, search_dirs
 
 
 def descriptor(
@@ -171,3 +171,52 @@ def test_real_system_descriptors(arch: str, machine: str) -> None:
     if arch == "aarch64":  # the virt machine's pflash units are 64 MiB each
         assert fw.code.stat().st_size == 64 * 1024 * 1024
         assert fw.vars_template.stat().st_size == 64 * 1024 * 1024
+
+
+def test_secure_boot_needs_enrolled_keys_and_says_smm(
+    tmp_path: Path, dirs: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Secure Boot without enrolled keys would not run Microsoft-signed shim: skipped."""
+    write(dirs[0], "40-nokeys.json",
+          descriptor(tmp_path, code="NK.fd", nvram="NKV.fd", features=("secure-boot",)))
+    write(dirs[0], "50-keys.json", descriptor(
+        tmp_path, code="SB.fd", nvram="SBV.fd",
+        features=("secure-boot", "enrolled-keys", "requires-smm"),
+    ))  # fmt: skip
+    with caplog.at_level(logging.DEBUG, logger="pvmlab.qemu.firmware"):
+        fw = find_uefi("x86_64", "q35", dirs=dirs, secure_boot=True)
+    assert "40-nokeys.json: skipped: no enrolled-keys feature (Secure Boot asked for)" in (
+        caplog.text
+    )
+    assert (fw.code, fw.secure_boot, fw.requires_smm) == (tmp_path / "SB.fd", True, True)
+
+
+def test_no_secure_boot_firmware_is_a_clear_error(tmp_path: Path, dirs: list[Path]) -> None:
+    write(dirs[0], "60-plain.json", descriptor(tmp_path, code="PLAIN.fd"))
+    with pytest.raises(DependencyError) as err:
+        require_secure_boot("x86_64", "q35", dirs=dirs)
+    assert err.value.problem == (
+        "no UEFI firmware with Secure Boot and enrolled keys for x86_64 (q35) in QEMU's "
+        "firmware descriptors"
+    )
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/qemu/firmware/40-edk2-x86_64-secure-enrolled.json").is_file(),
+    reason="no Debian Secure Boot firmware descriptors",
+)
+@pytest.mark.parametrize(
+    ("arch", "machine", "code", "nvram", "smm"),
+    [
+        ("x86_64", "q35", "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd",  # as OVMF_CODE_4M.ms.fd
+         "/usr/share/OVMF/OVMF_VARS_4M.ms.fd", True),
+        # AAVMF_CODE.ms.fd is the plain build: on aarch64 the enrolled vars turn Secure Boot on
+        ("aarch64", "virt", "/usr/share/AAVMF/AAVMF_CODE.fd",
+         "/usr/share/AAVMF/AAVMF_VARS.ms.fd", False),
+    ],
+)  # fmt: skip
+def test_real_secure_boot_descriptors(
+    arch: str, machine: str, code: str, nvram: str, smm: bool
+) -> None:
+    fw = find_uefi(arch, machine, secure_boot=True)  # type: ignore[arg-type]
+    assert (str(fw.code.resolve()), str(fw.vars_template), fw.requires_smm) == (code, nvram, smm)

@@ -255,3 +255,13 @@ def test_guest_panics_reach_qemu_and_pause_the_vm(arch: str, firmware: str, devi
     argv = build_argv(cfg(arch=arch, firmware=firmware))
     assert device in opt(argv, "-device")
     assert opt(argv, "-action") == ["panic=pause"]
+
+
+def test_secure_boot_firmware_with_smm() -> None:
+    """OVMF's Secure Boot build keeps its variables behind SMM: q35 with smm=on and the flash
+    in secure mode, so the guest cannot rewrite the enrolled keys."""
+    argv = build_argv(QemuConfig(**{**cfg().__dict__, "smm": True}))
+    assert opt(argv, "-machine") == ["q35,smm=on"]
+    assert opt(argv, "-global") == ["driver=cfi.pflash01,property=secure,value=on"]
+    i = argv.index("-global")
+    assert argv[i + 2] == "-drive" and argv[i + 3].startswith("if=pflash,format=raw,unit=0,")

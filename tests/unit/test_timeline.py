@@ -481,3 +481,68 @@ def test_uefi_http_boot_has_an_http_first_stage_and_no_tftp() -> None:
     assert "autoexec.ipxe from HTTP" in timeline.phase_details(ipxe)
     script = tl.phase("http-script")
     assert script is not None and script.detail["requests"] == ["/boot.ipxe 200", "/ipxe 200"]
+
+
+def test_secure_boot_refusal_ends_the_chain() -> None:
+    """The firmware fetched the unsigned first stage and refused it: the timeline says so."""
+    refused = 'BdsDxe: failed to load Boot0001 "UEFI PXEv4 (MAC:0E2892)" from X: Access Denied'
+    text = "\n".join(json.dumps(r) for r in (
+        {"event": "start", "t": 1000.0, "pid": 7},
+        {"t": 10.6, "end": 15.0, "line": ">>Start PXE over IPv4."},
+        {"t": 15.0, "end": 15.0, "line": "  Station IP address is 192.168.105.4"},
+        {"t": 15.2, "end": 15.2, "line": "  NBP filename is ipxe-x86_64.efi"},
+        {"t": 15.2, "end": 15.2, "line": "  NBP filesize is 996864 Bytes"},
+        {"t": 15.3, "end": 16.7, "line": " Downloading NBP file..."},
+        {"t": 16.7, "end": 16.7, "line": "  NBP file downloaded successfully."},
+        {"t": 16.8, "end": 16.8, "line": refused},
+        {"event": "refused", "t": 16.8, "line": refused},
+        {"event": "exit", "t": 70.0},
+    ))  # fmt: skip
+    tl = timeline.boot_timeline(
+        timeline.parse_console(text), [], [], vm="r1", mac="0e:28:92:55:b7:81",
+        wait_for=re.compile(MARKER),
+    )  # fmt: skip
+    assert names(tl)[-2:] == ["tftp", "refused"]
+    last = tl.phases[-1]
+    assert (last.label, last.start, last.duration) == (
+        "first stage refused (Secure Boot)", 16.8, pytest.approx(53.2)
+    )
+    assert last.detail == {"line": refused}
+    assert tl.total is None
+
+
+def test_grub_first_stage_phase() -> None:
+    """GRUB's banner starts its phase (config, kernel and initrd over TFTP), the kernel ends it."""
+    home = "/lab/home"
+    text = "\n".join(json.dumps(r) for r in (
+        {"event": "start", "t": 1000.0, "pid": 7},
+        {"t": 8.0, "end": 12.0, "line": ">>Start PXE over IPv4."},
+        {"t": 12.0, "end": 12.0, "line": "  Station IP address is 192.168.105.2"},
+        {"t": 12.1, "end": 12.1, "line": "  NBP filename is grubx64.efi"},
+        {"t": 12.2, "end": 14.0, "line": " Downloading NBP file..."},
+        {"t": 14.0, "end": 14.0, "line": "  NBP file downloaded successfully."},
+        {"t": 15.0, "end": 15.0, "line": "Welcome to GRUB!"},
+        {"t": 15.5, "end": 15.5, "line": "pvmlab: booting g1 (x86_64 uefi) with tiny"},
+        # GRUB's screen escapes open the kernel's first line before the kernel runs
+        {"t": 15.6, "end": 24.0, "line": "EFI stub: Loaded initrd from LINUX_EFI_INITRD"},
+        {"t": 30.0, "end": 30.0, "line": f"{MARKER} BOOT_IMAGE=/images/tiny/x86_64/vmlinuz"},
+        {"event": "exit", "t": 31.0},
+    ))  # fmt: skip
+    dnsmasq = [
+        f"Dec  1 00:16:54 dnsmasq-tftp[5]: sent {home}/tftp/grubx64.efi to 192.168.105.2",
+        f"Dec  1 00:16:55 dnsmasq-tftp[5]: sent {home}/tftp/grub/grub.cfg to 192.168.105.2",
+        f"Dec  1 00:17:00 dnsmasq-tftp[5]: sent {home}/tftp/images/tiny/x86_64/vmlinuz to "
+        "192.168.105.2",
+        f"Dec  1 00:17:01 dnsmasq-tftp[5]: sent {home}/tftp/images/tiny/x86_64/initrd to "
+        "192.168.105.2",
+    ]
+    tl = timeline.boot_timeline(
+        timeline.parse_console(text), dnsmasq, [], vm="g1", mac="0e:00:00:00:00:01",
+        wait_for=re.compile(MARKER),
+    )  # fmt: skip
+    assert names(tl) == ["vm-start", "firmware-dhcp", "tftp", "grub", "kernel", "ready"]
+    grub = tl.phase("grub")
+    assert grub is not None
+    assert (grub.label, grub.start, grub.duration) == (
+        "GRUB: config, kernel, initrd (TFTP)", 15.0, pytest.approx(9.0)
+    )

@@ -134,3 +134,41 @@ def test_needs_a_lab(tmp_path: Path) -> None:
     proc = run_pvmlab("vm", "create", "v1", home=tmp_path / "nohome", check=False)
     assert proc.returncode != 0 and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "nohome" / "vms").exists()
+
+
+def test_loader_and_secure_boot_choices(home: LabHome) -> None:
+    plain = create(home, CreateRequest(name="p", arch="x86_64"))
+    grub = create(home, CreateRequest(name="g", arch="aarch64", loader="grub"))
+    assert (plain.loader, plain.secure_boot, grub.loader) == ("ipxe", False, "grub")
+    if Path("/usr/share/qemu/firmware/40-edk2-x86_64-secure-enrolled.json").is_file():
+        sb = create(home, CreateRequest(name="s", arch="x86_64", secure_boot=True))
+        assert (sb.loader, sb.secure_boot) == ("grub", True)  # shim and GRUB by default
+        refused = create(home, CreateRequest(name="r", arch="x86_64", secure_boot=True,
+                                             loader="ipxe"))  # fmt: skip
+        assert (refused.loader, refused.secure_boot) == ("ipxe", True)
+
+
+def test_distro_declares_its_default_loader(home: LabHome) -> None:
+    distro = store.load_distro(home, "tiny", "x86_64")
+    assert distro is not None
+    store.save_distro(home, distro.model_copy(update={"loader": "grub"}))
+    assert create(home, CreateRequest(name="d", arch="x86_64", distro="tiny")).loader == "grub"
+    explicit = CreateRequest(name="e", arch="x86_64", distro="tiny", loader="ipxe")
+    assert create(home, explicit).loader == "ipxe"
+
+
+@pytest.mark.parametrize(
+    ("req", "problem"),
+    [
+        ({"firmware": "bios", "secure_boot": True},
+         "Secure Boot needs UEFI firmware, not legacy BIOS"),
+        ({"firmware": "bios", "loader": "grub"},
+         "the GRUB first stage is a UEFI program; legacy BIOS gets iPXE"),
+        ({"loader": "pxelinux"}, "unknown loader 'pxelinux'"),
+    ],
+)  # fmt: skip
+def test_loader_refusals(home: LabHome, req: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        create(home, CreateRequest(name="x", arch="x86_64", **req))  # type: ignore[arg-type]
+    assert err.value.problem == problem
+    assert not home.vm_file("x").exists()

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from pvmlab.arch import ARCHES, CLI_CHOICES, FIRST_STAGES
+from pvmlab.arch import ARCHES, CLI_CHOICES, FIRST_STAGES, LOADER_NAMES, parse_loader
 from pvmlab.cli.common import emit_json, home, json_option, table
 from pvmlab.errors import ValidationError
 from pvmlab.records import validate
@@ -73,6 +73,12 @@ def distro() -> None:
     "MBR; ext2/3/4), without root: a file, or the name of an image `pvmlab image build` made.",
 )
 @click.option("--cmdline", metavar="LINE", help="Kernel command line to boot it with (one line).")
+@click.option(
+    "--loader",
+    type=click.Choice(LOADER_NAMES),
+    help="The first stage its machines get unless `vm create --loader` says (distros whose "
+    "netboot is GRUB: grub).",
+)
 @json_option
 def import_(
     name: str,
@@ -81,6 +87,7 @@ def import_(
     initrd: Path | None,
     image: Path | None,
     cmdline: str | None,
+    loader: str | None,
     as_json: bool,
 ) -> None:
     """Copy a kernel and initrd into the lab as distro NAME.
@@ -114,6 +121,11 @@ def import_(
             )
         res = assets.import_result(h, name, arch, kernel, initrd, cmdline)
     a = res.assets
+    if loader is not None:
+        from pvmlab.records import store
+
+        a = a.model_copy(update={"loader": parse_loader(loader)})
+        store.save_distro(h, a)
     if as_json:
         emit_json({**a.model_dump(mode="json"), "replaced": res.replaced is not None})
         return

@@ -12,8 +12,10 @@ import click
 from pvmlab.arch import (
     CLI_CHOICES,
     DEFAULT_FIRMWARE,
+    DEFAULT_LOADER,
     DEFAULT_NET_BOOT,
     FIRMWARE_NAMES,
+    LOADER_NAMES,
     NET_BOOT_NAMES,
 )
 from pvmlab.cli.common import emit_json, home, json_option
@@ -157,6 +159,18 @@ def vm() -> None:
     "(the deploy ramdisk writes and verifies it, then the VM boots its disk); --user-data is "
     "then its cloud-init user-data.",
 )
+@click.option(
+    "--loader",
+    type=click.Choice(LOADER_NAMES),
+    help="First stage served over TFTP (UEFI): iPXE, or Debian's signed network GRUB "
+    "(default: the distro's loader if it names one, else grub with --secure-boot, else ipxe).",
+)
+@click.option(
+    "--secure-boot",
+    is_flag=True,
+    help="UEFI firmware with Secure Boot enforced and Microsoft's keys enrolled (QEMU's "
+    "firmware descriptors); the first stage is then Debian's signed shim, which loads GRUB.",
+)
 @install_options
 @json_option
 def create_cmd(
@@ -173,6 +187,8 @@ def create_cmd(
     cpus: int,
     disk_size: str | None,
     image: Path | None,
+    loader: str | None,
+    secure_boot: bool,
     as_json: bool,
     **install: Any,
 ) -> None:
@@ -198,6 +214,8 @@ def create_cmd(
         cpus=cpus,
         disk_size=disk_size,
         image=image,
+        loader=loader,
+        secure_boot=secure_boot,
         **_install_request(install),
     )
     spec = create(home(), req)
@@ -213,6 +231,8 @@ def create_cmd(
             + (f", image {spec.image} (deployed at its first start)" if spec.image else "")
             + (f", unattended install ({spec.install})"
                if spec.install and not spec.image else "")
+            + (f", loader {spec.loader}" if spec.loader != DEFAULT_LOADER else "")
+            + (", Secure Boot" if spec.secure_boot else "")
         )
 
 
@@ -305,7 +325,7 @@ def reinstall_cmd(name: str, as_json: bool, **install: Any) -> None:
     "as_json",
     is_flag=True,
     help="Print the outcome as JSON for scripts (with --wait/--wait-ssh: ready, exited, halted,"
-    " timeout or no_ssh,"
+    " timeout, no_ssh or refused (the firmware refused an unsigned first stage under Secure Boot),"
     " the seconds since QEMU's launch, the matching line, QMP's run state).",
 )
 def start_cmd(
@@ -380,6 +400,12 @@ def start_cmd(
         raise StateError(
             result.reason,
             f"the console and the stack's view are above; full console: {h.vm_log(name)}",
+        )
+    if result.outcome == "refused":
+        raise StateError(
+            result.reason,
+            f"`pvmlab vm timeline {name}` shows the chain stopping after the first stage's "
+            f"TFTP fetch; `pvmlab vm stop {name}` ends it",
         )
     if result.outcome == "no_ssh":
         raise StateError(

@@ -15,6 +15,9 @@ It reads the log as it grows (every ``POLL`` seconds) and writes ``logs/NAME.con
                                                          was; both relative to ``t0``
     {"event": "ready", "t": 8.5, "line": "login:",      the first line matching the awaited
      "pattern": "login:"}                                pattern (``--ready``), ``t`` as above
+    {"event": "refused", "t": 9.2, "line": "BdsDxe: …"}  the firmware refused to run a boot
+                                                         image (EDK2 under Secure Boot: an
+                                                         image no enrolled key signed)
     {"event": "exit", "t": 20.1}                         QEMU exited (the watcher ends too)
 
 Given a pattern, the stamper is the one reader that decides "ready": the event is written here
@@ -49,6 +52,11 @@ POLL = 0.02
 
 EventSink = Callable[[dict[str, Any]], None]
 
+# EDK2's boot manager, when LoadImage fails for a boot option: under Secure Boot an image that
+# no enrolled key signed ends in "Access Denied" (EFI_ACCESS_DENIED; "Security Violation" when
+# the firmware defers the image). A fact of the firmware, so it is watched on every console.
+REFUSED = re.compile(r"BdsDxe: failed to load Boot\w+ .*: (Access Denied|Security Violation)")
+
 
 def stamps_path(log: Path) -> Path:
     """``logs/NAME.log`` -> ``logs/NAME.console.jsonl``."""
@@ -71,6 +79,7 @@ class Stamper:
         self.ready = ready
         self.on_event = on_event
         self.ready_event: dict[str, Any] | None = None
+        self.refused_event: dict[str, Any] | None = None
         self.partial = b""
         self.partial_t: float | None = None
 
@@ -89,12 +98,23 @@ class Stamper:
         if self.on_event is not None:
             self.on_event(rec)
 
+    def _check_refused(self, text: str, first: float) -> None:
+        if self.refused_event is not None or not REFUSED.search(text):
+            return
+        rec = {"event": "refused", "t": round(first - self.t0, 3), "line": text.strip()}
+        self.refused_event = rec
+        self.out.write(json.dumps(rec) + "\n")
+        self.out.flush()
+        if self.on_event is not None:
+            self.on_event(rec)
+
     def _emit(self, data: bytes, first: float, end: float) -> None:
         text = clean(data.decode(errors="replace")).rstrip()
         if text.strip():
             rec = {"t": round(first - self.t0, 3), "end": round(end - self.t0, 3), "line": text}
             self.out.write(json.dumps(rec) + "\n")
             self._check_ready(text, first)
+            self._check_refused(text, first)
 
     def feed(self, chunk: bytes, now: float) -> None:
         if not chunk:

@@ -27,6 +27,12 @@ slowest one is where the time went. Transfers also carry their own ``transfer_s`
     tftp           the first stage over TFTP (file, bytes)
     http-first-stage  UEFI HTTP Boot: the first stage over HTTP (the URL DHCP handed the
                    firmware; requests, bytes), instead of ``tftp``
+    refused        the firmware refused the first stage (Secure Boot, an unsigned image): the
+                   chain ends here
+    shim           Secure Boot: shim fetches GRUB over TFTP and verifies it
+    grub           GRUB as the first stage: its banner -> the kernel's first line (its config,
+                   the kernel and the initrd over TFTP; GRUB's screen escapes start that line
+                   early, so the kernel's phase starts at the line's end)
     ipxe-start     iPXE starting (its device probe, entropy, "Press Ctrl-B" prompt)
     ipxe-dhcp      iPXE's own DHCP
     http-script    boot.ipxe and the per-machine script
@@ -80,6 +86,9 @@ LABELS = {
     "firmware-dhcp": "firmware DHCP",
     "tftp": "TFTP first stage",
     "http-first-stage": "HTTP first stage",
+    "refused": "first stage refused (Secure Boot)",
+    "shim": "shim: GRUB over TFTP, verified",
+    "grub": "GRUB: config, kernel, initrd (TFTP)",
     "ipxe-start": "iPXE start",
     "ipxe-dhcp": "iPXE DHCP",
     "http-script": "HTTP scripts",
@@ -108,6 +117,8 @@ _NBP_DONE = re.compile(r"NBP file downloaded successfully")
 _IPXE_START = re.compile(r"iPXE initialising devices|^iPXE \(https?://ipxe\.org\)")
 _AUTOEXEC = re.compile(r"^(?P<file>file:)?\S*autoexec\.ipxe\.\.\. ok")
 _IPXE_DHCP = re.compile(r"Configuring \(net\d")
+_GRUB_START = re.compile(r"Welcome to GRUB!")
+_SHIM_FETCH = re.compile(r"Fetching Netboot Image (\S+)")
 _KERNEL = re.compile(r"EFI stub: |Linux version \d|Booting Linux on physical CPU|^\[\s*\d+\.\d+\] ")
 
 
@@ -130,12 +141,21 @@ class ReadyEvent:
     pattern: str
 
 
+@dataclass(frozen=True)
+class RefusedEvent:
+    """The firmware refused to run a boot image (the stamper's ``refused`` event)."""
+
+    t: float
+    line: str
+
+
 @dataclass
 class ConsoleRecord:
     t0: float  # epoch of the VM start
     lines: list[ConsoleLine]
     exit: float | None = None
     ready: ReadyEvent | None = None
+    refused: RefusedEvent | None = None
 
     def first(self, pattern: re.Pattern[str], after: float = -1.0) -> ConsoleLine | None:
         for line in self.lines:
@@ -151,6 +171,7 @@ def parse_console(text: str) -> ConsoleRecord:
     lines: list[ConsoleLine] = []
     exit_t = None
     ready = None
+    refused = None
     for raw in text.splitlines():
         try:
             rec = json.loads(raw)
@@ -161,9 +182,12 @@ def parse_console(text: str) -> ConsoleRecord:
         try:
             event = rec.get("event")
             if event == "start":
-                t0, lines, exit_t, ready = float(rec["t"]), [], None, None
+                t0, lines, exit_t, ready, refused = float(rec["t"]), [], None, None, None
             elif event == "exit":
                 exit_t = float(rec["t"])
+            elif event == "refused":
+                if refused is None:
+                    refused = RefusedEvent(float(rec["t"]), str(rec["line"]))
             elif event == "ready":
                 if ready is None:
                     ready = ReadyEvent(float(rec["t"]), str(rec["line"]), str(rec["pattern"]))
@@ -177,7 +201,7 @@ def parse_console(text: str) -> ConsoleRecord:
             "the console record has no start",
             "start the VM again with `pvmlab vm start` to record a timeline",
         )
-    return ConsoleRecord(t0=t0, lines=lines, exit=exit_t, ready=ready)
+    return ConsoleRecord(t0=t0, lines=lines, exit=exit_t, ready=ready, refused=refused)
 
 
 # --- step 1: what each source recorded of the machine's last boot --------------------------------
@@ -336,6 +360,28 @@ def tftp_phase(records: BootRecords) -> Phase | None:
         start = (records.tftp[0].t or records.t0) - records.t0
         detail["clock"] = "dnsmasq"
     return Phase("tftp", start, detail=detail)
+
+
+def shim_phase(records: BootRecords) -> Phase | None:
+    """Secure Boot's first stage, shim, fetching the next stage (GRUB) from its TFTP directory."""
+    line = records.console.first(_SHIM_FETCH)
+    if line is None:
+        return None
+    found = _SHIM_FETCH.search(line.text)
+    return Phase("shim", line.t, detail={"file": found.group(1) if found else ""})
+
+
+def grub_phase(records: BootRecords) -> Phase | None:
+    """GRUB as the first stage: from its banner, it reads its configuration and loads the
+    kernel and initrd over TFTP (Debian's signed image has no HTTP), until the kernel speaks."""
+    begun = records.console.first(_GRUB_START)
+    if begun is None:
+        return None
+    phase = Phase("grub", begun.t)
+    loaded = [e.file for e in records.tftp if "/tftp/images/" in e.path]
+    if loaded:
+        phase.detail["tftp"] = ", ".join(loaded)
+    return phase
 
 
 def ipxe_start_phase(records: BootRecords) -> Phase | None:
@@ -519,12 +565,12 @@ def last_fetch_end(records: BootRecords) -> float | None:
     return max(ends, default=None)
 
 
-def kernel_phase(records: BootRecords, after: float) -> Phase | None:
-    """The kernel's first console line from ``after`` on."""
+def kernel_phase(records: BootRecords, after: float, *, at_end: bool = False) -> Phase | None:
+    """The kernel's first console line from ``after`` on (``at_end``: its newline's time)."""
     line = records.console.first(_KERNEL, after)
     if line is None:
         return None
-    return Phase("kernel", line.t, detail={"line": line.text[:120]})
+    return Phase("kernel", line.end if at_end else line.t, detail={"line": line.text[:120]})
 
 
 def ready_phase(
@@ -553,6 +599,11 @@ def boot_phases(records: BootRecords, wait_for: re.Pattern[str]) -> dict[str, Ph
     add(firmware_dhcp_phase(records))
     add(tftp_phase(records))
     add(http_first_stage_phase(records))
+    refused = records.console.refused
+    if refused is not None:  # the chain ends here: the firmware would not run the first stage
+        add(Phase("refused", refused.t, detail={"line": refused.line[:160]}))
+    add(shim_phase(records))
+    grub = add(grub_phase(records))
     ipxe_start = add(ipxe_start_phase(records))
     after_ipxe = ipxe_start.start if ipxe_start is not None else 0.0
     add(ipxe_dhcp_phase(records, after_ipxe))
@@ -568,7 +619,13 @@ def boot_phases(records: BootRecords, wait_for: re.Pattern[str]) -> dict[str, Ph
     fetched = last_fetch_end(records)
     if fetched is not None:
         add(Phase("handover", fetched))
-    kernel = add(kernel_phase(records, fetched if fetched is not None else after_ipxe))
+    if fetched is None and grub is not None:
+        after_ipxe = grub.start
+    kernel = add(
+        kernel_phase(
+            records, fetched if fetched is not None else after_ipxe, at_end=grub is not None
+        )
+    )
     if is_deploy(records):
         if kernel is not None:
             kernel.title = "deploy ramdisk kernel -> lease"

@@ -6,7 +6,8 @@ like the command it is.
 
 Machines (the facts come from ``pvmlab.arch``: machine, binary, TCG CPU model, what each
 firmware needs):
-    x86_64 + uefi   q35 + OVMF in two pflash units (code read-only, per-VM vars)
+    x86_64 + uefi   q35 + OVMF in two pflash units (code read-only, per-VM vars); Secure
+                    Boot builds need SMM: ``q35,smm=on`` and the pflash in secure mode
     x86_64 + bios   pc + SeaBIOS (QEMU's default firmware)
     aarch64 + uefi  virt + AAVMF in two pflash units; ``-cpu max`` under TCG, ``host`` otherwise
 
@@ -70,6 +71,7 @@ class QemuConfig:
     ipxe_media: Path | None = None  # boot="ipxe": directory with EFI/BOOT/BOOT*.EFI (vvfat)
     net_boot: NetBoot = DEFAULT_NET_BOOT  # the NIC's protocol: PXE or UEFI HTTP Boot
     pxe_ipv4: bool = True  # False (IPv6-only lab): the UEFI firmware skips its PXE over IPv4
+    smm: bool = False  # Secure Boot firmware that requires SMM (x86_64 OVMF secboot builds)
 
 
 def machine_type(arch: Arch, fw: Firmware) -> str:
@@ -87,12 +89,23 @@ def _cpu(cfg: QemuConfig) -> list[str]:
     return [] if model is None else ["-cpu", model]
 
 
+def _machine(cfg: QemuConfig) -> str:
+    """``-machine``: with ``smm=on`` for Secure Boot firmware that keeps its variable store
+    behind System Management Mode (only there can the OS not rewrite the keys)."""
+    machine = machine_type(cfg.arch, cfg.firmware)
+    return f"{machine},smm=on" if cfg.smm else machine
+
+
 def _firmware(cfg: QemuConfig) -> list[str]:
     if not firmware(cfg.firmware).pflash:
         return []  # SeaBIOS is the pc machine's default
     if cfg.uefi_code is None or cfg.uefi_vars is None:
         raise ValueError("UEFI needs uefi_code and uefi_vars")
+    # SMM firmware: the flash answers writes only from SMM, so the guest cannot tamper with
+    # the enrolled keys or turn Secure Boot off.
+    secure = ["-global", "driver=cfi.pflash01,property=secure,value=on"] if cfg.smm else []
     return [
+        *secure,
         "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={_opt(cfg.uefi_code)}",
         "-drive", f"if=pflash,format=raw,unit=1,file={_opt(cfg.uefi_vars)}",
     ]  # fmt: skip
@@ -231,12 +244,11 @@ def _opt(path: Path) -> str:
 
 def build_argv(cfg: QemuConfig) -> list[str]:
     """The full argv (program first) for ``cfg``."""
-    machine = machine_type(cfg.arch, cfg.firmware)
     nic_index, disk_index, media_index = _boot_indexes(cfg)
     return [
         binary(cfg.arch),
         "-name", cfg.name,
-        "-machine", machine,
+        "-machine", _machine(cfg),
         "-accel", cfg.accel,
         *_cpu(cfg),
         "-m", str(cfg.memory_mib),

@@ -12,7 +12,12 @@ empty file hides it). The surviving descriptors are sorted by file name and the 
 fits wins. Here "fits" means: interface ``uefi``; a target with our architecture whose machine
 globs match the machine type; split flash mode (code read-only + a per-VM vars copy); both
 files exist; and no Secure Boot, enrolled keys or SMM requirement unless Secure Boot is asked
-for. Each skipped candidate is logged with the reason (``--debug``).
+for. With Secure Boot (``vm create --secure-boot``) the descriptor must have both
+``secure-boot`` and ``enrolled-keys`` (a vars template with the Microsoft keys, which sign
+shim): Debian's ``40-edk2-x86_64-secure-enrolled.json`` (``OVMF_CODE_4M.secboot.fd`` +
+``OVMF_VARS_4M.ms.fd``, ``requires-smm``: q35 with SMM, the flash's secure mode on) and
+``40-edk2-aarch64-secure-enrolled.json`` (``AAVMF_CODE.ms.fd`` + ``AAVMF_VARS.ms.fd``). Each
+skipped candidate is logged with the reason (``--debug``).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class Firmware:
     descriptor: Path
     code_format: str = "raw"
     vars_format: str = "raw"
+    secure_boot: bool = False  # enforced, with keys enrolled in the vars template
+    requires_smm: bool = False  # q35 with smm=on and the pflash in secure mode (x86_64)
 
 
 def search_dirs(env: dict[str, str] | None = None) -> list[Path]:
@@ -108,8 +115,8 @@ def check(
     features = set(doc.get("features", []))
     if not secure_boot and (bad := sorted(features & set(SECURE_FEATURES))):
         return f"has {', '.join(bad)} (Secure Boot not asked for)"
-    if secure_boot and "secure-boot" not in features:
-        return "no secure-boot feature"
+    if secure_boot and (missing := [f for f in SECURE_FEATURES[:2] if f not in features]):
+        return f"no {' or '.join(missing)} feature (Secure Boot asked for)"
     code = _file(mapping, "executable")
     nvram = _file(mapping, "nvram-template")
     if code is None or nvram is None:
@@ -123,6 +130,8 @@ def check(
         descriptor=path,
         code_format=code[1],
         vars_format=nvram[1],
+        secure_boot=secure_boot,
+        requires_smm=secure_boot and "requires-smm" in features,
     )
 
 
@@ -156,6 +165,13 @@ def find_uefi(
             return result
         log.debug("firmware %s: skipped: %s", path, result)
     package = architecture(arch).uefi_package
+    if secure_boot:
+        raise DependencyError(
+            f"no UEFI firmware with Secure Boot and enrolled keys for {arch} ({machine}) in "
+            "QEMU's firmware descriptors",
+            f"install a build that has them (Debian's {package} ships them); "
+            "`pvmlab --debug vm create` shows why each descriptor was skipped",
+        )
     raise DependencyError(
         f"no UEFI firmware for {arch} ({machine}) found in QEMU's firmware descriptors",
         f"install it: apt-get install {package} (Homebrew's qemu ships its own); "
@@ -206,3 +222,8 @@ def _has_http_boot(code: Path, _mtime_ns: int, _size: int) -> bool:
     if HTTP_BOOT_DXE in image:
         return True
     return any(HTTP_BOOT_DXE in section for section in _lzma_sections(image))
+
+
+def require_secure_boot(arch: Arch, machine: str, *, dirs: Sequence[Path] | None = None) -> None:
+    """Refuse ``--secure-boot`` at once on a host whose QEMU has no such firmware."""
+    find_uefi(arch, machine, dirs=dirs, secure_boot=True)

@@ -20,9 +20,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validat
 from pydantic import ValidationError as PydanticError
 
 from pvmlab.arch import DEFAULT_FIRMWARE as DEFAULT_FIRMWARE
+from pvmlab.arch import DEFAULT_LOADER as DEFAULT_LOADER
 from pvmlab.arch import DEFAULT_NET_BOOT as DEFAULT_NET_BOOT
 from pvmlab.arch import Arch as Arch
 from pvmlab.arch import Firmware as Firmware
+from pvmlab.arch import Loader as Loader
 from pvmlab.arch import NetBoot as NetBoot
 from pvmlab.errors import PvmlabError, ValidationError
 from pvmlab.records import validate
@@ -234,6 +236,10 @@ class VMSpec(Record):
     install_template: str | None = None
     mirror: HttpURL | None = None
     proxy: HttpURL | None = None
+    # The first stage it is served (pvmlab.arch, the loader axis) and whether its firmware
+    # enforces Secure Boot (Microsoft keys enrolled; the first stage is then Debian's shim).
+    loader: Loader = DEFAULT_LOADER
+    secure_boot: bool = False
     # Image deployment (pvmlab.deploy): the image the disk is written from (the path given at
     # create), the SHA-256 and size of its raw form (LabHome.deploy_image).
     image: str | None = None
@@ -268,3 +274,4 @@ class DistroAssets(Record):
     version: str | None = None
     origin: str | None = None  # where the files came from (path or URL)
     added: str = Field(default_factory=utc_now)
+    loader: Loader | None = None  # the first stage its machines get unless `vm create` says

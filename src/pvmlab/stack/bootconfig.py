@@ -54,6 +54,8 @@ class BootConfig(BaseModel):
     distro: str | None = None
     kernel_url: str | None = None
     initrd_url: str | None = None
+    kernel_path: str | None = None  # the same files as paths below the server root (GRUB: TFTP)
+    initrd_path: str | None = None
     initrd_name: str | None = None
     cmdline: str | None = None
     kernel_sha256: str | None = None
@@ -90,11 +92,17 @@ def compose_cmdline(base: str, arch: Arch, initrd_name: str) -> str:
     return " ".join(tokens)
 
 
-def _file_url(base_url: str, distro: DistroAssets, filename: str) -> str:
+def _file_path(distro: DistroAssets, filename: str) -> str:
+    """``/images/NAME/ARCH/FILE``: the path the HTTP server serves it at, and the TFTP path
+    through the TFTP root's ``images`` link (``LabHome.tftp_images``)."""
     parts = (distro.name, distro.arch, filename)
     # Names are validated plain names; "+" stays literal (a path is not a form field), so no
     # percent sign ever appears (the server refuses percent-encoded paths).
-    return base_url.rstrip("/") + "/images/" + "/".join(quote(p, safe="+") for p in parts)
+    return "/images/" + "/".join(quote(p, safe="+") for p in parts)
+
+
+def _file_url(base_url: str, distro: DistroAssets, filename: str) -> str:
+    return base_url.rstrip("/") + _file_path(distro, filename)
 
 
 def _distro_problem(home: LabHome, vm: VMSpec) -> tuple[DistroAssets | None, str | None]:
@@ -145,6 +153,8 @@ def build(home: LabHome, vm: VMSpec, base_url: str) -> BootConfig:
         update={
             "kernel_url": _file_url(base_url, distro, distro.kernel),
             "initrd_url": _file_url(base_url, distro, distro.initrd),
+            "kernel_path": _file_path(distro, distro.kernel),
+            "initrd_path": _file_path(distro, distro.initrd),
             "initrd_name": distro.initrd,
             "cmdline": cmdline,
             "kernel_sha256": distro.kernel_sha256,

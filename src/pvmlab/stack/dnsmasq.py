@@ -45,6 +45,15 @@ FIRST_STAGES: tuple[tuple[str, str], ...] = tuple(
 CLIENT_ARCH_TAGS: dict[int, str] = {
     code: stage.role for stage in arch.FIRST_STAGES for code in stage.client_arches
 }
+# The per-machine loader tags, set in a machine's reservation (``loader_tag``): GRUB, or shim
+# (which loads GRUB) under Secure Boot. Each with a client-arch tag picks the file served.
+GRUB_TAG = "grub"
+SHIM_TAG = "shim"
+LOADER_BOOTS: tuple[tuple[str, str, str], ...] = tuple(
+    (tag, arch.architecture(g.arch).first_stages["uefi"].role, name)
+    for g in arch.SIGNED_GRUBS.values()
+    for tag, name in ((GRUB_TAG, g.grub_tftp_name), (SHIM_TAG, g.shim_tftp_name))
+)
 
 # UEFI HTTP Boot: (client-arch, its tag, the first stage's path on the HTTP server)
 HTTP_BOOT_STAGES: tuple[tuple[int, str, str], ...] = tuple(
@@ -166,6 +175,14 @@ class Reservation:
     ipv6: str | None = None
 
 
+def loader_tag(vm: VMSpec) -> str | None:
+    """The dnsmasq tag that picks a machine's first stage: shim under Secure Boot with GRUB,
+    GRUB without; None for iPXE (also under Secure Boot, where the firmware refuses it)."""
+    if vm.loader != "grub":
+        return None
+    return SHIM_TAG if vm.secure_boot else GRUB_TAG
+
+
 def reservations(lab: LabSpec, vms: Sequence[VMSpec]) -> list[Reservation]:
     """Each VM's reservation, validated again; clashes are refused, not left to dnsmasq."""
     iface = validate.ipv4_interface(str(lab.address)) if lab.address is not None else None
@@ -209,10 +226,10 @@ def reservations(lab: LabSpec, vms: Sequence[VMSpec]) -> list[Reservation]:
         seen_mac[mac] = name
         if ip is not None:
             seen_ip[str(ip)] = name
-        tag = arch.net_boot(arch.parse_net_boot(str(vm.net_boot))).dnsmasq_tag
+        net_tag = arch.net_boot(arch.parse_net_boot(str(vm.net_boot))).dnsmasq_tag
+        tags = tuple(t for t in (net_tag, loader_tag(vm)) if t)
         out.append(Reservation(mac=mac, ip=str(ip) if ip is not None else None, name=name,
-                               tags=(tag,) if tag else (),
-                               ipv6=str(ip6) if ip6 is not None else None))
+                               tags=tags, ipv6=str(ip6) if ip6 is not None else None))
     return out
 
 
@@ -248,6 +265,8 @@ def render_conf(
         hosts_file=_safe_path(hosts_path(home).absolute()),
         client_arch_tags=sorted(CLIENT_ARCH_TAGS.items()),
         first_stages=FIRST_STAGES,
+        loader_boots=LOADER_BOOTS,
+        loader_tags=(GRUB_TAG, SHIM_TAG),
         boot_url=lab_endpoint(lab).boot_url if v4 else "",  # iPXE's DHCP boot file
         http_vm_tag=HTTP_VM_TAG,
         http_boot=[

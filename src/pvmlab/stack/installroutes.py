@@ -36,7 +36,7 @@ from pvmlab.errors import PvmlabError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import store, validate
 from pvmlab.records.models import LabSpec, VMSpec
-from pvmlab.stack import installcfg
+from pvmlab.stack import grubcfg, installcfg
 from pvmlab.stack.http import (
     EXTRA,
     HOME_KEY,
@@ -165,6 +165,10 @@ async def status(request: web.Request) -> web.Response:
     except ValidationError as exc:
         return _text(400, exc.problem)
     log.info("VM %s reports install phase %s", vm.name, phase)
+    if stored["installed"] and vm.loader == "grub":
+        # TFTP serves files: the machine's GRUB file must say "local disk" before it reboots
+        base = request.app[URL_KEY]["base"]
+        grubcfg.write_machine(request.app[HOME_KEY], request.app[LAB_KEY], vm, base_url=base)
     return web.json_response(
         {"vm": vm.name, "phase": stored["phase"], "installed": stored["installed"]}
     )

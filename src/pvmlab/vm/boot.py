@@ -41,7 +41,7 @@ from pvmlab.qemu import qmp
 from pvmlab.qemu.argv import Boot
 from pvmlab.vm import runtime, ssh
 
-Outcome = Literal["ready", "exited", "halted", "timeout", "no_ssh"]
+Outcome = Literal["ready", "exited", "halted", "timeout", "no_ssh", "refused"]
 STATE_POLL = 1.0  # seconds between two QMP run-state queries while waiting
 SSH_RETRY = 2.0  # seconds between two SSH login attempts (each up to ssh.CONNECT_TIMEOUT)
 
@@ -91,6 +91,13 @@ class BootResult:
             return (
                 f"VM {self.name} stopped after {self.elapsed:.1f} s without {self.waited_for}"
                 f"{tail}"
+            )
+        if self.outcome == "refused":
+            return (
+                f"VM {self.name}'s firmware refused to run its first stage after "
+                f"{self.elapsed:.1f} s ({self.line!r}): under Secure Boot it runs only images "
+                "signed by an enrolled key, and this one is not (the lab's iPXE is unsigned; "
+                "`vm create --secure-boot` with --loader grub gets Debian's signed shim)"
             )
         if self.outcome == "no_ssh" and ssh.HOSTKEY_CHANGED in self.ssh_reason:
             return f"VM {self.name} cannot be trusted over SSH: {self.ssh_reason}"
@@ -257,6 +264,9 @@ def wait_for_boot(
                     return result("ready", console_at)
             if event.get("event") == "exit":
                 return result("exited", float(event["t"]))
+            if event.get("event") == "refused" and started.vm.secure_boot:
+                line = str(event.get("line", ""))
+                return result("refused", float(event["t"]))
         now = time.monotonic()
         if ssh_user is not None and (pattern is None or console_at is not None) and now >= next_ssh:
             tried = ssh.probe(home, started.vm, ssh_user)

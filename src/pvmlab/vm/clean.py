@@ -17,6 +17,7 @@ from pathlib import Path
 from pvmlab.errors import PvmlabError, StateError
 from pvmlab.home import LabHome
 from pvmlab.records import store
+from pvmlab.stack import grubcfg
 from pvmlab.vm import runtime, ssh, state
 from pvmlab.vm.define import reload_stack
 
@@ -47,15 +48,19 @@ def clean_vm(
     """Stop VM ``name`` and remove everything of it; works from the name alone, so a VM whose
     record is damaged can be removed too."""
     try:
-        ip: str | None = store.load_vm(home, name).ip
+        vm = store.load_vm(home, name)
+        ip: str | None = vm.ip
+        mac: str | None = vm.mac
     except PvmlabError:
-        ip = None  # a damaged record: no address whose host key could be forgotten
+        ip = mac = None  # a damaged record: no address whose host key could be forgotten
     with runtime.vm_locked(home, name):
         how = runtime.stop_vm_locked(home, name, force=True, say=say)  # unknown name: error
         if how != "not-running":
             say(f"{name}: stopped ({how})")
         with home.locked():  # the records are the lab's: MAC/IP allocation reads them all
             remove_files(home, name)
+            if mac is not None:
+                grubcfg.remove_machine(home, mac)  # its GRUB configuration in the TFTP root
     if ip is not None:
         ssh.forget_host(home, ip)  # a later machine at this address has another host key
     say(f"{name}: removed")

@@ -19,14 +19,19 @@ from pydantic import ValidationError as PydanticError
 
 from pvmlab import spawn
 from pvmlab.arch import (
+    DEFAULT_LOADER,
     DEFAULT_NET_BOOT,
+    Loader,
     architecture,
+    check_loader,
     check_net_boot,
     check_pair,
+    parse_loader,
     parse_net_boot,
 )
 from pvmlab.errors import DependencyError, ValidationError
 from pvmlab.home import LabHome
+from pvmlab.qemu import firmware as firmware_mod
 from pvmlab.records import store, validate
 from pvmlab.records.models import (
     DEFAULT_CPUS,
@@ -62,6 +67,18 @@ class CreateRequest:
     mirror: str | None = None
     proxy: str | None = None
     image: Path | None = None  # deploy this image onto the disk (pvmlab.deploy)
+    loader: str | None = None  # None: the distro's default loader, else GRUB under Secure Boot
+    secure_boot: bool = False
+
+
+def choose_loader(requested: str | None, distro_loader: Loader | None, secure_boot: bool) -> Loader:
+    """The first stage a new VM gets: the one asked for, else its distro's, else GRUB (through
+    shim) under Secure Boot and iPXE otherwise."""
+    if requested is not None:
+        return parse_loader(requested)
+    if distro_loader is not None:
+        return distro_loader
+    return "grub" if secure_boot else DEFAULT_LOADER
 
 
 def check_ip(lab: LabSpec, value: str, taken: dict[str, str]) -> ipaddress.IPv4Address:
@@ -204,13 +221,20 @@ def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
         if url is not None:
             installcfg.check_url(url, what)
     distro = None
+    distro_loader: Loader | None = None
     if req.distro is not None:
         distro = validate.distro_name(req.distro)
-        if store.load_distro(home, distro, arch) is None:
+        assets = store.load_distro(home, distro, arch)
+        if assets is None:
             raise ValidationError(
                 f"unknown distro {distro!r} for {arch}",
                 "see `pvmlab distro ls`; add one with `pvmlab distro import`",
             )
+        distro_loader = assets.loader
+    loader = choose_loader(req.loader, distro_loader, req.secure_boot)
+    check_loader(firmware, loader, req.secure_boot)
+    if req.secure_boot:
+        firmware_mod.require_secure_boot(arch, architecture(arch).machine(firmware))
 
     existing, damaged = store.scan_vms(home)
     if home.vm_file(name).exists() or any(v.name == name for v in existing):
@@ -268,6 +292,8 @@ def validate_request(home: LabHome, lab: LabSpec, req: CreateRequest) -> VMSpec:
         disk_bytes=disk_bytes,
         mirror=req.mirror,
         proxy=req.proxy,
+        loader=loader,
+        secure_boot=req.secure_boot,
     )
 
 

@@ -41,7 +41,7 @@ from pvmlab.qemu import firmware as firmware_mod
 from pvmlab.qemu import qmp
 from pvmlab.qemu.argv import AccelName, Boot, QemuConfig, build_argv, machine_type
 from pvmlab.records import store
-from pvmlab.records.models import VMSpec, utc_now
+from pvmlab.records.models import LabSpec, VMSpec, utc_now
 from pvmlab.vm import ipxemedia, state, watch
 
 log = logging.getLogger(__name__)
@@ -106,9 +106,13 @@ def config_for(
     ipxe_media: Path | None = None,
 ) -> QemuConfig:
     code = vars_path = None
+    smm = False
     if firmware_table(vm.firmware).pflash:
-        fw = firmware_mod.find_uefi(vm.arch, machine_type(vm.arch, vm.firmware))
+        fw = firmware_mod.find_uefi(
+            vm.arch, machine_type(vm.arch, vm.firmware), secure_boot=vm.secure_boot
+        )
         code = fw.code
+        smm = fw.requires_smm
         vars_path = ensure_vars(home, vm.name, fw.vars_template)
     disk = disk_file(home, vm.name)
     return QemuConfig(
@@ -132,6 +136,7 @@ def config_for(
         ipxe_media=ipxe_media,
         net_boot=vm.net_boot,
         pxe_ipv4=vm.ip is not None,  # None: an IPv6-only lab
+        smm=smm,
     )
 
 
@@ -148,6 +153,25 @@ def vm_locked(home: LabHome, name: str) -> contextlib.AbstractContextManager[Non
     """The lock of one VM: held by its start (through QEMU's start-up), stop and clean."""
     home.pids.mkdir(parents=True, exist_ok=True)
     return file_lock(home.vm_lock(name))
+
+
+def _prepare_loader(
+    home: LabHome, lab: LabSpec, vm: VMSpec, say: Callable[[str], None]
+) -> None:
+    """GRUB machines: the signed GRUB (and shim) staged and the machine's GRUB configuration
+    written into the TFTP root (``pvmlab.stack.grubcfg``: TFTP serves files, not answers)."""
+    if vm.loader == "grub":
+        from pvmlab.assets import signedboot
+        from pvmlab.stack import grubcfg
+
+        for staged in signedboot.stage(home, vm.arch, secure_boot=vm.secure_boot):
+            say(f"first stage: {staged.tftp_name} (from {staged.source})")
+        grubcfg.write_machine(home, lab, vm)
+    elif vm.secure_boot:
+        say(
+            "warning: the first stage is iPXE, which is not signed: the firmware enforces "
+            "Secure Boot and will refuse it (`vm create --loader grub` gets shim and GRUB)"
+        )
 
 
 def start_vm(
@@ -187,6 +211,7 @@ def start_vm(
             )
         require_stack(home)
         say(str(chosen))
+        _prepare_loader(home, lab, vm, say)
         from pvmlab.network import lab as network
 
         media = ipxemedia.build(home, name, vm.arch, lab) if boot == "ipxe" else None
