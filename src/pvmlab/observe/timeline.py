@@ -61,6 +61,7 @@ from pvmlab.home import LabHome
 from pvmlab.observe import dnsmasqlog, httplog
 from pvmlab.observe.dnsmasqlog import DhcpTransaction, TftpEvent
 from pvmlab.observe.httplog import HttpRequest
+from pvmlab.stack import logfiles
 
 LABELS = {
     "vm-start": "VM start -> firmware DHCP",
@@ -532,10 +533,8 @@ def boot_timeline(
 
 
 def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return []
+    """A stack log with its newest rotated file before it: a boot across a rotation is whole."""
+    return logfiles.read_lines(path)
 
 
 def timeline_of_vm(home: LabHome, name: str, wait_for: re.Pattern[str]) -> Timeline:

@@ -241,6 +241,31 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(exited, stop, return_exceptions=True)
 
+    # --- dnsmasq.log: bounded like the logs written here (stack.logfiles) -------------------
+
+    async def bound_dnsmasq_log(self, bounds: logfiles.LogBounds) -> None:
+        """Until stopping: rotate dnsmasq.log once it reaches ``bounds.max_bytes`` and have
+        dnsmasq reopen it (SIGUSR2)."""
+        path = self.home.dnsmasq_log
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), logfiles.DNSMASQ_LOG_CHECK)
+            try:
+                if path.stat().st_size < bounds.max_bytes:
+                    continue
+            except FileNotFoundError:
+                continue
+            # under the reload lock: a reload reads the log from a byte offset
+            async with self.reload_lock:
+                logfiles.rotate(path, bounds.backups)
+                proc = self.proc
+                # only a dnsmasq that serves has its handlers (SIGUSR2 would end it before);
+                # one being started opens the new file anyway
+                if proc is not None and self.serving.is_set():
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGUSR2)
+                log.info("dnsmasq.log rotated at %d bytes", bounds.max_bytes)
+
     # --- reload: the one path ---------------------------------------------------------------
 
     async def reload_reservations(self) -> int:
@@ -381,6 +406,7 @@ class Supervisor:
         try:
             ready: asyncio.Future[None] = loop.create_future()
             keeper = asyncio.ensure_future(self.run_dnsmasq(ready))
+            bounder = asyncio.ensure_future(self.bound_dnsmasq_log(logfiles.LogBounds.from_env()))
             server: asyncio.AbstractServer | None = None
             try:
                 await ready
@@ -398,6 +424,9 @@ class Supervisor:
                     task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await keeper
+                bounder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await bounder
         finally:
             await runner.cleanup()
             log.info("HTTP server stopped")
