@@ -617,7 +617,7 @@ def print_timeline_table(tl: Timeline) -> None:
     table.add_column("details", overflow="fold")
     for p in tl.phases:
         table.add_row(p.label, _fmt(p.start), _fmt(p.duration), phase_details(p))
-    out = RichConsole()
+    out = RichConsole(emoji=False, markup=False)  # a MAC's ":cd:" is no emoji, "[x]" no markup
     out.print(table)
     slow = tl.slowest()
     if tl.total is not None:
