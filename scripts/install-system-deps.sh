@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system programs pvmlab drives: QEMU (x86_64 and aarch64), UEFI firmware,
-# dnsmasq, iPXE binaries, iproute2, busybox, pasta + nftables (the optional uplink), the
-# OpenSSH client (vm ssh), Debian's signed shim and GRUB, and Python's venv module.
+# dnsmasq (with dnsmasq-utils' dhcp_release: `vm clean` drops leases), iPXE binaries, iproute2,
+# busybox, pasta + nftables (the optional uplink), the OpenSSH client (vm ssh), Debian's signed
+# shim and GRUB, the disk image tools (mmdebstrap, mtools, sfdisk) and Python's venv module.
 #
 # Idempotent: a package already present is not installed again, and nothing is downloaded when
 # everything is there. Debian and Ubuntu use apt; macOS gets Homebrew hints; anything else gets a
@@ -14,7 +15,7 @@ with_test_tools=0
 for arg in "$@"; do
   case "$arg" in
     --with-test-tools) with_test_tools=1 ;;
-    -h|--help) sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install-system-deps: unknown option '$arg' (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -27,7 +28,7 @@ DEBIAN_MIRROR=${PVMLAB_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 packages=(
   qemu-system-x86 qemu-system-arm qemu-utils
   ovmf qemu-efi-aarch64 ipxe-qemu ipxe
-  dnsmasq-base iproute2 busybox-static cpio e2fsprogs dosfstools mtools
+  dnsmasq-base dnsmasq-utils iproute2 busybox-static cpio e2fsprogs dosfstools mtools
   passt nftables openssh-client
   python3 python3-venv python3-pip
   # `pvmlab image build`: mmdebstrap (the root), dosfstools + mtools (the ESP, no mount),

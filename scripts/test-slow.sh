@@ -3,6 +3,7 @@
 # under TCG); `scripts/test.sh` and `pytest -m integration` leave them out.
 #
 # Usage: sudo scripts/test-slow.sh [pytest arguments...]
+#        scripts/test-slow.sh [pytest arguments...]    (from a root shell: no sudo needed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 exec scripts/test.sh -m slow -s "$@"

@@ -6,13 +6,13 @@
 # Slow tests (a whole OS install, tens of minutes) are left out unless the -m expression names
 # them (tests/conftest.py): scripts/test-slow.sh runs them.
 #
-# Usage: sudo scripts/test.sh [pytest arguments...]
+# Usage: sudo scripts/test.sh [pytest arguments...]   (or without sudo from a root shell)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "$(id -u)" -ne 0 ]; then
   echo "test.sh: the integration tests create network namespaces and need root." >&2
-  echo "  hint: run it as: sudo scripts/test.sh" >&2
+  echo "  hint: run it as: sudo $0 (or from a root shell)" >&2
   exit 1
 fi
 

@@ -9,8 +9,9 @@ Shared helpers live in modules beside this file, never in a test module that ano
     fixtures/      boot assets (kernels + busybox initramfs); ``boot_assets`` fixture (plugin)
     netlab.py      lab networks: client namespaces, busybox clients, ``running_lab``, and
                    ``checked_cleanup`` (a leftover check that never hides the test's own failure)
-    bootlab.py     VMs booted through the CLI: ``vm_lab``, ``create``, ``start_cmd``, QEMU pids,
-                   what dnsmasq and the HTTP server logged
+    bootlab.py     VMs booted through the CLI: ``cleaned_lab``, ``vm_lab``, ``net_lab``,
+                   ``labs_taken_down``, ``create``, ``start_cmd``, QEMU pids, what dnsmasq and
+                   the HTTP server logged
     unit/samples.py  unit-test inputs: a QEMU config, the recorded boot timelines
 
 They take per-test arguments (a seed, a home, the arches to import) and ``bench/`` uses some of
@@ -120,3 +121,51 @@ def run_pvmlab(
             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
         )
     return proc
+
+
+# --- as an unprivileged user -----------------------------------------------------------------
+
+NOBODY = 65534
+AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+def as_nobody(argv: list[str]) -> list[str]:
+    """``argv`` run as uid/gid 65534 (nobody) with no supplementary groups (util-linux setpriv)."""
+    return [*AS_NOBODY, *argv]
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A root-owned 0755 directory that uid 65534 can reach (pytest's tmp_path is 0700)."""
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="pvmlab-shared-", dir="/tmp"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# --- labs for integration tests (the helpers are in bootlab.py, imported when used) -----------
+
+
+@pytest.fixture
+def running_home(tmp_path: Path) -> Iterator[Path]:
+    """A running lab in ``tmp_path/home`` whose VMs are removed after (``bootlab.cleaned_lab``)."""
+    from bootlab import cleaned_lab
+
+    with cleaned_lab(tmp_path / "home") as lab:
+        yield lab.home
+
+
+@pytest.fixture
+def labs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """PVMLAB_LABS in the test's directory (lab files' homes); whatever lab is left there is
+    taken down after (``bootlab.labs_taken_down``)."""
+    from bootlab import labs_taken_down
+
+    monkeypatch.setenv("PVMLAB_LABS", str(tmp_path / "labs"))
+    monkeypatch.delenv("PVMLAB_HOME", raising=False)
+    with labs_taken_down(tmp_path / "labs") as root:
+        yield root

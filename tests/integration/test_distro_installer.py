@@ -14,69 +14,31 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from bootlab import qemu_pids, wait_console
+from bootlab import pull_debian_installer, wait_console
 from conftest import REPO, run_pvmlab
-from fixtures.bootassets import _Apt, cache_root
-from mirror import trees
-from mirror.server import serve
-from netlab import kill_pid, running_lab
-from pvmlab.home import file_lock
 
 pytestmark = pytest.mark.integration
 
-PACKAGE = "debian-installer-12-netboot-amd64"
-INNER = Path("usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")
 FIRST_SCREEN = "Select a language"
 
 
-@pytest.fixture(scope="session")
-def installer() -> tuple[bytes, bytes]:
-    """The real installer kernel and initrd, cached by package version."""
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with file_lock(root / ".d-i.lock"):
-        apt = _Apt(root, "amd64", "bookworm")
-        if not apt.has_lists():
-            apt.update()
-        dest = root / f"d-i-12-amd64-{apt.version(PACKAGE)}"
-        if not (dest / INNER / "initrd.gz").is_file():
-            apt.download_and_extract(PACKAGE, dest)
-    return (dest / INNER / "linux").read_bytes(), (dest / INNER / "initrd.gz").read_bytes()
-
-
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Path]:
-    home = (tmp_path / "home").absolute()
-    with running_lab(home):
-        try:
-            yield home
-        finally:
-            run_pvmlab("clean", home=home, check=False)
-            for pid in qemu_pids(home):
-                kill_pid(pid)
+def lab(running_home: Path) -> Path:
+    return running_home  # tests/conftest.py
 
 
 def test_debian_installer_pxe_boots(
     tmp_path: Path,
     lab: Path,
-    installer: tuple[bytes, bytes],
+    debian_installer: tuple[bytes, bytes],
     record_property: pytest.RecordProperty,
 ) -> None:
-    linux, initrd = installer
-    srv = tmp_path / "srv"
-    trees.debian_netboot(srv, "x86_64", linux, initrd)
-    with serve(srv) as (url, _state):
-        pulled = json.loads(
-            run_pvmlab(
-                "distro", "pull", "debian-12", "--arch", "x86_64", "--method", "netboot",
-                "--mirror", f"{url}/debian", "--json", home=lab,
-            ).stdout
-        )  # fmt: skip
+    linux, _ = debian_installer  # tests/fixtures/plugin.py
+    pulled = json.loads(pull_debian_installer(lab, debian_installer, tmp_path / "srv"))
     assert pulled["kernel_size"] == len(linux) and pulled["cmdline"] == "console=ttyS0"
     vm = json.loads(
         run_pvmlab(
@@ -116,19 +78,14 @@ MIRROR_FAILED = re.compile(r"Bad archive mirror")
 def test_debian_installer_runs_unattended_from_its_preseed(
     tmp_path: Path,
     lab: Path,
-    installer: tuple[bytes, bytes],
+    debian_installer: tuple[bytes, bytes],
     record_property: pytest.RecordProperty,
 ) -> None:
     """The shipped preseed, fetched per MAC from the lab, drives the real installer past the
     language, keyboard and network steps to the mirror (which needs the uplink: not here)."""
     from pvmlab.observe import console as pvconsole
 
-    linux, initrd = installer
-    srv = tmp_path / "srv"
-    trees.debian_netboot(srv, "x86_64", linux, initrd)
-    with serve(srv) as (url, _state):
-        run_pvmlab("distro", "pull", "debian-12", "--arch", "x86_64", "--method", "netboot",
-                   "--mirror", f"{url}/debian", home=lab)  # fmt: skip
+    pull_debian_installer(lab, debian_installer, tmp_path / "srv")  # tests/fixtures/plugin.py
     vm = json.loads(
         run_pvmlab(
             "vm", "create", "pre1", "--arch", "x86_64", "--firmware", "uefi",

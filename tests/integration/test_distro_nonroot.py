@@ -9,31 +9,17 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from conftest import NOBODY, as_nobody
 from mirror import images
-
-NOBODY = 65534
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("setpriv") is None, reason="needs setpriv (util-linux)"),
 ]
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory the unprivileged user can reach (pytest's tmp_path is private to root)."""
-    d = Path(tempfile.mkdtemp(prefix="pvmlab-nonroot-", dir="/tmp"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def _as_nobody(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -44,16 +30,7 @@ def _as_nobody(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         "TMPDIR": str(home.parent),
     }
     return subprocess.run(
-        [
-            "setpriv",
-            f"--reuid={NOBODY}",
-            f"--regid={NOBODY}",
-            "--clear-groups",
-            sys.executable,
-            "-m",
-            "pvmlab.cli.main",
-            *args,
-        ],
+        as_nobody([sys.executable, "-m", "pvmlab.cli.main", *args]),
         env=env,
         capture_output=True,
         text=True,

@@ -17,8 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
-from fixtures.bootassets import _Apt, cache_root
-from pvmlab.home import LabHome, file_lock
+from fixtures.bootassets import debian_package
+from pvmlab.home import LabHome
 from pvmlab.records import store
 from pvmlab.records.models import DistroAssets, LabSpec
 from pvmlab.stack import installcfg
@@ -32,16 +32,8 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHk0bGFiS2V5Rm9yVGVzdHNPbmx5MTIzNDU2N
 
 @pytest.fixture(scope="session")
 def cloud_config_schema() -> dict[str, Any]:
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with file_lock(root / ".cloud-init.lock"):
-        apt = _Apt(root, "amd64", "bookworm")
-        if not apt.has_lists():
-            apt.update()
-        dest = root / f"cloud-init-{apt.version('cloud-init')}"
-        if not (dest / SCHEMA).is_file():
-            apt.download_and_extract("cloud-init", dest)
-    schema: dict[str, Any] = json.loads((dest / SCHEMA).read_text())
+    tree = debian_package("cloud-init", SCHEMA, name="cloud-init")
+    schema: dict[str, Any] = json.loads((tree / SCHEMA).read_text())
     return schema
 
 

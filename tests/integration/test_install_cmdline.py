@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from bootlab import cleaned_lab, import_distro
 from conftest import REPO, run_pvmlab
 from fixtures.bootassets import MARKER, BootAssets
-from netlab import is_ours, kill_pid, running_lab
-from pvmlab.spawn import read_pid_file
 
 pytestmark = pytest.mark.integration
 
@@ -28,17 +27,9 @@ pytestmark = pytest.mark.integration
 def lab(tmp_path: Path, boot_assets: dict[str, BootAssets]) -> Iterator[Path]:
     home = (tmp_path / "home").absolute()
     a = boot_assets["x86_64"]
-    with running_lab(home):
-        try:
-            run_pvmlab("distro", "import", "tiny", "--arch", "x86_64", "--kernel", str(a.kernel),
-                       "--initrd", str(a.initrd), "--cmdline", a.cmdline, home=home)  # fmt: skip
-            yield home
-        finally:
-            run_pvmlab("clean", home=home, check=False)
-            for pidfile in (home / "pids").glob("*.pid"):
-                pid = read_pid_file(pidfile)
-                if pid is not None and is_ours(pid, str(home)):
-                    kill_pid(pid)
+    with cleaned_lab(home):
+        import_distro(home, "tiny", a, a.cmdline)
+        yield home
 
 
 @pytest.mark.parametrize("firmware", ["bios", "uefi"])

@@ -27,13 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from bootlab import qemu_pids
+from bootlab import cleaned_lab, pull_debian_installer, qemu_pids
 from conftest import REPO, run_pvmlab
-from fixtures.bootassets import _Apt, cache_root
-from mirror import trees
-from mirror.server import serve
-from netlab import kill_pid, running_lab
-from pvmlab.home import LabHome, file_lock
+from pvmlab.home import LabHome
 from pvmlab.observe import console as pvconsole
 from pvmlab.stack import installcfg
 from pvmlab.vm import ssh
@@ -58,36 +54,12 @@ MILESTONES = [
 ]
 
 
-PACKAGE = "debian-installer-12-netboot-amd64"
-INNER = Path("usr/lib/debian-installer/images/12/amd64/text/debian-installer/amd64")
-
-
-@pytest.fixture(scope="session")
-def installer() -> tuple[bytes, bytes]:
-    """The installer's kernel and initrd from the bookworm package (the archive's kernel udebs
-    match the current point release, which this package is)."""
-    root = cache_root()
-    root.mkdir(parents=True, exist_ok=True)
-    with file_lock(root / ".d-i.lock"):
-        apt = _Apt(root, "amd64", "bookworm")
-        apt.update()  # the newest point release: its kernel must match the archive's udebs
-        dest = root / f"d-i-12-amd64-{apt.version(PACKAGE)}"
-        if not (dest / INNER / "initrd.gz").is_file():
-            apt.download_and_extract(PACKAGE, dest)
-    return (dest / INNER / "linux").read_bytes(), (dest / INNER / "initrd.gz").read_bytes()
-
-
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Path]:
     home = (tmp_path / "home").absolute()
     run_pvmlab("setup", home=home, check=False)  # the lab's SSH key, which the preseed carries
-    with running_lab(home, "--uplink"):
-        try:
-            yield home
-        finally:
-            run_pvmlab("clean", home=home, check=False)
-            for pid in qemu_pids(home):
-                kill_pid(pid)
+    with cleaned_lab(home, "--uplink"):
+        yield home
 
 
 class Timeline:
@@ -128,16 +100,11 @@ def screen(text: str) -> str:
 def test_debian_12_unattended_install_to_ssh(
     tmp_path: Path,
     lab: Path,
-    installer: tuple[bytes, bytes],
+    debian_installer: tuple[bytes, bytes],
     record_property: pytest.RecordProperty,
 ) -> None:
     home = LabHome(lab)
-    linux, initrd = installer
-    srv = tmp_path / "srv"
-    trees.debian_netboot(srv, "x86_64", linux, initrd)
-    with serve(srv) as (url, _state):
-        run_pvmlab("distro", "pull", "debian-12", "--arch", "x86_64", "--method", "netboot",
-                   "--mirror", f"{url}/debian", home=lab)  # fmt: skip
+    pull_debian_installer(lab, debian_installer, tmp_path / "srv")  # tests/fixtures/plugin.py
     vm = json.loads(
         run_pvmlab(
             "vm", "create", NAME, "--arch", "x86_64", "--firmware", "uefi",

@@ -20,18 +20,15 @@ import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO, run_pvmlab
-from netlab import is_ours, kill_pid, running_lab
 from pvmlab.assets.ipxe import FIRST_STAGES
 from pvmlab.home import LabHome
 from pvmlab.records import store
 from pvmlab.records.models import DistroAssets
-from pvmlab.spawn import read_pid_file
 from pvmlab.stack import installcfg
 
 pytestmark = pytest.mark.integration
@@ -40,16 +37,8 @@ DISK_MARK = "PVMLAB-LOCAL-DISK-OK"
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[Path]:
-    home = (tmp_path / "home").absolute()
-    with running_lab(home):
-        try:
-            yield home
-        finally:
-            run_pvmlab("clean", home=home, check=False)
-            pid = read_pid_file(home / "pids" / "inst1.pid")
-            if pid is not None and is_ours(pid, str(home)):
-                kill_pid(pid)
+def lab(running_home: Path) -> Path:
+    return running_home  # tests/conftest.py
 
 
 def fake_distro(home: LabHome, arch: str) -> None:

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from bootlab import cleaned_lab, import_distro
 from conftest import needs, run_pvmlab
 from fixtures.bootassets import MARKER, BootAssets
-from netlab import is_ours, kill_pid, running_lab
 from pvmlab.qemu import accel, kvmprobe
 
 pytestmark = [
@@ -57,39 +57,26 @@ def test_vm_start_without_accel_boots_under_what_the_probe_allows(
 
     a = boot_assets["x86_64"]
     home = (tmp_path / "home").absolute()
-    with running_lab(home):
-        try:
-            run_pvmlab(
-                "distro", "import", "tiny", "--arch", "x86_64", "--kernel", str(a.kernel),
-                "--initrd", str(a.initrd), "--cmdline", a.cmdline, home=home,
-            )  # fmt: skip
-            run_pvmlab(
-                "vm", "create", "auto1", "--arch", "x86_64", "--firmware", "bios",
-                "--distro", "tiny", home=home,
-            )  # fmt: skip
-            proc = run_pvmlab(
-                "vm", "start", "auto1", "--wait", "--wait-for", MARKER, "--timeout", "300",
-                home=home, timeout=400,
-            )  # fmt: skip
-            said = next(ln for ln in proc.stdout.splitlines() if ln.startswith("accelerator:"))
-            print(f"\n{said}")
-            assert said.startswith(f"accelerator: {expected} (")
-            if device_ok and expected == "tcg":
-                assert verdict is not None
-                assert said == (
-                    f"accelerator: tcg (KVM is present but failed a test guest: {verdict.reason}"
-                    " (tested earlier in this boot of the host); using TCG)"
-                )
-            console = (home / "logs" / "auto1.log").read_text(errors="replace")
-            assert MARKER in console, console[-2000:]
-            rows = json.loads(run_pvmlab("vm", "list", "--json", home=home).stdout)
-            assert [(r["name"], r["accel"]) for r in rows] == [("auto1", expected)]
-        finally:
-            run_pvmlab("clean", home=home, check=False)
-            left = [
-                int(p.name) for p in Path("/proc").iterdir()
-                if p.name.isdigit() and is_ours(int(p.name), f"{home}/pids/auto1.pid")
-            ]  # fmt: skip
-            for pid in left:
-                kill_pid(pid)
-    assert not left, f"QEMU left running after `pvmlab clean`: {left}"
+    with cleaned_lab(home):  # a QEMU left after `pvmlab clean` fails the test
+        import_distro(home, "tiny", a, a.cmdline)
+        run_pvmlab(
+            "vm", "create", "auto1", "--arch", "x86_64", "--firmware", "bios",
+            "--distro", "tiny", home=home,
+        )  # fmt: skip
+        proc = run_pvmlab(
+            "vm", "start", "auto1", "--wait", "--wait-for", MARKER, "--timeout", "300",
+            home=home, timeout=400,
+        )  # fmt: skip
+        said = next(ln for ln in proc.stdout.splitlines() if ln.startswith("accelerator:"))
+        print(f"\n{said}")
+        assert said.startswith(f"accelerator: {expected} (")
+        if device_ok and expected == "tcg":
+            assert verdict is not None
+            assert said == (
+                f"accelerator: tcg (KVM is present but failed a test guest: {verdict.reason}"
+                " (tested earlier in this boot of the host); using TCG)"
+            )
+        console = (home / "logs" / "auto1.log").read_text(errors="replace")
+        assert MARKER in console, console[-2000:]
+        rows = json.loads(run_pvmlab("vm", "list", "--json", home=home).stdout)
+        assert [(r["name"], r["accel"]) for r in rows] == [("auto1", expected)]

@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -22,27 +21,6 @@ from pvmlab.home import LabHome
 pytestmark = pytest.mark.integration
 
 EXAMPLE = REPO / "examples" / "boot-matrix.toml"
-
-
-@pytest.fixture
-def labs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """PVMLAB_LABS in the test's directory; whatever lab is left there is taken down after."""
-    root = tmp_path / "labs"
-    monkeypatch.setenv("PVMLAB_LABS", str(root))
-    monkeypatch.delenv("PVMLAB_HOME", raising=False)
-
-    def leftovers() -> list[str]:
-        left = []
-        for record in root.glob("*/labfile.json"):
-            lab_file = json.loads(record.read_text())["file"]
-            run_pvmlab("down", "-f", lab_file, check=False)
-            home = LabHome(record.parent)
-            if netlab.netns_exists(home.netns):
-                left.append(f"namespace {home.netns}")
-        return left
-
-    with netlab.checked_cleanup(leftovers):
-        yield root
 
 
 def _lab_dir(tmp_path: Path, assets: dict[str, BootAssets], text: str) -> Path:

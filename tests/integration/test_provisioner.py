@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import netlab
-from conftest import REPO, run_pvmlab
+from conftest import REPO, as_nobody, run_pvmlab
 from pvmlab import spawn
 from pvmlab.home import LabHome
 from pvmlab.network import lab as network
@@ -107,8 +107,7 @@ def test_non_root_start_gets_the_privilege_error(home: Path) -> None:
     env = {"PATH": os.environ["PATH"], "PVMLAB_HOME": str(home), "HOME": "/nonexistent"}
     for command in ("start", "stop"):
         proc = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-             sys.executable, "-m", "pvmlab.cli.main", "provisioner", command],
+            as_nobody([sys.executable, "-m", "pvmlab.cli.main", "provisioner", command]),
             capture_output=True, text=True, env=env, cwd=REPO, timeout=60, check=False,
         )
         assert_one_line_error(proc, "needs root or CAP_NET_ADMIN", "sudo")

@@ -16,17 +16,16 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import netlab
+from conftest import AS_NOBODY, NOBODY
 from fixtures.bootassets import BootAssets
 from pvmlab.home import LabHome
 
-NOBODY = 65534
 PVMLAB = Path(sys.executable).parent / "pvmlab"  # the console script, as a user runs it
 
 pytestmark = [
@@ -42,7 +41,7 @@ def pvmlab(
     argv = [str(PVMLAB), *args]
     env = {**os.environ, "PVMLAB_HOME": str(home)}
     if as_nobody:
-        argv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *argv]
+        argv = [*AS_NOBODY, *argv]
         env["HOME"] = str(home.parent)
     return subprocess.run(
         argv, capture_output=True, text=True, env=env, cwd=cwd, timeout=600, check=False
@@ -77,14 +76,8 @@ def tree(root: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture
-def shared() -> Iterator[Path]:
-    """A root-owned 0755 directory that uid 65534 can reach (pytest's tmp_path is 0700)."""
-    d = Path(tempfile.mkdtemp(prefix="pvmlab-sec-", dir="/tmp"))
-    d.chmod(0o755)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
+def shared(shared_dir: Path) -> Path:
+    return shared_dir
 
 
 @contextlib.contextmanager

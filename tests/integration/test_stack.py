@@ -96,6 +96,31 @@ def test_reserved_mac_gets_its_address_unknown_gets_dynamic(
     assert {"name": "r1", "mac": mac, "ip": "192.168.105.21"} in st["reservations"]
 
 
+def test_recreated_vm_with_new_mac_gets_its_address(
+    lab: netlab.Lab, client: netlab.Client, tmp_path: Path
+) -> None:
+    """`vm clean` releases the VM's lease: a VM created again under the same name and address
+    with another MAC gets that address, not a dynamic one (dnsmasq keeps a reserved address
+    from a new MAC while an old lease holds it)."""
+    old_mac, new_mac, ip = "0e:00:00:00:40:01", "0e:00:00:00:40:02", "192.168.105.41"
+    run_pvmlab("vm", "create", "again", "--arch", "x86_64", "--mac", old_mac, "--ip", ip,
+               home=lab.home)
+    client.set_mac(old_mac)
+    assert netlab.udhcpc(client, tmp_path / "old", arch=7)["ip"] == ip
+    assert {"mac": old_mac, "ip": ip} in [
+        {"mac": lease["mac"], "ip": lease["ip"]} for lease in lab.refresh()["leases"]
+    ]
+
+    run_pvmlab("vm", "clean", "again", home=lab.home)
+    assert old_mac not in [lease["mac"] for lease in lab.refresh()["leases"]]
+    run_pvmlab("vm", "create", "again", "--arch", "x86_64", "--mac", new_mac, "--ip", ip,
+               home=lab.home)
+    client.set_mac(new_mac)
+    assert netlab.udhcpc(client, tmp_path / "new", arch=7)["ip"] == ip
+    leased = {lease["mac"]: lease["ip"] for lease in lab.refresh()["leases"]}
+    assert leased == {new_mac: ip}
+
+
 def test_vm_defined_while_running_is_served_at_once(
     lab: netlab.Lab, client: netlab.Client, tmp_path: Path
 ) -> None:

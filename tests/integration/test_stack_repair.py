@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import netlab
+from bootlab import qemu_pids
 from conftest import run_pvmlab
 from pvmlab import spawn
 from pvmlab.home import LabHome
@@ -241,17 +242,6 @@ def test_reload_returns_after_dnsmasq_reread_the_reservations(tmp_path: Path) ->
 # --- a real VM: stop refuses, a lost namespace gives its tap back ---------------------------------
 
 
-def qemu_of(home: Path) -> list[int]:
-    """QEMU processes of this lab home (their argv holds the home's pid file path)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            argv = spawn.pid_cmdline(int(entry.name))
-            if argv and "qemu-system" in argv[0] and any(str(home) in a for a in argv):
-                found.append(int(entry.name))
-    return [p for p in found if netlab.is_ours(p)]
-
-
 @pytest.fixture
 def vm_running(tmp_path: Path) -> Iterator[tuple[netlab.Lab, int]]:
     """A running lab with one real QEMU VM (SeaBIOS, PXE-booting with nothing to boot)."""
@@ -262,11 +252,11 @@ def vm_running(tmp_path: Path) -> Iterator[tuple[netlab.Lab, int]]:
             run_pvmlab("vm", "create", "node", "--arch", "x86_64", "--firmware", "bios",
                        "--memory", "128", home=home)
             run_pvmlab("vm", "start", "node", "--accel", "tcg", home=home)
-            [qemu] = qemu_of(home)
+            [qemu] = qemu_pids(home)
             set_up = True
             yield lab, qemu
         finally:
-            left = qemu_of(home)
+            left = qemu_pids(home)
             for pid in left:
                 netlab.kill_pid(pid)
         # only after a clean set-up, so this check never hides the error that stopped it

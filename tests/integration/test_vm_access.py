@@ -10,59 +10,19 @@ fastest boot here. Nothing is timed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import netlab
+from bootlab import net_lab
 from conftest import run_pvmlab
-from fixtures.bootassets import NET_MARKERS, BootAssets, with_authorized_key
-from pvmlab import spawn
+from fixtures.bootassets import NET_MARKERS, BootAssets
 from pvmlab.home import LabHome
 from pvmlab.vm import ssh
 
 pytestmark = pytest.mark.integration
-
-
-def qemu_of(home: Path) -> list[int]:
-    """QEMU processes of this lab home (their argv holds the home's pid file path)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            argv = spawn.pid_cmdline(int(entry.name))
-            if argv and "qemu-system" in argv[0] and any(str(home) in a for a in argv):
-                found.append(int(entry.name))
-    return found
-
-
-@contextlib.contextmanager
-def lab_with_net_kernel(
-    tmp_path: Path, assets: BootAssets, *create_args: str
-) -> Iterator[netlab.Lab]:
-    """A running lab (``provisioner create`` args given) whose distro ``net`` is the network
-    variant accepting the lab's key; every VM cleaned and no QEMU left on the way out."""
-    home = (tmp_path / "home").absolute()
-    run_pvmlab("setup", home=home, check=False)  # makes the lab's SSH key
-    pub = (home / "ssh" / "id_ed25519.pub").read_text()
-    keyed = with_authorized_key(assets, pub, tmp_path / "assets")
-    with netlab.running_lab(home, *create_args) as lab:
-        try:
-            run_pvmlab(
-                "distro", "import", "net", "--arch", "x86_64",
-                "--kernel", str(keyed.kernel), "--initrd", str(keyed.initrd),
-                "--cmdline", keyed.cmdline, home=home,
-            )  # fmt: skip
-            yield lab
-        finally:
-            run_pvmlab("clean", home=home, check=False)
-            left = qemu_of(home)
-            for pid in left:
-                netlab.kill_pid(pid)
-            assert not left, f"QEMU left after `pvmlab clean`: {left}"
 
 
 def boot(home: Path, name: str, cmdline: str, until: str, *create_args: str) -> None:
@@ -90,7 +50,7 @@ def test_vm_with_uplink_fetches_the_archive_and_is_reached_over_ssh(
     tmp_path: Path, net_boot_assets: BootAssets, archive_release_url: str
 ) -> None:
     url = archive_release_url
-    with lab_with_net_kernel(tmp_path, net_boot_assets, "--uplink") as lab:
+    with net_lab(tmp_path, net_boot_assets, "--uplink") as lab:
         home = lab.home
         boot(home, "n1", f"pvmlab.fetch={url}", NET_MARKERS["ssh"])
         text = console(home, "n1")
@@ -145,7 +105,7 @@ def test_vm_without_uplink_cannot_fetch_and_without_sshd_is_refused(
     tmp_path: Path, net_boot_assets: BootAssets, archive_release_url: str
 ) -> None:
     url = archive_release_url
-    with lab_with_net_kernel(tmp_path, net_boot_assets) as lab:
+    with net_lab(tmp_path, net_boot_assets) as lab:
         home = lab.home
         boot(home, "q1", f"pvmlab.nossh pvmlab.fetch={url}", NET_MARKERS["nossh"])
         text = console(home, "q1")

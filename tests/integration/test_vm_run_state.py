@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from bootlab import cleaned_lab, import_distro, qemu_pids
 from conftest import run_pvmlab
 from fixtures.bootassets import MARKER, BootAssets, build_panicking
-from netlab import is_ours, kill_pid, running_lab
 from pvmlab import spawn
 from pvmlab.home import LabHome
 from pvmlab.network import lab as network
@@ -34,39 +34,14 @@ pytestmark = pytest.mark.integration
 HOLD = "console=ttyS0 pvmlab.hold"
 
 
-def qemus_of(home: Path) -> list[int]:
-    """Live QEMU processes whose command line names this lab home."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            argv = spawn.pid_cmdline(int(entry.name))
-            if argv and "qemu-system" in argv[0] and any(str(home) in a for a in argv):
-                found.append(int(entry.name))
-    return [p for p in found if is_ours(p)]
-
-
 @contextlib.contextmanager
 def lab_with(tmp_path: Path, distros: dict[str, BootAssets]) -> Iterator[Path]:
-    """A running lab with each ``distros`` entry imported (x86_64); every VM removed after, and
-    a QEMU left behind is killed and reported (unless the test failed already)."""
-    home = (tmp_path / "home").absolute()
-    with running_lab(home):
-        failed = True
-        try:
-            for name, a in distros.items():
-                run_pvmlab(
-                    "distro", "import", name, "--arch", a.arch, "--kernel", str(a.kernel),
-                    "--initrd", str(a.initrd), home=home,
-                )  # fmt: skip
-            yield home
-            failed = False
-        finally:
-            run_pvmlab("clean", home=home, check=False)
-            left = qemus_of(home)
-            for pid in left:
-                kill_pid(pid)
-            if left and not failed:
-                raise AssertionError(f"QEMU left after `pvmlab clean`: {left}")
+    """A running lab with each ``distros`` entry imported (their kernels' own command lines);
+    every VM removed after (``bootlab.cleaned_lab``)."""
+    with cleaned_lab(tmp_path / "home") as lab:
+        for name, a in distros.items():
+            import_distro(lab.home, name, a)
+        yield lab.home
 
 
 def create(home: Path, name: str, distro: str, cmdline: str = "console=ttyS0") -> dict[str, Any]:
@@ -116,7 +91,7 @@ def test_paused_guest_is_reported_and_quit_at_once(
 
         qmp.execute(lab.vm_qmp("hold"), "stop")
         row = listing(home)["hold"]
-        assert row["state"] == "paused" and row["pid"] in qemus_of(home)
+        assert row["state"] == "paused" and row["pid"] in qemu_pids(home)
         assert isinstance(row["qemu_log"], list)
         table = run_pvmlab("vm", "list", home=home)
         assert "paused" in table.stdout
@@ -126,7 +101,7 @@ def test_paused_guest_is_reported_and_quit_at_once(
         assert "hold: the guest is paused, it cannot react to the power button" in stopped.stdout
         assert "ACPI power button pressed" not in stopped.stdout
         assert "stopped VM hold (quit)" in stopped.stdout
-        assert not qemus_of(home) and lab.tap("hold") not in network.link_names(lab.netns)
+        assert not qemu_pids(home) and lab.tap("hold") not in network.link_names(lab.netns)
 
         # --wait with a long timeout gives up when the guest is paused under it
         waiting = start_waiting(home, "hold", "--wait-for", "NEVER-PRINTED", "--timeout", "3000")
@@ -161,7 +136,7 @@ def test_panicked_guest_fails_the_wait_and_shows_in_the_list(
         assert "Kernel panic - not syncing: sysrq triggered crash" in console
 
         row = listing(home)["crash"]
-        assert (row["state"], row["pid"] in qemus_of(home)) == ("guest-panicked", True)
+        assert (row["state"], row["pid"] in qemu_pids(home)) == ("guest-panicked", True)
         stopped = run_pvmlab("vm", "stop", "crash", home=home).stdout
         assert "crash: the guest is guest-panicked, it cannot react" in stopped
         assert "ACPI power button pressed" not in stopped and "(quit)" in stopped
@@ -186,11 +161,11 @@ def test_tap_goes_when_the_guest_powers_itself_off(
         assert timeline["total"] == result["elapsed"]
         tap = lab.tap("brief")
         deadline = time.monotonic() + 120  # a bound for a hung test, not a measurement
-        while (qemus_of(home) or tap in network.link_names(lab.netns)) and (
+        while (qemu_pids(home) or tap in network.link_names(lab.netns)) and (
             time.monotonic() < deadline
         ):
             time.sleep(0.1)
-        assert not qemus_of(home)
+        assert not qemu_pids(home)
         assert tap not in network.link_names(lab.netns)
         assert not lab.vm_pid("brief").exists() and not lab.vm_qmp("brief").exists()
         assert listing(home)["brief"]["state"] == "stopped"
@@ -251,7 +226,7 @@ def test_a_damaged_record_is_contained(tmp_path: Path, boot_assets: dict[str, Bo
         assert rows["bad"]["record"] == str(lab.vm_file("bad"))
         assert "memory_mib" in rows["bad"]["problem"]
         assert "pvmlab vm clean bad" in rows["bad"]["hint"]
-        assert rows["bad"]["pid"] in qemus_of(home)  # still running, by its pid file
+        assert rows["bad"]["pid"] in qemu_pids(home)  # still running, by its pid file
         table = run_pvmlab("vm", "list", home=home)
         assert f"bad: damaged record {lab.vm_file('bad')}" in table.stderr
         logs = run_pvmlab("vm", "logs", "bad", home=home).stdout
@@ -265,7 +240,7 @@ def test_a_damaged_record_is_contained(tmp_path: Path, boot_assets: dict[str, Bo
         assert refused.returncode == 2 and "already used by VM 'bad'" in refused.stderr
 
         stopped = run_pvmlab("vm", "stop", "bad", "--timeout", "1", home=home).stdout
-        assert "stopped VM bad" in stopped and not qemus_of(home)
+        assert "stopped VM bad" in stopped and not qemu_pids(home)
         assert lab.tap("bad") not in network.link_names(lab.netns)
         run_pvmlab("vm", "clean", "bad", home=home)
         assert not lab.vm_file("bad").exists() and "bad" not in listing(home)
@@ -282,7 +257,7 @@ def test_a_damaged_record_is_contained(tmp_path: Path, boot_assets: dict[str, Bo
         assert "bad: removed" in cleaned.stdout and "good: removed" in cleaned.stdout
         err = cleaned.stderr.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("pvmlab: error: could not remove 1 VM(s): newer")
-        assert set(listing(home)) == {"newer"} and not qemus_of(home)
+        assert set(listing(home)) == {"newer"} and not qemu_pids(home)
 
 
 def test_boots_in_parallel_threads_report_the_timeline_s_seconds(

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-import netlab
-from bootlab import qemu_pids
+from bootlab import net_lab, qemu_pids
 from conftest import run_pvmlab
-from fixtures.bootassets import NET_MARKERS, BootAssets, with_authorized_key
+from fixtures.bootassets import NET_MARKERS, BootAssets
 
 pytestmark = pytest.mark.integration
 
@@ -25,24 +24,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def lab(tmp_path: Path, net_boot_assets: BootAssets) -> Iterator[Path]:
     """A running lab whose distro ``net`` is the network variant accepting the lab's key."""
-    home = (tmp_path / "home").absolute()
-    run_pvmlab("setup", home=home, check=False)  # makes the lab's SSH key
-    pub = (home / "ssh" / "id_ed25519.pub").read_text()
-    keyed = with_authorized_key(net_boot_assets, pub, tmp_path / "assets")
-    with netlab.running_lab(home):
-        try:
-            run_pvmlab(
-                "distro", "import", "net", "--arch", "x86_64",
-                "--kernel", str(keyed.kernel), "--initrd", str(keyed.initrd),
-                "--cmdline", keyed.cmdline, home=home,
-            )  # fmt: skip
-            yield home
-        finally:
-            run_pvmlab("clean", home=home, check=False)
-            left = qemu_pids(home)
-            for pid in left:
-                netlab.kill_pid(pid)
-            assert not left, f"QEMU left after `pvmlab clean`: {left}"
+    with net_lab(tmp_path, net_boot_assets) as running:
+        yield running.home
 
 
 def create(home: Path, name: str, cmdline: str) -> None:

@@ -10,6 +10,7 @@ import hashlib
 import json
 import shutil
 import socket
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,16 @@ def _images_tree(home: Path) -> dict[str, bytes]:
     )
 
 
+def pull(
+    distro: str, arch: str, mirror_url: str, *more: str, method: str | None = None,
+    home: Path, check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """`pvmlab distro pull DISTRO --arch ARCH [--method M] --mirror URL [MORE]` in ``home``."""
+    by = ["--method", method] if method else []
+    return run_pvmlab("distro", "pull", distro, "--arch", arch, *by, "--mirror", mirror_url,
+                      *more, home=home, check=check)  # fmt: skip
+
+
 def _one_line_error(proc: object) -> str:
     import subprocess
 
@@ -73,18 +84,7 @@ def test_debian_netboot_pull_then_cached(mirror: Mirror, tmp_path: Path, arch: s
     k, i = _kernel_pair(arch)
     trees.debian_netboot(mirror.root, arch, k, i)
     home = tmp_path / "home"
-    out = run_pvmlab(
-        "distro",
-        "pull",
-        "debian-12",
-        "--arch",
-        arch,
-        "--method",
-        "netboot",
-        "--mirror",
-        f"{mirror.url}/debian",
-        home=home,
-    ).stdout
+    out = pull("debian-12", arch, f"{mirror.url}/debian", method="netboot", home=home).stdout
     assert f"pulled debian-12 ({arch}) by netboot [3 downloaded, 0 from cache]" in out
     d = home / "images" / "debian-12" / arch
     assert (d / "vmlinuz").read_bytes() == k and (d / "initrd").read_bytes() == i
@@ -99,19 +99,8 @@ def test_debian_netboot_pull_then_cached(mirror: Mirror, tmp_path: Path, arch: s
 
     before = len(mirror.state.requests)
     again = json.loads(
-        run_pvmlab(
-            "distro",
-            "pull",
-            "debian-12",
-            "--arch",
-            arch,
-            "--method",
-            "netboot",
-            "--mirror",
-            f"{mirror.url}/debian",
-            "--json",
-            home=home,
-        ).stdout
+        pull("debian-12", arch, f"{mirror.url}/debian", "--json", method="netboot",
+             home=home).stdout
     )
     assert again["downloaded"] == [] and len(again["cached"]) == 2
     assert again["replaced"]  # the same key as `distro import --json`
@@ -127,16 +116,7 @@ def test_ubuntu_cloud_image_cut_resumes_and_caches(mirror: Mirror, tmp_path: Pat
     want = trees.ubuntu(mirror.root, "x86_64", tmp_path / "build")
     mirror.state.cut_once.add("/ubuntu/noble/current/noble-server-cloudimg-amd64.img")
     home = tmp_path / "home"
-    proc = run_pvmlab(
-        "distro",
-        "pull",
-        "ubuntu-24.04",
-        "--arch",
-        "x86_64",
-        "--mirror",
-        f"{mirror.url}/ubuntu/noble/current",
-        home=home,
-    )
+    proc = pull("ubuntu-24.04", "x86_64", f"{mirror.url}/ubuntu/noble/current", home=home)
     assert "found kernel 6.8.0-45-generic in partition 16 (ext, label 'BOOT')" in proc.stdout
     d = home / "images/ubuntu-24.04/x86_64"
     assert (d / "vmlinuz").read_bytes() == want["kernel"]
@@ -148,16 +128,7 @@ def test_ubuntu_cloud_image_cut_resumes_and_caches(mirror: Mirror, tmp_path: Pat
     assert len(gets) == 2 and gets[1].range is not None and gets[1].status == 206
 
     before = len(mirror.state.requests)
-    run_pvmlab(
-        "distro",
-        "pull",
-        "ubuntu-24.04",
-        "--arch",
-        "x86_64",
-        "--mirror",
-        f"{mirror.url}/ubuntu/noble/current",
-        home=home,
-    )
+    pull("ubuntu-24.04", "x86_64", f"{mirror.url}/ubuntu/noble/current", home=home)
     assert len(mirror.state.requests) == before
 
 
@@ -187,18 +158,8 @@ def test_fedora_netboot_treeinfo_and_cloud_checksum(
     assert meta["kernel_sha256"] == _sha(k)
     assert f"inst.repo={mirror.url}/fedora/releases/42/Everything/x86_64/os" in meta["cmdline"]
 
-    run_pvmlab(
-        "distro",
-        "pull",
-        "fedora-42",
-        "--arch",
-        "x86_64",
-        "--method",
-        "cloud-image",
-        "--mirror",
-        f"{mirror.url}/fedora/releases/42/Cloud/x86_64/images",
-        home=home,
-    )
+    pull("fedora-42", "x86_64", f"{mirror.url}/fedora/releases/42/Cloud/x86_64/images",
+         method="cloud-image", home=home)
     d = home / "images/fedora-42/x86_64"
     assert (d / "vmlinuz").read_bytes() == want["kernel"]
     assert (d / "initrd").read_bytes() == want["initrd"]
@@ -207,18 +168,8 @@ def test_fedora_netboot_treeinfo_and_cloud_checksum(
 def test_debian_cloud_image_sha512(mirror: Mirror, tmp_path: Path) -> None:
     want = trees.debian_cloud(mirror.root, "x86_64", tmp_path / "build")
     home = tmp_path / "home"
-    run_pvmlab(
-        "distro",
-        "pull",
-        "debian-12",
-        "--arch",
-        "x86_64",
-        "--method",
-        "cloud-image",
-        "--mirror",
-        f"{mirror.url}/debian-cloud/bookworm/latest",
-        home=home,
-    )
+    pull("debian-12", "x86_64", f"{mirror.url}/debian-cloud/bookworm/latest",
+         method="cloud-image", home=home)
     assert (home / "images/debian-12/x86_64/vmlinuz").read_bytes() == want["kernel"]
 
 
@@ -228,19 +179,8 @@ def test_corrupt_file_refused_nothing_kept(mirror: Mirror, tmp_path: Path) -> No
     linux = images_dir / "netboot/debian-installer/amd64/linux"
     linux.write_bytes(k[:-1] + bytes([k[-1] ^ 1]))  # corrupted after the list was made
     home = tmp_path / "home"
-    proc = run_pvmlab(
-        "distro",
-        "pull",
-        "debian-12",
-        "--arch",
-        "x86_64",
-        "--method",
-        "netboot",
-        "--mirror",
-        f"{mirror.url}/debian",
-        home=home,
-        check=False,
-    )
+    proc = pull("debian-12", "x86_64", f"{mirror.url}/debian", method="netboot", home=home,
+                check=False)
     assert "does not match its published checksum" in _one_line_error(proc)
     assert _images_tree(home) == {}
     cache = home / "cache/downloads/debian-12/x86_64/netboot"
@@ -255,19 +195,8 @@ def test_checksum_list_without_entry(mirror: Mirror, tmp_path: Path) -> None:
         "".join(ln + "\n" for ln in sums.read_text().splitlines() if "/linux" not in ln)
     )
     home = tmp_path / "home"
-    proc = run_pvmlab(
-        "distro",
-        "pull",
-        "debian-12",
-        "--arch",
-        "x86_64",
-        "--method",
-        "netboot",
-        "--mirror",
-        f"{mirror.url}/debian",
-        home=home,
-        check=False,
-    )
+    proc = pull("debian-12", "x86_64", f"{mirror.url}/debian", method="netboot", home=home,
+                check=False)
     assert "has no entry for 'netboot/debian-installer/amd64/linux'" in _one_line_error(proc)
     assert [r.path.rsplit("/", 1)[-1] for r in mirror.state.requests] == ["SHA256SUMS"]
     assert _images_tree(home) == {}
@@ -295,19 +224,8 @@ def test_offline(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     home = tmp_path / "home"
-    proc = run_pvmlab(
-        "distro",
-        "pull",
-        "debian-12",
-        "--arch",
-        "x86_64",
-        "--method",
-        "netboot",
-        "--mirror",
-        f"http://127.0.0.1:{port}/debian",
-        home=home,
-        check=False,
-    )
+    proc = pull("debian-12", "x86_64", f"http://127.0.0.1:{port}/debian", method="netboot",
+                home=home, check=False)
     line = _one_line_error(proc)
     assert "cannot download" in line and "offline" in line
     assert _images_tree(home) == {}

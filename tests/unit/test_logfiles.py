@@ -95,3 +95,31 @@ def test_loop_os_errors_are_one_line_without_traceback(caplog: pytest.LogCapture
         "socket.accept() out of system resource: Too many open files"
     ]
     assert all(r.exc_info is None for r in caplog.records)
+
+
+# --- logs written by another process (dnsmasq.log): rotate, then read across the rotation ------
+
+
+def test_rotate_shifts_the_files_and_drops_the_oldest(tmp_path: Path) -> None:
+    log = tmp_path / "dnsmasq.log"
+    assert not logfiles.rotate(log, backups=2)  # nothing to rotate yet
+    for text in ("first\n", "second\n", "third\n"):
+        log.write_text(text)
+        assert logfiles.rotate(log, backups=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dnsmasq.log.1", "dnsmasq.log.2"]
+    assert logfiles.backup(log).read_text() == "third\n"
+    assert logfiles.backup(log, 2).read_text() == "second\n"
+
+
+def test_read_lines_puts_the_rotated_file_first(tmp_path: Path) -> None:
+    log = tmp_path / "dnsmasq.log"
+    assert logfiles.read_lines(log) == []
+    log.write_text("a\nb\n")
+    assert logfiles.read_lines(log) == ["a", "b"]
+    logfiles.rotate(log, backups=3)
+    assert logfiles.read_lines(log) == ["a", "b"]  # rotated, not yet reopened by its writer
+    log.write_text("c\n")
+    assert logfiles.read_lines(log) == ["a", "b", "c"]
+    logfiles.rotate(log, backups=3)
+    log.write_text("d\n")
+    assert logfiles.read_lines(log) == ["c", "d"]  # only the newest rotated file

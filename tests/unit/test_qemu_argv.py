@@ -25,6 +25,39 @@ CONTROL = ["-qmp", "unix:/home/monitors/t1.qmp,server=on,wait=off", "-pidfile", 
 PANIC_X86 = ["-device", "pvpanic", "-action", "panic=pause"]
 PANIC_ARM = ["-device", "pvpanic-pci", "-action", "panic=pause"]
 TAP = ["-netdev", "tap,id=net0,ifname=pvt12345678,script=no,downscript=no"]
+SIZE_AND_DISPLAY = ["-m", "1024", "-smp", "1", "-nodefaults", "-display", "none"]
+RNG = ["-device", "virtio-rng-pci"]
+UEFI_MENU = ["-boot", "menu=on,splash-time=0"]
+
+
+def head(arch: str, machine: str, accel: str, cpu: str | None = None) -> list[str]:
+    """The binary, name, machine, accelerator, CPU (if any), memory, CPUs and display."""
+    return [
+        f"qemu-system-{arch}", "-name", "t1", "-machine", machine, "-accel", accel,
+        *(["-cpu", cpu] if cpu else []), *SIZE_AND_DISPLAY,
+    ]  # fmt: skip
+
+
+def pflash(code: str) -> list[str]:
+    """UEFI: the read-only code and the VM's own vars."""
+    return [
+        "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={code}",
+        "-drive", "if=pflash,format=raw,unit=1,file=/home/vms/t1/efivars.fd",
+    ]  # fmt: skip
+
+
+def nic(bootindex: int, *, rom: bool = False) -> list[str]:
+    """The NIC, its option ROM kept only for BIOS (``rom``)."""
+    romfile = "" if rom else "romfile=,"
+    return ["-device", f"virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,{romfile}"
+            f"bootindex={bootindex}"]  # fmt: skip
+
+
+def disk(bootindex: int) -> list[str]:
+    return [
+        "-drive", "if=none,id=disk0,format=qcow2,file=/home/vms/t1/disk.qcow2",
+        "-device", f"virtio-blk-pci,drive=disk0,bootindex={bootindex}",
+    ]  # fmt: skip
 
 
 def opt(argv: list[str], flag: str) -> list[str]:
@@ -34,23 +67,8 @@ def opt(argv: list[str], flag: str) -> list[str]:
 
 def test_x86_64_uefi_tcg_network_boot() -> None:
     assert build_argv(cfg()) == [
-        "qemu-system-x86_64",
-        "-name", "t1",
-        "-machine", "q35",
-        "-accel", "tcg",
-        "-m", "1024",
-        "-smp", "1",
-        "-nodefaults",
-        "-display", "none",
-        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/fw/CODE.fd",
-        "-drive", "if=pflash,format=raw,unit=1,file=/home/vms/t1/efivars.fd",
-        *SERIAL,
-        *CONTROL,
-        "-device", "virtio-rng-pci",
-        *PANIC_X86,
-        "-boot", "menu=on,splash-time=0",
-        *TAP,
-        "-device", "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,romfile=,bootindex=0",
+        *head("x86_64", "q35", "tcg"), *pflash("/fw/CODE.fd"),
+        *SERIAL, *CONTROL, *RNG, *PANIC_X86, *UEFI_MENU, *TAP, *nic(0),
     ]  # fmt: skip
 
 
@@ -59,47 +77,15 @@ def test_x86_64_bios_kvm_disk_first() -> None:
         cfg(firmware="bios", accel="kvm", boot="disk", disk=DISK, uefi_code=None, uefi_vars=None)
     )
     assert argv == [
-        "qemu-system-x86_64",
-        "-name", "t1",
-        "-machine", "pc",
-        "-accel", "kvm",
-        "-cpu", "host",
-        "-m", "1024",
-        "-smp", "1",
-        "-nodefaults",
-        "-display", "none",
-        *SERIAL,
-        *CONTROL,
-        *PANIC_X86,
-        *TAP,
-        "-device", "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,bootindex=1",
-        "-drive", "if=none,id=disk0,format=qcow2,file=/home/vms/t1/disk.qcow2",
-        "-device", "virtio-blk-pci,drive=disk0,bootindex=0",
+        *head("x86_64", "pc", "kvm", cpu="host"),
+        *SERIAL, *CONTROL, *PANIC_X86, *TAP, *nic(1, rom=True), *disk(0),
     ]  # fmt: skip
 
 
 def test_aarch64_uefi_tcg_network_then_disk() -> None:
     assert build_argv(cfg(arch="aarch64", disk=DISK, uefi_code=AAVMF)) == [
-        "qemu-system-aarch64",
-        "-name", "t1",
-        "-machine", "virt",
-        "-accel", "tcg",
-        "-cpu", "max",
-        "-m", "1024",
-        "-smp", "1",
-        "-nodefaults",
-        "-display", "none",
-        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/fw/AAVMF_CODE.fd",
-        "-drive", "if=pflash,format=raw,unit=1,file=/home/vms/t1/efivars.fd",
-        *SERIAL,
-        *CONTROL,
-        "-device", "virtio-rng-pci",
-        *PANIC_ARM,
-        "-boot", "menu=on,splash-time=0",
-        *TAP,
-        "-device", "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,romfile=,bootindex=0",
-        "-drive", "if=none,id=disk0,format=qcow2,file=/home/vms/t1/disk.qcow2",
-        "-device", "virtio-blk-pci,drive=disk0,bootindex=1",
+        *head("aarch64", "virt", "tcg", cpu="max"), *pflash(str(AAVMF)),
+        *SERIAL, *CONTROL, *RNG, *PANIC_ARM, *UEFI_MENU, *TAP, *nic(0), *disk(1),
     ]  # fmt: skip
 
 
@@ -109,28 +95,11 @@ def test_aarch64_hvf_ipxe_media_first_then_network_then_disk() -> None:
         cfg(arch="aarch64", accel="hvf", boot="ipxe", ipxe_media=media, disk=DISK, uefi_code=AAVMF)
     )
     assert argv == [
-        "qemu-system-aarch64",
-        "-name", "t1",
-        "-machine", "virt",
-        "-accel", "hvf",
-        "-cpu", "host",
-        "-m", "1024",
-        "-smp", "1",
-        "-nodefaults",
-        "-display", "none",
-        "-drive", "if=pflash,format=raw,unit=0,readonly=on,file=/fw/AAVMF_CODE.fd",
-        "-drive", "if=pflash,format=raw,unit=1,file=/home/vms/t1/efivars.fd",
-        *SERIAL,
-        *CONTROL,
-        "-device", "virtio-rng-pci",
-        *PANIC_ARM,
-        "-boot", "menu=on,splash-time=0",
-        *TAP,
-        "-device", "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,romfile=,bootindex=1",
+        *head("aarch64", "virt", "hvf", cpu="host"), *pflash(str(AAVMF)),
+        *SERIAL, *CONTROL, *RNG, *PANIC_ARM, *UEFI_MENU, *TAP, *nic(1),
         "-drive", "if=none,id=ipxemedia,driver=vvfat,dir=/home/vms/t1/ipxe-media,read-only=on",
         "-device", "virtio-blk-pci,drive=ipxemedia,bootindex=0",
-        "-drive", "if=none,id=disk0,format=qcow2,file=/home/vms/t1/disk.qcow2",
-        "-device", "virtio-blk-pci,drive=disk0,bootindex=2",
+        *disk(2),
     ]  # fmt: skip
 
 

@@ -12,6 +12,16 @@ from pvmlab.report.html import report_html
 from pvmlab.report.junit import junit_xml
 from pvmlab.report.results import MachineResult, RunResult
 
+SVG = "{http://www.w3.org/2000/svg}"  # ElementTree's prefix for SVG element names
+CONSOLE_OK = "PVMLAB-BOOT-OK vmlinuz console=ttyS0"
+NEVER_REASON = "bios did not show 'never' on its console within 5 s"
+
+
+def _machine(name: str, expectation: str, outcome: str, **more: object) -> MachineResult:
+    """An x86_64 UEFI network boot's result unless ``more`` says otherwise."""
+    fields: dict[str, object] = {"arch": "x86_64", "firmware": "uefi", "boot": "pxe", **more}
+    return MachineResult(name=name, expectation=expectation, outcome=outcome, **fields)
+
 
 def _run() -> RunResult:
     uefi, _ = samples.timeline_case("x86_64-uefi")
@@ -22,41 +32,22 @@ def _run() -> RunResult:
         started="2026-11-27T02:16:00+00:00",
         duration=42.5,
         machines=[
-            MachineResult(
-                name="uefi",
-                arch="x86_64",
-                firmware="uefi",
-                boot="pxe",
-                expectation="console /PVMLAB-BOOT-OK/ within 120 s",
-                outcome="passed",
-                elapsed=10.554,
-                timeline=uefi.as_dict(),
-                console_tail=["PVMLAB-BOOT-OK vmlinuz console=ttyS0"],
-            ),
-            MachineResult(
-                name="bios",
-                arch="x86_64",
-                firmware="bios",
-                boot="pxe",
-                expectation="console /never/ within 5 s",
-                outcome="failed",
-                reason="bios did not show 'never' on its console within 5 s",
-                elapsed=5.0,
-                timeline=bios.as_dict(),
-                console_tail=["<script>alert(1)</script> & more"],
-                stack_view=["dnsmasq: DHCPACK(pvbr) 192.168.105.3 0e:00:00:00:00:02"],
-            ),
-            MachineResult(
-                name="none",
-                arch="aarch64",
-                firmware="uefi",
-                boot="pxe",
-                expectation="console /login:/ within 300 s",
-                outcome="failed",
-                reason="QEMU exited at once",
-            ),
+            _machine("uefi", "console /PVMLAB-BOOT-OK/ within 120 s", "passed", elapsed=10.554,
+                     timeline=uefi.as_dict(), console_tail=[CONSOLE_OK]),
+            _machine("bios", "console /never/ within 5 s", "failed", firmware="bios",
+                     reason=NEVER_REASON, elapsed=5.0, timeline=bios.as_dict(),
+                     console_tail=["<script>alert(1)</script> & more"],
+                     stack_view=["dnsmasq: DHCPACK(pvbr) 192.168.105.3 0e:00:00:00:00:02"]),
+            _machine("none", "console /login:/ within 300 s", "failed", arch="aarch64",
+                     reason="QEMU exited at once"),
         ],
     )
+
+
+def _svg_phase_rects(svg: str) -> tuple[ET.Element, list[ET.Element]]:
+    """The parsed SVG and its phase bars."""
+    root = ET.fromstring(svg)
+    return root, [r for r in root.iter(f"{SVG}rect") if r.get("class") == "phase"]
 
 
 class _Collect(HTMLParser):
@@ -79,12 +70,9 @@ class _Collect(HTMLParser):
 
 def test_timeline_svg_has_one_bar_per_phase() -> None:
     tl, _ = samples.timeline_case("aarch64-uefi")
-    svg = gantt.timeline_svg(tl.as_dict())
-    root = ET.fromstring(svg)
-    ns = "{http://www.w3.org/2000/svg}"
-    bars = [r.get("data-phase") for r in root.iter(f"{ns}rect") if r.get("class") == "phase"]
-    assert bars == [p.name for p in tl.phases]
-    assert root.find(f"{ns}title") is not None
+    root, bars = _svg_phase_rects(gantt.timeline_svg(tl.as_dict()))
+    assert [r.get("data-phase") for r in bars] == [p.name for p in tl.phases]
+    assert root.find(f"{SVG}title") is not None
 
 
 def test_report_html_charts_and_escaping() -> None:
@@ -104,12 +92,9 @@ def test_report_html_charts_and_escaping() -> None:
 
 def test_overview_puts_machines_on_one_axis() -> None:
     run = _run()
-    svg = gantt.overview_svg([(m.name, m.timeline) for m in run.machines])
-    root = ET.fromstring(svg)
-    ns = "{http://www.w3.org/2000/svg}"
-    labels = [t.text for t in root.iter(f"{ns}text") if t.get("class") == "row-label"]
+    root, bars = _svg_phase_rects(gantt.overview_svg([(m.name, m.timeline) for m in run.machines]))
+    labels = [t.text for t in root.iter(f"{SVG}text") if t.get("class") == "row-label"]
     assert labels == ["uefi", "bios", "none"]
-    bars = [r for r in root.iter(f"{ns}rect") if r.get("class") == "phase"]
     n_uefi = len(run.machines[0].timeline["phases"])  # type: ignore[index]
     n_bios = len(run.machines[1].timeline["phases"])  # type: ignore[index]
     assert len(bars) == n_uefi + n_bios
@@ -126,7 +111,7 @@ def test_junit_one_case_per_machine_with_evidence() -> None:
     assert cases["uefi"].find("failure") is None
     fail = cases["bios"].find("failure")
     assert fail is not None
-    assert fail.get("message") == "bios did not show 'never' on its console within 5 s"
+    assert fail.get("message") == NEVER_REASON
     assert "<script>alert(1)</script> & more" in (fail.text or "")
     assert "DHCPACK(pvbr) 192.168.105.3" in (fail.text or "")
     assert cases["uefi"].get("time") == "10.554"

@@ -34,9 +34,10 @@ def table(
     from rich.console import Console
     from rich.table import Table
 
-    console = Console(file=sys.stdout, soft_wrap=False)
+    # cells are data, printed as they are: a MAC's ":cd:" is no emoji code, "[x]" no markup
+    console = Console(file=sys.stdout, soft_wrap=False, emoji=False, markup=False)
     if plain and not console.is_terminal:
-        console = Console(file=sys.stdout, soft_wrap=False, width=400)
+        console = Console(file=sys.stdout, soft_wrap=False, width=400, emoji=False, markup=False)
     if plain:
         t = Table(title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False)
     else:

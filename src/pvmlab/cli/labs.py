@@ -51,21 +51,30 @@ def _require_root() -> None:
 @file_option
 @click.option("--dry-run", is_flag=True, help="Say what would change, change nothing.")
 @click.option("--no-start", is_flag=True, help="Define everything and start the stack only.")
+@click.option(
+    "--wait", is_flag=True,
+    help="Wait until each machine started meets its `ready` condition (console, then SSH and "
+    "its command when the file has one), as `pvmlab test` does; exit 1 naming those that do not.",
+)  # fmt: skip
 @json_option
-def up_cmd(lab_file: Path, dry_run: bool, no_start: bool, as_json: bool) -> None:
+def up_cmd(lab_file: Path, dry_run: bool, no_start: bool, wait: bool, as_json: bool) -> None:
     """Create and start what the lab file declares, and reconcile what changed.
 
     Missing machines are created, changed ones made again (same MAC and IP), removed ones
     removed; a second run changes nothing. The whole file is checked before the first change.
     """
+    from pvmlab.errors import ValidationError
     from pvmlab.labfile import apply
 
+    if wait and no_start:
+        raise ValidationError("--wait waits for the machines --no-start does not start",
+                         "give one of them")
     lab = _load(lab_file)
     home = _home(lab)
     if not dry_run:
         _require_root()
     changes = apply.up(
-        lab, home, start_machines=not no_start, dry_run=dry_run, say=_say
+        lab, home, start_machines=not no_start, wait=wait, dry_run=dry_run, say=_say
     )
     if as_json:
         emit_json({"lab": lab.name, "home": str(home.root), "dry_run": dry_run,
@@ -138,7 +147,8 @@ class _ProgressView:
             from rich.console import Console
             from rich.live import Live
 
-            self.live = Live(self._table(), console=Console(file=sys.stderr), auto_refresh=False)
+            self.live = Live(self._table(), console=Console(file=sys.stderr, emoji=False),
+                             auto_refresh=False)
 
     def _table(self) -> Any:
         from rich.table import Table

@@ -168,10 +168,15 @@ def up(
     home: LabHome,
     *,
     start_machines: bool = True,
+    wait: bool = False,
     dry_run: bool = False,
     say: Say = lambda _m: None,
 ) -> list[Change]:
-    """Reconcile ``home`` with ``lab``; returns what changed (or would, with ``dry_run``)."""
+    """Reconcile ``home`` with ``lab``; returns what changed (or would, with ``dry_run``).
+
+    With ``wait`` the machines it starts are waited for until each meets its ``ready``
+    condition (console, then SSH and its command when the file has one: the same path as
+    `pvmlab test`); one that does not is a StateError naming it and why."""
     from pvmlab.stack import control
     from pvmlab.vm import clean, define, runtime, state
 
@@ -305,15 +310,43 @@ def up(
     if not started.get("already_running"):
         changes.append(Change("start", "stack", str(want_lab.address)))
     if start_machines:
-        for plan in lab.machines:
-            if state.running_pid(home, plan.name) is None:
+        stopped = [p for p in lab.machines if state.running_pid(home, p.name) is None]
+        if wait:
+            define.reload_stack(home)
+            _start_and_wait(home, stopped, say)
+        for plan in stopped:
+            if not wait:
                 say(f"starting machine {plan.name}")
                 runtime.start_vm(
                     home, plan.name, boot=plan.decl.boot, requested_accel=plan.decl.accel, say=say
                 )
-                changes.append(Change("start", "machine", plan.name))
+            changes.append(Change("start", "machine", plan.name))
     define.reload_stack(home)
     return changes
+
+
+def _start_and_wait(home: LabHome, plans: list[MachinePlan], say: Say) -> None:
+    """Start ``plans`` at once and wait until each is ready (``labfile.run.boot_until_ready``)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pvmlab.labfile.run import boot_until_ready
+
+    def one(plan: MachinePlan) -> tuple[str, float, str | None]:
+        say(f"starting machine {plan.name}, waiting for {plan.decl.ready.describe()}")
+        elapsed, why = boot_until_ready(home, plan)
+        say(f"machine {plan.name}: " + ("ready" if why is None else "not ready")
+            + f" after {elapsed:.1f} s")  # fmt: skip
+        return plan.name, elapsed, why
+
+    with ThreadPoolExecutor(max_workers=max(1, len(plans))) as pool:
+        results = list(pool.map(one, plans))
+    failed = [why for _, _, why in results if why is not None]  # each names its machine
+    if failed:
+        raise StateError(
+            f"not ready: {'; '.join(failed)}",
+            "see `pvmlab vm console NAME` and `pvmlab vm timeline NAME` in the lab's home, "
+            "or run `pvmlab test` for a report",
+        )
 
 
 def _create(

@@ -49,25 +49,23 @@ def current_phase(home: LabHome, name: str, pattern: re.Pattern[str]) -> str | N
     return tl.phases[-1].label if tl.phases else None
 
 
-def _ssh_check(home: LabHome, plan: MachinePlan, deadline: float) -> str | None:
-    """None when the SSH condition holds, else why not."""
+def _ssh_command(
+    home: LabHome, plan: MachinePlan, command: str, deadline: float
+) -> str | None:
+    """Run the file's ``ssh`` command in a machine that takes the lab key; None when it exits
+    0 and prints what ``expect`` asks for, else why not."""
     from pvmlab import spawn
     from pvmlab.records import store
     from pvmlab.vm import ssh
 
     ready = plan.decl.ready
-    if ready.ssh is None:
-        return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        return f"no time left for the SSH check within {ready.timeout:g} s"
-    answer = ssh.ssh_ready(home, plan.name, left)
-    if answer is not True:
-        return answer
     vm = store.load_vm(home, plan.name)
-    argv = ssh.ssh_argv(home, vm, ssh.DEFAULT_USER, [ready.ssh])
+    argv = ssh.ssh_argv(home, vm, ssh.DEFAULT_USER, [command])
     left = max(1.0, deadline - time.monotonic())
-    proc = spawn.run(argv, netns=home.netns, check=False, timeout=left)
+    try:
+        proc = spawn.run(argv, netns=home.netns, check=False, timeout=left)
+    except PvmlabError as exc:  # the command outlived the deadline
+        return f"ssh {ready.ssh!r}: {exc.problem}"
     out = (proc.stdout or "") + (proc.stderr or "")
     if proc.returncode != 0:
         return f"ssh {ready.ssh!r} exited with {proc.returncode}: {out.strip()[-200:]}"
@@ -77,6 +75,43 @@ def _ssh_check(home: LabHome, plan: MachinePlan, deadline: float) -> str | None:
     return None
 
 
+def boot_until_ready(
+    home: LabHome, plan: MachinePlan, *, say: Callable[[str], None] = lambda _m: None
+) -> tuple[float, str | None]:
+    """Start a machine and wait for its ready condition; ``(elapsed, None)`` when it holds, else
+    ``(elapsed, why)``.
+
+    One path for `pvmlab test` and `pvmlab up --wait`: ``start_and_wait`` waits for the console
+    pattern and then, when the file has an ``ssh`` command, for SSH to take the lab key as root
+    (its SSH step); then the command runs and its output is held against ``expect``, all
+    within ``timeout``. Failures of the SSH part say "SSH step". Start errors are raised.
+
+    A machine booted from scratch may bring a new host key (a network-booted guest makes one
+    at every boot), so the one recorded for its address is forgotten before the start; within
+    the boot the key taken first is held to.
+    """
+    from pvmlab.records import store
+    from pvmlab.vm import boot, ssh
+
+    decl = plan.decl
+    ready = decl.ready
+    if ready.ssh is not None:
+        ssh.forget_host(home, store.load_vm(home, plan.name).address)
+    began = time.monotonic()
+    res = boot.start_and_wait(
+        home, plan.name, pattern=re.compile(ready.pattern), timeout=ready.timeout,
+        boot=decl.boot, accel=decl.accel,
+        ssh_user=ssh.DEFAULT_USER if ready.ssh is not None else None, say=say,
+    )  # fmt: skip
+    if not res.ready:
+        return res.elapsed, f"SSH step: {res.reason}" if res.outcome == "no_ssh" else res.reason
+    if ready.ssh is None:
+        return res.elapsed, None
+    say(f"{plan.name}: running {ready.ssh!r} over SSH")
+    why = _ssh_command(home, plan, ready.ssh, began + ready.timeout)
+    return time.monotonic() - began, None if why is None else f"{plan.name}: SSH step: {why}"
+
+
 def judge_machine(
     home: LabHome, plan: MachinePlan, *, keep: bool, progress: Progress
 ) -> MachineResult:
@@ -84,7 +119,7 @@ def judge_machine(
     from pvmlab.observe.stacklog import stack_view
     from pvmlab.observe.timeline import timeline_of_vm
     from pvmlab.records import store
-    from pvmlab.vm import boot, runtime, state
+    from pvmlab.vm import runtime, state
 
     decl = plan.decl
     ready = decl.ready
@@ -98,29 +133,21 @@ def judge_machine(
         outcome="failed",
     )
     began = time.monotonic()
-    deadline = began + ready.timeout
     try:
         if state.running_pid(home, plan.name) is not None:
             progress(plan.name, "stopping the previous run")
             runtime.stop_vm(home, plan.name, force=True)
         progress(plan.name, "starting")
-        res = boot.start_and_wait(
-            home, plan.name, pattern=pattern, timeout=ready.timeout, boot=decl.boot,
-            accel=decl.accel,
-        )  # fmt: skip
-        result.elapsed = res.elapsed
-        if not res.ready:
-            result.reason = res.reason
-        elif ready.ssh is not None:
-            progress(plan.name, "checking SSH")
-            why = _ssh_check(home, plan, deadline)
-            result.elapsed = time.monotonic() - began
-            if why is None:
-                result.outcome = "passed"
-            else:
-                result.reason = f"{plan.name}: {why}"
-        else:
+
+        def said(msg: str) -> None:
+            if "over SSH" in msg:
+                progress(plan.name, "checking SSH")
+
+        result.elapsed, why = boot_until_ready(home, plan, say=said)
+        if why is None:
             result.outcome = "passed"
+        else:
+            result.reason = why
     except PvmlabError as exc:
         result.reason = str(exc)
         result.elapsed = time.monotonic() - began

@@ -2,7 +2,9 @@
 
 Sources, all in the lab home:
 
-    logs/dnsmasq.log     dnsmasq with ``log-dhcp``: every line of one DHCP transaction carries
+    logs/dnsmasq.log     (after dnsmasq.log.1: both logs are bounded and rotated, and each is
+                         read with its newest rotated file, ``stack.logfiles.read_lines``)
+                         dnsmasq with ``log-dhcp``: every line of one DHCP transaction carries
                          the same serial number, e.g.
                          ``dnsmasq-dhcp[7]: 1234 DHCPACK(br) 192.168.105.10 0e:..:.. t1`` and
                          ``dnsmasq-dhcp[7]: 1234 vendor class: PXEClient:Arch:00011:UNDI:003000``;
@@ -23,6 +25,7 @@ from pathlib import Path
 from pvmlab.home import LabHome
 from pvmlab.observe import dnsmasqlog, httplog
 from pvmlab.observe.dnsmasqlog import DhcpTransaction
+from pvmlab.stack.logfiles import read_lines
 
 
 @dataclass
@@ -92,13 +95,11 @@ def lease_of(leases: list[str], mac: str) -> str | None:
 
 def stack_view(home: LabHome, mac: str, ip: str | None = None) -> StackView:
     """What dnsmasq and the HTTP server logged of ``mac`` (and of ``ip``, its reserved address)."""
-    events = dnsmasqlog.parse_dnsmasq_log(
-        _read_lines(home.dnsmasq_log), datetime.now().year
-    )
+    events = dnsmasqlog.parse_dnsmasq_log(read_lines(home.dnsmasq_log), datetime.now().year)
     sv = StackView(mac=mac, exchanges=dnsmasqlog.dhcp_transactions(events, mac))
     sv.lease_ip = lease_of(_read_lines(home.dnsmasq_leases), mac)
     ips = sv.ips + [x for x in (ip, sv.lease_ip) if x and x not in sv.ips]
     sv.tftp = tftp_outcomes(events, ips)
-    requests = httplog.parse_http_log(_read_lines(home.http_log))
+    requests = httplog.parse_http_log(read_lines(home.http_log))
     sv.http = [r.as_line() for r in httplog.requests_of_machine(requests, mac, ips)]
     return sv

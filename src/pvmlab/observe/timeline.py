@@ -80,6 +80,7 @@ from pvmlab.home import LabHome
 from pvmlab.observe import dnsmasqlog, httplog
 from pvmlab.observe.dnsmasqlog import DhcpTransaction, TftpEvent
 from pvmlab.observe.httplog import HttpRequest
+from pvmlab.stack import logfiles
 
 LABELS = {
     "vm-start": "VM start -> firmware DHCP",
@@ -724,10 +725,8 @@ def boot_timeline(
 
 
 def _lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()
-    except FileNotFoundError:
-        return []
+    """A stack log with its newest rotated file before it: a boot across a rotation is whole."""
+    return logfiles.read_lines(path)
 
 
 def timeline_of_vm(home: LabHome, name: str, wait_for: re.Pattern[str]) -> Timeline:
@@ -811,7 +810,7 @@ def print_timeline_table(tl: Timeline) -> None:
     table.add_column("details", overflow="fold")
     for p in tl.phases:
         table.add_row(p.label, _fmt(p.start), _fmt(p.duration), phase_details(p))
-    out = RichConsole()
+    out = RichConsole(emoji=False, markup=False)  # a MAC's ":cd:" is no emoji, "[x]" no markup
     out.print(table)
     slow = tl.slowest()
     if tl.total is not None:

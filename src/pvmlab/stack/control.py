@@ -48,9 +48,7 @@ from pvmlab.stack.endpoint import lab_endpoint
 from pvmlab.stack.supervisor import (
     READY,
     RELOAD_TIMEOUT,
-    pid_file,
     served_udp_ports,
-    state_path,
 )
 
 START_TIMEOUT = 60.0
@@ -445,7 +443,7 @@ def _await_ready(read_fd: int, proc: subprocess.Popen[bytes], timeout: float) ->
 
 
 def _launch(home: LabHome, *, undo_network: bool, timeout: float) -> None:
-    state_path(home).unlink(missing_ok=True)
+    home.stack_state.unlink(missing_ok=True)
     read_fd, write_fd = os.pipe()
     try:
         try:
@@ -509,7 +507,7 @@ def stop_stack(
         stopped = _stop_stack_processes(home)
         stopped += [{"name": "uplink", "pid": pid} for pid in uplink.stop(home)]
         stragglers = netlab.down(home)
-        for path in (state_path(home), pid_file(home), dnsmasq.pid_path(home),
+        for path in (home.stack_state, home.supervisor_pid, home.dnsmasq_pid,
                      home.supervisor_socket):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

@@ -7,6 +7,16 @@ takes is ``max_bytes * (backups + 1)``, whatever a lab client sends.
 
 ``PVMLAB_LOG_MAX_BYTES`` and ``PVMLAB_LOG_BACKUPS`` change the bound (tests use a small one).
 
+``logs/dnsmasq.log`` is written by dnsmasq itself, so the supervisor bounds it the same way
+from outside: every ``DNSMASQ_LOG_CHECK`` seconds it looks at the size and, over the bound,
+shifts the files with ``rotate`` and sends dnsmasq SIGUSR2, on which dnsmasq closes its log
+and opens it again (dnsmasq(8), ``--log-facility``). Lines written between the rename and the
+reopen land in ``dnsmasq.log.1``; none is lost. The bound holds to within what dnsmasq writes
+in one check interval.
+
+Readers take a log with ``read_lines``: the newest rotated file (``NAME.1``) and then the
+current one, so what happened across one rotation is read whole.
+
 ``supervisor.log`` is also the supervisor's stderr (``provisioner start`` points it there, so
 a crash before logging is set up still lands in it). ``capture_stdio=True`` keeps fds 1 and 2
 on the current file after every rotation, so nothing keeps writing into a rotated-away file.
@@ -30,6 +40,7 @@ from pvmlab.errors import ValidationError
 
 MAX_BYTES = 8 * 1024 * 1024
 BACKUPS = 3
+DNSMASQ_LOG_CHECK = 1.0  # seconds between the supervisor's looks at dnsmasq.log's size
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,53 @@ def _int_env(env: Any, name: str, default: int, *, minimum: int) -> int:
             f"unset {name} to use the default ({default})",
         )
     return value
+
+
+def backup(path: Path, n: int = 1) -> Path:
+    """The ``n``-th rotated file of log ``path`` (1 is the newest): ``NAME.n``."""
+    return path.with_name(f"{path.name}.{n}")
+
+
+def rotate(path: Path, backups: int) -> bool:
+    """Shift the log ``path`` into ``NAME.1`` (``NAME.1`` into ``NAME.2``, ..., the oldest past
+    ``backups`` is overwritten), as ``RotatingFileHandler`` does; False when ``path`` is not
+    there. The writer must then reopen ``path``."""
+    if not path.exists():
+        return False
+    for n in range(backups - 1, 0, -1):
+        if backup(path, n).exists():
+            backup(path, n).replace(backup(path, n + 1))
+    path.replace(backup(path))
+    return True
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _read(path: Path) -> tuple[int | None, list[str]]:
+    try:
+        with path.open(errors="replace") as f:
+            return os.fstat(f.fileno()).st_ino, f.read().splitlines()
+    except FileNotFoundError:
+        return None, []
+
+
+def read_lines(path: Path) -> list[str]:
+    """The lines of log ``path``, those of its newest rotated file (``NAME.1``) first.
+
+    A rotation between the two reads gives ``NAME.1`` another inode; then both are read again,
+    so a line is neither missed nor read twice.
+    """
+    for _ in range(3):
+        older_inode, older = _read(backup(path))
+        _, current = _read(path)
+        if _inode(backup(path)) == older_inode:
+            break
+    return older + current
 
 
 class BoundedFileHandler(logging.handlers.RotatingFileHandler):

@@ -70,18 +70,6 @@ READY = "READY"
 PDEATHSIG_PREFIX = ("setpriv", "--pdeathsig", "TERM")
 
 
-def state_path(home: LabHome) -> Path:
-    return home.stack_state
-
-
-def pid_file(home: LabHome) -> Path:
-    return home.supervisor_pid
-
-
-def stderr_path(home: LabHome) -> Path:
-    return home.dnsmasq_stderr
-
-
 def bound_udp_ports(pid: int | str = "self") -> set[int]:
     """UDP ports with a bound socket in the network namespace of process ``pid``."""
     ports: set[int] = set()
@@ -131,13 +119,13 @@ class Supervisor:
         }
 
     def write_state(self) -> None:
-        write_json(state_path(self.home), self.state())
+        write_json(self.home.stack_state, self.state())
 
     # --- dnsmasq ----------------------------------------------------------------------------
 
     def _stderr_tail(self) -> str:
         try:
-            lines = stderr_path(self.home).read_text(errors="replace").strip().splitlines()
+            lines = self.home.dnsmasq_stderr.read_text(errors="replace").strip().splitlines()
         except OSError:
             return ""
         return lines[-1].strip() if lines else ""
@@ -214,7 +202,7 @@ class Supervisor:
                     raise
                 log.error("configuration not re-rendered, the previous one is used: %s", exc)
             began = time.monotonic()
-            with open_truncated(stderr_path(self.home)) as err, spawn.spawn(
+            with open_truncated(self.home.dnsmasq_stderr) as err, spawn.spawn(
                 [*PDEATHSIG_PREFIX, *dnsmasq.argv(self.home)], stderr=err, grace=5.0
             ) as proc:
                 self.proc = proc
@@ -262,6 +250,31 @@ class Supervisor:
                 task.cancel()
             await asyncio.gather(exited, stop, return_exceptions=True)
 
+    # --- dnsmasq.log: bounded like the logs written here (stack.logfiles) -------------------
+
+    async def bound_dnsmasq_log(self, bounds: logfiles.LogBounds) -> None:
+        """Until stopping: rotate dnsmasq.log once it reaches ``bounds.max_bytes`` and have
+        dnsmasq reopen it (SIGUSR2)."""
+        path = self.home.dnsmasq_log
+        while not self.stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), logfiles.DNSMASQ_LOG_CHECK)
+            try:
+                if path.stat().st_size < bounds.max_bytes:
+                    continue
+            except FileNotFoundError:
+                continue
+            # under the reload lock: a reload reads the log from a byte offset
+            async with self.reload_lock:
+                logfiles.rotate(path, bounds.backups)
+                proc = self.proc
+                # only a dnsmasq that serves has its handlers (SIGUSR2 would end it before);
+                # one being started opens the new file anyway
+                if proc is not None and self.serving.is_set():
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGUSR2)
+                log.info("dnsmasq.log rotated at %d bytes", bounds.max_bytes)
+
     # --- reload: the one path ---------------------------------------------------------------
 
     async def reload_reservations(self) -> int:
@@ -295,8 +308,8 @@ class Supervisor:
 
     async def _hup_and_confirm(self, proc: subprocess.Popen[bytes], deadline: float) -> bool:
         """SIGHUP dnsmasq and wait for its "read <hosts file>" log line (False: it exited)."""
-        log_file = dnsmasq.log_path(self.home)
-        hosts = dnsmasq.hosts_path(self.home).absolute()
+        log_file = self.home.dnsmasq_log
+        hosts = self.home.dhcp_hosts.absolute()
         offset = log_file.stat().st_size if log_file.exists() else 0
         try:
             proc.send_signal(signal.SIGHUP)
@@ -402,12 +415,13 @@ class Supervisor:
         try:
             ready: asyncio.Future[None] = loop.create_future()
             keeper = asyncio.ensure_future(self.run_dnsmasq(ready))
+            bounder = asyncio.ensure_future(self.bound_dnsmasq_log(logfiles.LogBounds.from_env()))
             server: asyncio.AbstractServer | None = None
             try:
                 await ready
                 server = await self.open_control_socket()
                 self.write_state()
-                write_atomic(pid_file(self.home), f"{os.getpid()}\n")
+                write_atomic(self.home.supervisor_pid, f"{os.getpid()}\n")
                 log.info("stack ready: %s", json.dumps(self.state()))
                 notify.ready()
                 await keeper
@@ -419,6 +433,9 @@ class Supervisor:
                     task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await keeper
+                bounder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await bounder
         finally:
             await runner.cleanup()
             log.info("HTTP server stopped")
@@ -426,10 +443,10 @@ class Supervisor:
 
     def cleanup_files(self) -> None:
         """Remove state.json, the pid file and the control socket, if still this process's."""
-        if read_json(state_path(self.home)).get("supervisor_pid") == os.getpid():
-            state_path(self.home).unlink(missing_ok=True)
-        if spawn.read_pid_file(pid_file(self.home)) == os.getpid():
-            pid_file(self.home).unlink(missing_ok=True)
+        if read_json(self.home.stack_state).get("supervisor_pid") == os.getpid():
+            self.home.stack_state.unlink(missing_ok=True)
+        if spawn.read_pid_file(self.home.supervisor_pid) == os.getpid():
+            self.home.supervisor_pid.unlink(missing_ok=True)
         sock = self.home.supervisor_socket
         with contextlib.suppress(OSError):
             if self.socket_inode is not None and sock.stat().st_ino == self.socket_inode:
