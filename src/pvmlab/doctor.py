@@ -145,6 +145,8 @@ FEATURE_PROGRAMS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("pasta", ("--version",), "passt", "--uplink"),
     ("nft", ("--version",), "nftables", "--uplink"),
     ("ssh", ("-V",), "openssh-client", "vm ssh/cp"),  # with ssh-keygen for the lab key
+    ("mkfs.vfat", ("--help",), "dosfstools", "vm create --image: the cloud-init seed"),
+    ("mcopy", ("--version",), "mtools", "vm create --image: the cloud-init seed"),
 )
 
 

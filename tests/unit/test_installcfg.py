@@ -100,7 +100,7 @@ def test_shipped_default_renders_for_two_machines(home: LabHome, distro: str) ->
         assert net["ethernets"]["lab"] == {
             "match": {"macaddress": "0e:00:00:00:00:0a"},
             "addresses": ["192.168.105.10/24"],
-            "routes": [{"to": "default", "via": "192.168.105.1"}],
+            "routes": [{"to": "0.0.0.0/0", "via": "192.168.105.1"}],
             "nameservers": {"addresses": ["192.168.105.1"], "search": ["pvmlab.internal"]},
         }
     else:
