@@ -6,7 +6,8 @@ reason when not root (CI runs as root and runs them all).
 
 Shared helpers live in modules beside this file, never in a test module that another imports:
 
-    fixtures/      boot assets (kernels + busybox initramfs); ``boot_assets`` fixture (plugin)
+    fixtures/      boot assets (kernels + busybox initramfs); ``boot_assets`` fixture (plugin);
+                   ``built_image``: a Debian 12 disk image from ``pvmlab.image`` (builtimage.py)
     netlab.py      lab networks: client namespaces, busybox clients, ``running_lab``, and
                    ``checked_cleanup`` (a leftover check that never hides the test's own failure)
     bootlab.py     VMs booted through the CLI: ``cleaned_lab``, ``vm_lab``, ``net_lab``,

@@ -236,3 +236,20 @@ def _boot_from_disk_and_ssh(tmp_path: Path, built_image: ImageInfo, hostname: st
         assert f"root=UUID={built_image.root_fs_uuid}" in lines[2]
         grown = spawn.run([*ssh, "lsblk -b -n -o SIZE /dev/vda2"], timeout=60).stdout
         assert int(grown.strip()) > built_image.partitions[1].sectors * 512  # growpart ran
+
+
+def test_unreachable_archive_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "lab"
+    res = run_pvmlab(
+        "image", "build", "nowhere", "--arch", "x86_64", "--mirror", "http://127.0.0.1:9/debian",
+        home=home, check=False,
+    )
+    assert res.returncode == 1
+    assert res.stderr.strip().splitlines()[-1] == (
+        "pvmlab: error: cannot reach the Debian archive at http://127.0.0.1:9/debian: "
+        "[Errno 111] Connection refused (hint: check the network, or give a reachable mirror "
+        "with --mirror URL)"
+    )
+    assert json.loads(run_pvmlab("image", "ls", "--json", home=home).stdout) == []
+    left = [p.name for p in (home / "cache" / "rootfs").iterdir()]
+    assert [n for n in left if not n.endswith(".lock")] == []  # no tarball, no partial one

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import run_pvmlab
 from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.image import (
@@ -233,3 +234,16 @@ def test_records_list_find_remove(tmp_path: Path) -> None:
         find_image(home, "half")
     with pytest.raises(StateError, match="no disk image named nosuch"):
         remove_image(home, "nosuch")
+
+
+def test_cli_ls_and_rm_on_a_home_without_images(tmp_path: Path) -> None:
+    home = tmp_path / "lab"
+    assert json.loads(run_pvmlab("image", "ls", "--json", home=home).stdout) == []
+    res = run_pvmlab("image", "rm", "nosuch", home=home, check=False)
+    assert res.returncode == 1
+    assert res.stderr.strip() == (
+        "pvmlab: error: no disk image named nosuch (hint: `pvmlab image ls` lists them)"
+    )
+    bad = run_pvmlab("image", "build", "Bad/Name", "--arch", "x86_64", home=home, check=False)
+    assert bad.returncode == 2
+    assert "invalid image name" in bad.stderr

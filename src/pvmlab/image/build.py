@@ -227,8 +227,12 @@ def rootfs_tarball(
             cfg = Path(tmp) / "90_pvmlab.cfg"
             cfg.write_text(CLOUD_CFG)
             argv = mmdebstrap_argv(recipe, partial, cfg)
-            how = "natively" if rule is None else "with qemu-user in a user namespace"
-            _say(progress, f"mmdebstrap {recipe.suite} {recipe.arch} ({how}), takes minutes")
+            how = (
+                "natively, takes minutes"
+                if rule is None
+                else "package scripts under qemu-user, takes tens of minutes"
+            )
+            _say(progress, f"mmdebstrap {recipe.suite} {recipe.arch} ({how})")
             try:
                 _run_logged(argv, progress, rule, env)
             except BaseException:
