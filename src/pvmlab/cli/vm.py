@@ -461,7 +461,7 @@ def stop_cmd(name: str, force: bool, timeout: float) -> None:
         _say(f"stopped VM {name} ({how})")
 
 
-COLUMNS = ["name", "arch", "firmware", "net_boot", "boot", "mac", "ip", "distro", "state",
+COLUMNS = ["name", "arch", "firmware", "boot", "net_boot", "mac", "ip", "distro", "state",
            "accel", "pid", "install"]
 
 
