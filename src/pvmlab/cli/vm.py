@@ -521,7 +521,7 @@ def stop_cmd(name: str, force: bool, timeout: float) -> None:
         _say(f"stopped VM {name} ({how})")
 
 
-COLUMNS = ["name", "arch", "firmware", "net_boot", "boot", "mac", "ip", "ipv6", "distro",
+COLUMNS = ["name", "arch", "firmware", "boot", "net_boot", "mac", "ip", "ipv6", "distro",
            "state", "accel", "pid", "provisioning", "install"]
 
 
