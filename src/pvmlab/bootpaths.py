@@ -30,6 +30,7 @@ from typing import Any, Literal
 from pvmlab.arch import (
     ARCHITECTURES,
     NET_BOOTS,
+    SIGNED_GRUBS,
     Arch,
     Firmware,
     FirstStage,
@@ -42,10 +43,29 @@ IpVersion = Literal[4, 6]
 IP_VERSIONS: tuple[IpVersion, ...] = (4, 6)
 
 # The IP versions whose DHCP the lab's dnsmasq answers with a first stage.
-SERVED_IP_VERSIONS: frozenset[IpVersion] = frozenset({4})
+SERVED_IP_VERSIONS: frozenset[IpVersion] = frozenset({4, 6})
 
-# The first stage a Secure Boot client of an architecture gets (a signed shim); none yet.
-SECURE_FIRST_STAGES: Mapping[Arch, FirstStage] = MappingProxyType({})
+
+def _shim(arch_name: Arch) -> FirstStage:
+    """Debian's signed shim as the first stage of a Secure Boot machine of ``arch_name`` (it
+    loads the signed network GRUB from the same TFTP directory: ``arch.SIGNED_GRUBS``)."""
+    plain = ARCHITECTURES[arch_name].first_stages["uefi"]
+    grub = SIGNED_GRUBS[arch_name]
+    return FirstStage(
+        role=f"shim-{arch_name}",
+        tftp_name=grub.shim_tftp_name,
+        client_arches=plain.client_arches,
+        pe_machine=plain.pe_machine,
+        candidates=(grub.shim_tftp_name,),
+        official_path="",
+    )
+
+
+# The first stage a Secure Boot client of an architecture gets: the signed shim, over TFTP
+# (PXE over IPv4; `vm create --secure-boot`).
+SECURE_FIRST_STAGES: Mapping[Arch, FirstStage] = MappingProxyType(
+    {name: _shim(name) for name in SIGNED_GRUBS}
+)
 
 # (arch, firmware, protocol, IP version, Secure Boot) -> the test that boots that path to the
 # guest's marker with real firmware.
@@ -57,6 +77,9 @@ PROVEN_BY: Mapping[ProofKey, str] = MappingProxyType(
         ("aarch64", "uefi", "pxe", 4, False): "tests/integration/test_boot_pxe.py",
         ("x86_64", "uefi", "http", 4, False): "tests/integration/test_boot_http.py",
         ("aarch64", "uefi", "http", 4, False): "tests/integration/test_boot_http.py",
+        ("x86_64", "uefi", "pxe", 6, False): "tests/integration/test_boot_ipv6.py",
+        ("x86_64", "uefi", "pxe", 4, True): "tests/integration/test_boot_grub.py",
+        ("aarch64", "uefi", "pxe", 4, True): "tests/integration/test_boot_grub.py (slow)",
     }
 )
 
@@ -160,6 +183,10 @@ def _path(client: ClientType) -> BootPath | None:
         stage = SECURE_FIRST_STAGES.get(client.arch)
         if stage is None:
             reason = "no signed shim in the lab yet"
+        elif client.net_boot != "pxe" or client.ip_version != 4:
+            reason = "Secure Boot machines get shim by PXE over IPv4 only"
+    if reason is None and client.firmware == "bios" and client.ip_version == 6:
+        reason = "legacy BIOS PXE ROMs boot over IPv4 only"
     if reason is None and client.ip_version not in SERVED_IP_VERSIONS:
         reason = f"no IPv{client.ip_version} DHCP in the lab yet"
     return BootPath(

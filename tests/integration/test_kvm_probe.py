@@ -42,7 +42,8 @@ def test_probe_gives_a_definite_verdict(tmp_path: Path) -> None:
             r"internal-error|the test guest had not finished after \d+ s",
             v.reason,
         ), v.reason
-    assert v.seconds < kvmprobe.DEADLINE + 5  # the guest got its deadline, no more
+    # the guest got its deadline and was then stopped, not left running (margin: a loaded host)
+    assert v.seconds < kvmprobe.DEADLINE + 30
     again = kvmprobe.verdict("x86_64", cache_dir=tmp_path / "run")
     assert again.cached and (again.works, again.reason) == (v.works, v.reason)
 

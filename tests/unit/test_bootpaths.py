@@ -25,9 +25,15 @@ def test_served_rows_today() -> None:
     served = sorted(lb for lb, r in rows().items() if r.served)
     assert served == [
         "aarch64 UEFI HTTP Boot IPv4",
+        "aarch64 UEFI HTTP Boot IPv6",
         "aarch64 UEFI PXE IPv4",
+        "aarch64 UEFI PXE IPv6",
+        "aarch64 UEFI Secure Boot PXE IPv4",
         "x86_64 UEFI HTTP Boot IPv4",
+        "x86_64 UEFI HTTP Boot IPv6",
         "x86_64 UEFI PXE IPv4",
+        "x86_64 UEFI PXE IPv6",
+        "x86_64 UEFI Secure Boot PXE IPv4",
         "x86_64 legacy BIOS PXE IPv4",
     ]
 
@@ -51,12 +57,33 @@ def test_pxe_row_is_a_tftp_name() -> None:
 
 
 def test_unserved_rows_say_why() -> None:
-    v6 = rows()["x86_64 UEFI HTTP Boot IPv6"]
-    assert not v6.served and v6.reason == "no IPv6 DHCP in the lab yet"
+    sb_http = rows()["x86_64 UEFI Secure Boot HTTP Boot IPv4"]
+    assert not sb_http.served
+    assert sb_http.reason == "Secure Boot machines get shim by PXE over IPv4 only"
+    bios6 = [
+        r
+        for r in bootpaths.boot_paths()
+        if r.client.firmware == "bios" and r.client.ip_version == 6
+    ]
+    assert len(bios6) == 1 and not bios6[0].served
+    assert bios6[0].reason == "legacy BIOS PXE ROMs boot over IPv4 only"
+
+
+def test_secure_boot_rows_are_the_signed_shim() -> None:
     sb = rows()["aarch64 UEFI Secure Boot PXE IPv4"]
-    assert not sb.served and sb.first_stage is None
-    assert sb.reason == "no signed shim in the lab yet"
-    assert sb.location("http://h") is None
+    assert sb.served and sb.reason is None and sb.first_stage is not None
+    assert sb.location("http://h") == "shimaa64.efi"
+    assert sb.proven_by == "tests/integration/test_boot_grub.py (slow)"
+    x = rows()["x86_64 UEFI Secure Boot PXE IPv4"]
+    assert x.location(None) == "shimx64.efi" and x.client_arches == (7, 9)
+    assert x.proven_by == "tests/integration/test_boot_grub.py"
+
+
+def test_ipv6_pxe_is_served_and_proven_on_x86_64() -> None:
+    v6 = rows()["x86_64 UEFI PXE IPv6"]
+    assert v6.served and v6.proven_by == "tests/integration/test_boot_ipv6.py"
+    http6 = rows()["x86_64 UEFI HTTP Boot IPv6"]
+    assert http6.served and http6.proven_by is None  # answered, not yet seen to boot
 
 
 def test_as_dict_reports_the_file_in_the_lab(tmp_path: Path) -> None:

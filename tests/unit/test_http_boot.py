@@ -141,15 +141,19 @@ def test_loaders_json(home: LabHome) -> None:
     pxe = by[("x86_64", "uefi", "pxe", 4, False)]
     assert (pxe["location"], pxe["client_arches"]) == ("ipxe-x86_64.efi", [7, 9])
     v6 = by[("x86_64", "uefi", "http", 6, False)]
-    assert (v6["served"], v6["reason"]) == (False, "no IPv6 DHCP in the lab yet")
+    assert (v6["served"], v6["reason"], v6["proven_by"]) == (True, None, None)
+    sb = by[("x86_64", "uefi", "http", 4, True)]
+    assert (sb["served"], sb["reason"]) == (
+        False, "Secure Boot machines get shim by PXE over IPv4 only"
+    )
     served = json.loads(run_pvmlab("loaders", "--served", "--json", home=home.root).stdout)
-    assert len(served) == 5 and all(r["served"] for r in served)
+    assert len(served) == len(rows) - 7 and all(r["served"] for r in served)
 
 
 def test_loaders_table_says_not_served(home: LabHome) -> None:
     out = run_pvmlab("loaders", home=home.root).stdout
-    line = next(ln for ln in out.splitlines() if "x86_64 uefi http IPv6 " in ln)
-    assert "no: no IPv6 DHCP in the lab yet" in line
+    line = next(ln for ln in out.splitlines() if "x86_64 uefi http IPv4 secure-boot " in ln)
+    assert "no: Secure Boot machines get shim by PXE over IPv4 only" in line
     line = next(ln for ln in out.splitlines() if "aarch64 uefi http IPv4 " in ln)
     assert "http http://192.168.105.1/tftp/ipxe-arm64.efi" in line and " yes " in line
 

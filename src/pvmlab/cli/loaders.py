@@ -6,6 +6,7 @@ builds) is still `pvmlab distro ipxe`'s business (``--dir``, ``--download``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
@@ -30,7 +31,8 @@ def loaders(served: bool, as_json: bool) -> None:
     whether the lab serves it (rows not served say why) and which test proves it.
     """
     from pvmlab import bootpaths
-    from pvmlab.assets import ipxe
+    from pvmlab.arch import signed_grub
+    from pvmlab.assets import ipxe, signedboot
     from pvmlab.records import store
     from pvmlab.stack.endpoint import lab_endpoint
 
@@ -43,8 +45,14 @@ def loaders(served: bool, as_json: bool) -> None:
             continue
         row = path.as_dict(base_url, tftp_root)
         stage = path.first_stage
-        found = None if stage is None else ipxe.find_binary(stage.role, h)
-        row["source"] = None if found is None else str(found.path)
+        source: Path | None = None
+        if stage is not None and path.client.secure_boot:  # Debian's signed shim
+            g = signed_grub(path.client.arch)
+            source = signedboot.find(h, g.arch, g.shim_package, g.shim_file)
+        elif stage is not None:
+            found = ipxe.find_binary(stage.role, h)
+            source = None if found is None else found.path
+        row["source"] = None if source is None else str(source)
         rows.append(row)
     if as_json:
         emit_json(rows)
