@@ -222,3 +222,15 @@ def test_machine_errors_name_their_line(extra: str, where: str, what: str) -> No
 def test_image_with_user_data_is_fine() -> None:
     decl = _lab(BASE + 'image = "d.qcow2"\nuser_data = "u.yaml"\n').machines[0].decl
     assert decl.image == "d.qcow2" and decl.user_data == "u.yaml"
+
+
+def test_the_protocols_example_parses() -> None:
+    example = Path(__file__).parents[2] / "examples" / "protocols.toml"
+    lab = parse(example.read_text(), example)
+    got = {p.name: (p.decl.loader, p.decl.secure_boot, p.decl.net_boot) for p in lab.machines}
+    assert got == {
+        "grub": ("grub", False, "pxe"),
+        "sb": (None, True, "pxe"),
+        "http": (None, False, "http"),
+    }
+    assert lab.model.provisioner.ipv6 == "fd00:130::1/64"
