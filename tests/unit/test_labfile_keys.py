@@ -234,3 +234,12 @@ def test_the_protocols_example_parses() -> None:
         "http": (None, False, "http"),
     }
     assert lab.model.provisioner.ipv6 == "fd00:130::1/64"
+
+
+def test_every_key_is_documented() -> None:
+    from pvmlab.labfile.model import Distro, Machine, Provisioner, Ready
+
+    doc = (Path(__file__).parents[2] / "docs" / "labfile.md").read_text()
+    for model in (Provisioner, Machine, Ready, Distro):
+        missing = [k for k in model.model_fields if f"`{k}`" not in doc]
+        assert not missing, f"{model.__name__}: {missing} not in docs/labfile.md"
