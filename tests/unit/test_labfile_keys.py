@@ -243,3 +243,27 @@ def test_every_key_is_documented() -> None:
     for model in (Provisioner, Machine, Ready, Distro):
         missing = [k for k in model.model_fields if f"`{k}`" not in doc]
         assert not missing, f"{model.__name__}: {missing} not in docs/labfile.md"
+
+
+def test_create_passes_the_keys_as_vm_create_gets_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `up` hands `vm create` for each key (the records themselves: the integration test)."""
+    from pvmlab.home import LabHome
+    from pvmlab.labfile import apply
+    from pvmlab.vm import define
+
+    got: list[define.CreateRequest] = []
+    monkeypatch.setattr(define, "create", lambda _home, req: got.append(req))
+    (tmp_path / "u.yaml").write_text("#cloud-config\n")
+    text = SIX.replace('name = "b"\narch = "x86_64"\n', 'name = "b"\narch = "x86_64"\n'
+                       'image = "trixie"\nuser_data = "u.yaml"\nloader = "grub"\n'
+                       "secure_boot = true\n")  # fmt: skip
+    lab = _lab(text, str(tmp_path / "lab.toml"))
+    home = LabHome(tmp_path / "home")
+    for plan in lab.machines:
+        apply._create(home, lab, plan, ipv6=plan.decl.ipv6)
+    a, b = got
+    assert (a.ipv6, a.image, a.loader, a.secure_boot) == ("fd00:77::10", None, None, False)
+    assert (b.ipv6, b.image, b.loader, b.secure_boot) == (None, Path("trixie"), "grub", True)
+    assert (b.install, b.install_template) == ("user-data", tmp_path / "u.yaml")
