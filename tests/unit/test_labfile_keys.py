@@ -267,3 +267,21 @@ def test_create_passes_the_keys_as_vm_create_gets_them(
     assert (a.ipv6, a.image, a.loader, a.secure_boot) == ("fd00:77::10", None, None, False)
     assert (b.ipv6, b.image, b.loader, b.secure_boot) == (None, Path("trixie"), "grub", True)
     assert (b.install, b.install_template) == ("user-data", tmp_path / "u.yaml")
+
+
+def test_up_refuses_an_image_name_nothing_provides_before_any_change(tmp_path: Path) -> None:
+    from pvmlab.errors import PvmlabError
+    from pvmlab.home import LabHome
+    from pvmlab.labfile.apply import _firmware_and_image, up
+
+    lab = _lab(BASE + 'image = "no-such-image"\n', str(tmp_path / "lab.toml"))
+    home = LabHome(tmp_path / "home")
+    with pytest.raises(PvmlabError) as info:
+        up(lab, home, dry_run=True)
+    assert str(info.value).startswith("lab.toml: machine one: no image file 'no-such-image'")
+    assert not home.root.exists()
+    # a cloud image the same file pulls is not looked for before its distro is pulled
+    pulled = BASE.replace("[[machines]]", '[[distros]]\nname = "no-such-image"\narch = "x86_64"\n'
+                          'pull = "cloud-image"\n\n[[machines]]') + 'image = "no-such-image"\n'
+    lab = _lab(pulled, str(tmp_path / "lab.toml"))
+    _firmware_and_image(home, lab, lab.machines[0].decl)  # no error

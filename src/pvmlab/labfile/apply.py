@@ -200,6 +200,29 @@ def _install_files(lab: LabFile, m: Machine) -> None:
             )
 
 
+def _firmware_and_image(home: LabHome, lab: LabFile, m: Machine) -> None:
+    """What `vm create` would refuse only once earlier machines were made: firmware without
+    Secure Boot or HTTP Boot, an image name nothing provides."""
+    from pvmlab.arch import architecture
+    from pvmlab.deploy import image
+    from pvmlab.qemu import firmware as firmware_mod
+    from pvmlab.vm import define
+
+    try:
+        arch = validate.arch(m.arch)
+        if m.secure_boot:
+            firmware_mod.require_secure_boot(arch, architecture(arch).machine(m.firmware))
+        if m.net_boot == "http":
+            define.check_http_boot_firmware(arch)
+        path = image_path(lab, m)
+        pulled_here = any(d.name == m.image and d.arch == m.arch for d in lab.model.distros)
+        if path is not None and len(path.parts) == 1 and not pulled_here:
+            image.resolve(home, path, m.arch)  # a name: built (`image ls`) or pulled before
+    except PvmlabError as exc:
+        kind = type(exc) if type(exc).__init__ is PvmlabError.__init__ else ValidationError
+        raise kind(f"{lab.path.name}: machine {m.name}: {exc.problem}", exc.hint) from None
+
+
 def _check_owner(home: LabHome, lab: LabFile) -> Record | None:
     record = Record.read(home)
     if record is not None and Path(record.file) != lab.path:
@@ -237,6 +260,7 @@ def up(
     distro_files = {(d.name, d.arch): _distro_files(lab, d) for d in lab.model.distros}
     for m in lab.model.machines:
         _install_files(lab, m)
+        _firmware_and_image(home, lab, m)
     for d in lab.model.distros:
         if d.pull is not None:  # an unknown entry, arch or method: refused before any change
             catalog.resolve(
