@@ -285,3 +285,13 @@ def test_up_refuses_an_image_name_nothing_provides_before_any_change(tmp_path: P
                           'pull = "cloud-image"\n\n[[machines]]') + 'image = "no-such-image"\n'
     lab = _lab(pulled, str(tmp_path / "lab.toml"))
     _firmware_and_image(home, lab, lab.machines[0].decl)  # no error
+
+
+def test_checks_across_keys_give_their_own_hint() -> None:
+    msg = _error(SIX.replace("ipv4 = false", 'ipv4 = false\naddress = "10.0.0.1/24"'))
+    assert msg == (
+        "lab.toml:4: provisioner.address: 'address' is IPv4, but ipv4 = false makes the lab "
+        "IPv6-only (hint: drop address for an IPv6-only lab, or drop ipv4 = false for dual stack)"
+    )
+    msg = _error(BASE + 'firmware = "bios"\nsecure_boot = true\n')
+    assert msg.endswith("(hint: use firmware = 'uefi' (the default), or drop secure_boot)")

@@ -94,8 +94,10 @@ def parse(text: str, path: Path) -> LabFile:
         err = exc.errors()[0]
         loc = err["loc"]
         cause = (err.get("ctx") or {}).get("error")
+        hint = "fix the value"
         if isinstance(cause, KeyProblem):  # a check across keys names the key it blames
             loc = (*loc, cause.key)
+            hint = cause.hint or hint
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {str(loc[-1])!r}"
@@ -103,8 +105,6 @@ def parse(text: str, path: Path) -> LabFile:
         elif err["type"] == "missing":
             msg = f"{str(loc[-1])!r} is required"
             hint = "add it"
-        else:
-            hint = "fix the value"
         more = len(exc.errors()) - 1
         if more:
             hint += f" ({more} more problem{'s' if more > 1 else ''} after this one)"

@@ -79,9 +79,10 @@ ArchName = Annotated[str, _checked(validate.arch)]
 class KeyProblem(ValueError):
     """A check across keys, blamed on ``key``: the error names that key's line."""
 
-    def __init__(self, key: str, message: str) -> None:
+    def __init__(self, key: str, message: str, hint: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+        self.hint = hint
 
 
 class Decl(BaseModel):
@@ -165,9 +166,15 @@ class Provisioner(Decl):
             )
         for key in ("address", "range"):
             if key in self.model_fields_set:
-                raise KeyProblem(key, f"{key!r} is IPv4, but ipv4 = false makes the lab IPv6-only")
+                raise KeyProblem(
+                    key, f"{key!r} is IPv4, but ipv4 = false makes the lab IPv6-only",
+                    f"drop {key} for an IPv6-only lab, or drop ipv4 = false for dual stack",
+                )  # fmt: skip
         if self.uplink:
-            raise KeyProblem("uplink", "the uplink needs IPv4 (its NAT is IPv4), but ipv4 = false")
+            raise KeyProblem(
+                "uplink", "the uplink needs IPv4 (its NAT is IPv4), but ipv4 = false",
+                "drop uplink, or drop ipv4 = false for dual stack",
+            )  # fmt: skip
         return self
 
 
@@ -262,7 +269,10 @@ class Machine(Decl):
         if self.net_boot == "http" and self.firmware != "uefi":
             raise ValueError("net_boot = 'http' (UEFI HTTP Boot) needs firmware = 'uefi'")
         if self.secure_boot and self.firmware != "uefi":
-            raise KeyProblem("secure_boot", "secure_boot = true needs firmware = 'uefi'")
+            raise KeyProblem(
+                "secure_boot", "secure_boot = true needs firmware = 'uefi'",
+                "use firmware = 'uefi' (the default), or drop secure_boot",
+            )  # fmt: skip
         if self.loader == "grub" and self.firmware != "uefi":
             raise KeyProblem("loader", "loader = 'grub' (a UEFI program) needs firmware = 'uefi'")
         if self.secure_boot and self.loader == "ipxe":
