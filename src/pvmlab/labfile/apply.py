@@ -58,11 +58,24 @@ def _fingerprint(value: Any) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
+# Keys added after lab files first made machines, with the value that leaves them out of the
+# fingerprint: a machine made before the key existed keeps its fingerprint (and is not made
+# again by an upgrade), while setting the key changes it.
+_LATER_KEYS: dict[str, object] = {
+    "net_boot": DEFAULT_NET_BOOT,
+    "loader": None,
+    "secure_boot": False,
+    "ipv6": None,
+    "image": None,
+}
+
+
 def machine_fingerprint(plan: MachinePlan) -> str:
     """What a machine's definition depends on (what ``vm create`` is given)."""
     decl = plan.decl.model_dump(mode="json", exclude={"name", "count", "ready", "boot", "accel"})
-    if decl.get("net_boot") == DEFAULT_NET_BOOT:
-        del decl["net_boot"]  # machines made before the field existed keep their fingerprint
+    for key, default in _LATER_KEYS.items():
+        if decl.get(key) == default:
+            del decl[key]
     return _fingerprint(decl)
 
 
@@ -112,16 +125,37 @@ class Record:
 
 def _desired_lab(lab: LabFile) -> LabSpec:
     p = lab.model.provisioner
+    if not p.ipv4:
+        return LabSpec(address=None, ipv6=p.ipv6, uplink=False)
     iface = validate.ipv4_interface(p.address)
     if p.range is not None:
         start, end = validate.dhcp_range(p.range, iface)
     else:
         start, end = validate.default_dhcp_range(iface)
-    return LabSpec(address=str(iface), dhcp_start=str(start), dhcp_end=str(end), uplink=p.uplink)
+    return LabSpec(
+        address=str(iface), dhcp_start=str(start), dhcp_end=str(end), ipv6=p.ipv6,
+        uplink=p.uplink,
+    )  # fmt: skip
 
 
 def _lab_fingerprint(spec: LabSpec) -> str:
-    return _fingerprint({"address": spec.address, "start": spec.dhcp_start, "end": spec.dhcp_end})
+    fp: dict[str, str | None] = {
+        "address": spec.address, "start": spec.dhcp_start, "end": spec.dhcp_end
+    }  # fmt: skip
+    if spec.ipv6 is not None:  # labs made before IPv6 keep their fingerprint
+        fp["ipv6"] = spec.ipv6
+    return _fingerprint(fp)
+
+
+def _lab_label(spec: LabSpec) -> str:
+    return " and ".join(a for a in (spec.address, spec.ipv6) if a is not None)
+
+
+def _lab_ranges(spec: LabSpec) -> str:
+    ranges = [f"{spec.address} {spec.dhcp_start}-{spec.dhcp_end}"] if spec.has_ipv4 else []
+    if spec.has_ipv6:
+        ranges.append(str(spec.ipv6))
+    return ", ".join(ranges)
 
 
 def _distro_files(lab: LabFile, d: Distro) -> tuple[Path, Path] | None:
@@ -138,7 +172,25 @@ def _distro_files(lab: LabFile, d: Distro) -> tuple[Path, Path] | None:
     return kernel, initrd
 
 
+def image_path(lab: LabFile, m: Machine) -> Path | None:
+    """What ``vm create --image`` is given for ``m``: a path (relative to the lab file) when one
+    is written or a file of that name is next to the file, else the name (``image ls``)."""
+    if m.image is None:
+        return None
+    written = Path(m.image).expanduser()
+    if len(written.parts) == 1 and not lab.asset(m.image).is_file():
+        return written  # a name: `pvmlab image ls`, or a pulled cloud image
+    return lab.asset(str(written))
+
+
 def _install_files(lab: LabFile, m: Machine) -> None:
+    image = image_path(lab, m)
+    if image is not None and len(image.parts) > 1 and not image.is_file():
+        raise ValidationError(
+            f"{lab.path.name}: machine {m.name}: image {image} does not exist",
+            "paths in a lab file are relative to the file; give an image file, or a name "
+            "from `pvmlab image ls`",
+        )
     for kind, rel in m.install_files().items():
         if rel is not None and not lab.asset(rel).is_file():
             raise ValidationError(
@@ -146,6 +198,29 @@ def _install_files(lab: LabFile, m: Machine) -> None:
                 "exist",
                 "paths in a lab file are relative to the file",
             )
+
+
+def _firmware_and_image(home: LabHome, lab: LabFile, m: Machine) -> None:
+    """What `vm create` would refuse only once earlier machines were made: firmware without
+    Secure Boot or HTTP Boot, an image name nothing provides."""
+    from pvmlab.arch import architecture
+    from pvmlab.deploy import image
+    from pvmlab.qemu import firmware as firmware_mod
+    from pvmlab.vm import define
+
+    try:
+        arch = validate.arch(m.arch)
+        if m.secure_boot:
+            firmware_mod.require_secure_boot(arch, architecture(arch).machine(m.firmware))
+        if m.net_boot == "http":
+            define.check_http_boot_firmware(arch)
+        path = image_path(lab, m)
+        pulled_here = any(d.name == m.image and d.arch == m.arch for d in lab.model.distros)
+        if path is not None and len(path.parts) == 1 and not pulled_here:
+            image.resolve(home, path, m.arch)  # a name: built (`image ls`) or pulled before
+    except PvmlabError as exc:
+        kind = type(exc) if type(exc).__init__ is PvmlabError.__init__ else ValidationError
+        raise kind(f"{lab.path.name}: machine {m.name}: {exc.problem}", exc.hint) from None
 
 
 def _check_owner(home: LabHome, lab: LabFile) -> Record | None:
@@ -185,6 +260,7 @@ def up(
     distro_files = {(d.name, d.arch): _distro_files(lab, d) for d in lab.model.distros}
     for m in lab.model.machines:
         _install_files(lab, m)
+        _firmware_and_image(home, lab, m)
     for d in lab.model.distros:
         if d.pull is not None:  # an unknown entry, arch or method: refused before any change
             catalog.resolve(
@@ -202,12 +278,12 @@ def up(
     redefine = have_lab is not None and _lab_fingerprint(have_lab) != _lab_fingerprint(want_lab)
     uplink_changed = have_lab is not None and have_lab.uplink != want_lab.uplink
     if have_lab is None:
-        changes.append(Change("create", "provisioner", str(want_lab.address)))
+        changes.append(Change("create", "provisioner", _lab_label(want_lab)))
     elif redefine:
-        changes.append(Change("redefine", "provisioner", str(want_lab.address),
-                              f"was {have_lab.address} {have_lab.dhcp_start}-{have_lab.dhcp_end}"))
+        changes.append(Change("redefine", "provisioner", _lab_label(want_lab),
+                              f"was {_lab_ranges(have_lab)}"))
     elif uplink_changed:
-        changes.append(Change("redefine", "provisioner", str(want_lab.address),
+        changes.append(Change("redefine", "provisioner", _lab_label(want_lab),
                               f"uplink {'on' if want_lab.uplink else 'off'}"))
 
     # --- distros
@@ -282,9 +358,12 @@ def up(
             record.distros[key] = digest
             record.write(home)
 
-    for c in changes:
-        if c.kind != "machine":
-            continue
+    # Removals first, then the machines whose IPv6 address the file gives, so no machine
+    # given the lowest free address takes one the file reserves for another.
+    def order(c: Change) -> tuple[bool, bool]:
+        return c.action != "remove", c.name not in want or want[c.name].decl.ipv6 is None
+
+    for c in sorted((c for c in changes if c.kind == "machine"), key=order):
         if c.action == "remove":
             say(f"removing machine {c.name} ({c.why})")
             clean.clean_vm(home, c.name, reload=False, say=say)
@@ -302,13 +381,16 @@ def up(
         else:
             say(f"creating machine {c.name}")
         plan = want[c.name]
-        _create(home, lab, plan, mac=keep.mac if keep else None, ip=keep.ip if keep else None)
+        _create(
+            home, lab, plan, mac=keep.mac if keep else None, ip=keep.ip if keep else None,
+            ipv6=plan.decl.ipv6 or (keep.ipv6 if keep else None),
+        )  # fmt: skip
         record.machines[c.name] = machine_fingerprint(plan)
         record.write(home)
 
     started = control.start_stack(home)
     if not started.get("already_running"):
-        changes.append(Change("start", "stack", str(want_lab.address)))
+        changes.append(Change("start", "stack", _lab_label(want_lab)))
     if start_machines:
         stopped = [p for p in lab.machines if state.running_pid(home, p.name) is None]
         if wait:
@@ -350,7 +432,13 @@ def _start_and_wait(home: LabHome, plans: list[MachinePlan], say: Say) -> None:
 
 
 def _create(
-    home: LabHome, lab: LabFile, plan: MachinePlan, *, mac: str | None = None, ip: str | None = None
+    home: LabHome,
+    lab: LabFile,
+    plan: MachinePlan,
+    *,
+    mac: str | None = None,
+    ip: str | None = None,
+    ipv6: str | None = None,
 ) -> None:
     from pvmlab.vm import define
 
@@ -369,6 +457,7 @@ def _create(
             net_boot=m.net_boot,
             mac=mac,
             ip=ip,
+            ipv6=ipv6,
             distro=m.distro,
             cmdline=m.cmdline,
             memory_mib=m.memory,
@@ -378,6 +467,9 @@ def _create(
             install_template=template,
             mirror=m.mirror,
             proxy=m.proxy,
+            image=image_path(lab, m),
+            loader=m.loader,
+            secure_boot=m.secure_boot,
         ),
     )
 

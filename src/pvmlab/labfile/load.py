@@ -19,7 +19,7 @@ from pydantic import ValidationError as PydanticError
 from pvmlab.errors import PvmlabError, ValidationError
 from pvmlab.labfile.locate import Path as KeyPath
 from pvmlab.labfile.locate import key_lines, line_of
-from pvmlab.labfile.model import Distro, LabFileModel, Machine
+from pvmlab.labfile.model import Distro, KeyProblem, LabFileModel, Machine
 from pvmlab.records import validate
 
 _TOML_LINE = re.compile(r"\(at line (\d+), column \d+\)")
@@ -93,6 +93,11 @@ def parse(text: str, path: Path) -> LabFile:
     except PydanticError as exc:
         err = exc.errors()[0]
         loc = err["loc"]
+        cause = (err.get("ctx") or {}).get("error")
+        hint = "fix the value"
+        if isinstance(cause, KeyProblem):  # a check across keys names the key it blames
+            loc = (*loc, cause.key)
+            hint = cause.hint or hint
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {str(loc[-1])!r}"
@@ -100,8 +105,6 @@ def parse(text: str, path: Path) -> LabFile:
         elif err["type"] == "missing":
             msg = f"{str(loc[-1])!r} is required"
             hint = "add it"
-        else:
-            hint = "fix the value"
         more = len(exc.errors()) - 1
         if more:
             hint += f" ({more} more problem{'s' if more > 1 else ''} after this one)"
@@ -155,8 +158,47 @@ def _plan(path: Path, lines: dict[KeyPath, int], model: LabFileModel) -> list[Ma
                 )
             owner[name] = i
             plans.append(MachinePlan(name=name, decl=m, index=i))
+    _check_ipv6(path, lines, model)
     _check_room(path, lines, model, plans)
     return plans
+
+
+def _check_ipv6(path: Path, lines: dict[KeyPath, int], model: LabFileModel) -> None:
+    """Machines' IPv6 reservations: in the lab's /64, outside its DHCPv6 range, each once."""
+    prefix = model.provisioner.ipv6
+    owner: dict[str, int] = {}
+    for i, m in enumerate(model.machines):
+        if m.ipv6 is None:
+            continue
+        where = ("machines", i, "ipv6")
+        if prefix is None:
+            raise _error(
+                path, line_of(lines, where), f"machines[{i}].ipv6",
+                f"the lab has no IPv6 prefix, so machine {m.name} cannot have {m.ipv6}",
+                'give the provisioner one (ipv6 = "PREFIX/64"), or drop the machine\'s ipv6',
+            )
+        iface6 = validate.ipv6_interface(prefix)
+        start6, end6 = validate.ipv6_dynamic_range(iface6.network)
+        try:
+            addr = validate.ipv6_in(m.ipv6, iface6.network, "address")
+        except PvmlabError as exc:
+            raise _error(
+                path, line_of(lines, where), f"machines[{i}].ipv6", exc.problem,
+                exc.hint or "fix the address",
+            ) from None
+        problem = None
+        if addr == iface6.ip:
+            problem = f"{addr} is the provisioner's address"
+        elif start6 <= addr <= end6:
+            problem = f"{addr} is inside the DHCPv6 dynamic range {start6}-{end6}"
+        elif str(addr) in owner:
+            problem = f"{addr} is also the address of machines[{owner[str(addr)]}]"
+        if problem is not None:
+            raise _error(
+                path, line_of(lines, where), f"machines[{i}].ipv6", problem,
+                f"choose another address below {start6} (or leave ipv6 out: the lowest free one)",
+            )
+        owner[str(addr)] = i
 
 
 def _check_room(
@@ -166,6 +208,9 @@ def _check_room(
     plans: list[MachinePlan],
 ) -> None:
     """Every machine needs a reserved address outside the dynamic range: is there room?"""
+    if not model.provisioner.ipv4:  # IPv6-only: reservations below PREFIX::1000
+        _check_room6(path, lines, model, plans)
+        return
     iface = validate.ipv4_interface(model.provisioner.address)
     if model.provisioner.range is not None:
         try:
@@ -194,4 +239,31 @@ def _check_room(
         f"{len(plans)} machines need reserved addresses but {net} has room for {free} outside "
         f"the DHCP range {start}-{end}",
         "lower count, or give the provisioner a larger subnet or a smaller range",
+    )
+
+
+def _check_room6(
+    path: Path,
+    lines: dict[KeyPath, int],
+    model: LabFileModel,
+    plans: list[MachinePlan],
+) -> None:
+    if model.provisioner.ipv6 is None:  # the model refuses ipv4 = false without it
+        return
+    iface6 = validate.ipv6_interface(model.provisioner.ipv6)
+    start6, _ = validate.ipv6_dynamic_range(iface6.network)
+    free = int(start6) - int(iface6.network.network_address) - 2  # PREFIX:: and the provisioner's
+    if len(plans) <= free:
+        return
+    total, culprit = 0, len(model.machines) - 1
+    for i, m in enumerate(model.machines):
+        total += m.count
+        if total > free:
+            culprit = i
+            break
+    raise _error(
+        path, line_of(lines, ("machines", culprit, "count")), f"machines[{culprit}].count",
+        f"{len(plans)} machines need IPv6 reservations but {iface6.network} has room for {free} "
+        f"below the DHCPv6 range at {start6}",
+        "lower count, or give the lab IPv4 too",
     )

@@ -5,6 +5,8 @@
     [provisioner]
     address = "192.168.105.1/24"
     range = "192.168.105.100,192.168.105.199"   # optional, the DHCP dynamic range
+    ipv6 = "fd00:105::/64"              # optional: IPv6 too (the provisioner takes ::1)
+    ipv4 = false                        # with ipv6: an IPv6-only lab (no address, no range)
 
     [[distros]]                         # import a kernel + initrd (paths relative to the file)
     name = "tiny"
@@ -21,6 +23,10 @@
     distro = "tiny"
     boot = "pxe"                        # or "ipxe" (iPXE from local media, UEFI)
     net_boot = "pxe"                    # or "http" (UEFI HTTP Boot)
+    loader = "grub"                     # or "ipxe": the first stage (UEFI; default: distro's)
+    secure_boot = true                  # UEFI with Secure Boot enforced (shim, then GRUB)
+    ipv6 = "fd00:105::10"               # its DHCPv6 reservation (labs with ipv6; count = 1)
+    image = "images/debian.qcow2"       # deploy this image (a path, or a name from image ls)
     memory = 512                        # MiB
     cpus = 1
     cmdline = "pvmlab.marker=up"
@@ -45,6 +51,9 @@ from pvmlab.records.models import (
     DistroName,
     Firmware,
     Interface,
+    Interface6,
+    IPv6,
+    Loader,
     MemoryMiB,
     NetBoot,
     VMName,
@@ -65,6 +74,15 @@ def _regex(value: str) -> str:
 
 Regex = Annotated[str, AfterValidator(_regex)]
 ArchName = Annotated[str, _checked(validate.arch)]
+
+
+class KeyProblem(ValueError):
+    """A check across keys, blamed on ``key``: the error names that key's line."""
+
+    def __init__(self, key: str, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+        self.hint = hint
 
 
 class Decl(BaseModel):
@@ -118,6 +136,46 @@ class Provisioner(Decl):
     uplink: bool = Field(
         default=False, description="Give the machines outbound access (NAT through pasta)."
     )
+    ipv6: Interface6 | None = Field(
+        default=None,
+        description="IPv6 too: the lab's /64 as PREFIX/64 (the provisioner takes ::1) or "
+        "ADDRESS/64 (as `provisioner create --ipv6`).",
+    )
+    ipv4: bool = Field(
+        default=True,
+        description="false: an IPv6-only lab (needs ipv6; no address, range or uplink), as "
+        "`provisioner create --no-ipv4`.",
+    )
+
+    @model_validator(mode="after")
+    def _families(self) -> Provisioner:
+        if self.ipv6 is not None:
+            iface6 = validate.ipv6_interface(self.ipv6)
+            start6, end6 = validate.ipv6_dynamic_range(iface6.network)
+            if start6 <= iface6.ip <= end6:
+                raise KeyProblem(
+                    "ipv6",
+                    f"the provisioner's IPv6 address {iface6.ip} is inside the DHCPv6 dynamic "
+                    f"range {start6}-{end6}; give the prefix alone (it takes ::1)"
+                )
+        if self.ipv4:
+            return self
+        if self.ipv6 is None:
+            raise KeyProblem(
+                "ipv4", "ipv4 = false leaves the lab without any address: give ipv6 too"
+            )
+        for key in ("address", "range"):
+            if key in self.model_fields_set:
+                raise KeyProblem(
+                    key, f"{key!r} is IPv4, but ipv4 = false makes the lab IPv6-only",
+                    f"drop {key} for an IPv6-only lab, or drop ipv4 = false for dual stack",
+                )  # fmt: skip
+        if self.uplink:
+            raise KeyProblem(
+                "uplink", "the uplink needs IPv4 (its NAT is IPv4), but ipv4 = false",
+                "drop uplink, or drop ipv4 = false for dual stack",
+            )  # fmt: skip
+        return self
 
 
 class Distro(Decl):
@@ -163,6 +221,27 @@ class Machine(Decl):
         default=DEFAULT_NET_BOOT,
         description="How the firmware fetches iPXE: pxe (TFTP) or http (UEFI HTTP Boot).",
     )
+    loader: Loader | None = Field(
+        default=None,
+        description="First stage served over TFTP (UEFI): ipxe, or Debian's signed network "
+        "grub (default: the distro's loader, else grub with secure_boot, else ipxe).",
+    )
+    secure_boot: bool = Field(
+        default=False,
+        description="UEFI firmware with Secure Boot enforced and Microsoft's keys enrolled; "
+        "the first stage is then Debian's signed shim, which loads GRUB.",
+    )
+    ipv6: IPv6 | None = Field(
+        default=None,
+        description="The machine's DHCPv6 reservation in the lab's /64 (labs with ipv6; "
+        "count = 1). Default: the lowest free address.",
+    )
+    image: str | None = Field(
+        default=None,
+        description="Deploy this disk image onto the machine's disk (as `vm create --image`): "
+        "a path relative to the lab file, or a name from `pvmlab image ls`; user_data is its "
+        "cloud-init user-data.",
+    )
     memory: MemoryMiB = VMSpec.model_fields["memory_mib"].default
     cpus: CPUs = VMSpec.model_fields["cpus"].default
     cmdline: Cmdline | None = None
@@ -189,6 +268,39 @@ class Machine(Decl):
             raise ValueError("boot = 'ipxe' (iPXE from local media) needs firmware = 'uefi'")
         if self.net_boot == "http" and self.firmware != "uefi":
             raise ValueError("net_boot = 'http' (UEFI HTTP Boot) needs firmware = 'uefi'")
+        if self.secure_boot and self.firmware != "uefi":
+            raise KeyProblem(
+                "secure_boot", "secure_boot = true needs firmware = 'uefi'",
+                "use firmware = 'uefi' (the default), or drop secure_boot",
+            )  # fmt: skip
+        if self.loader == "grub" and self.firmware != "uefi":
+            raise KeyProblem("loader", "loader = 'grub' (a UEFI program) needs firmware = 'uefi'")
+        if self.secure_boot and self.loader == "ipxe":
+            raise KeyProblem(
+                "loader",
+                "loader = 'ipxe' under secure_boot: the firmware refuses iPXE (it is not "
+                "signed); leave loader out (shim, then GRUB)"
+            )
+        if self.ipv6 is not None and self.count != 1:
+            raise KeyProblem("ipv6", "ipv6 is one machine's address: give it only with count = 1")
+        if self.image is not None:
+            if self.distro is not None:
+                raise KeyProblem(
+                    "image",
+                    "a machine made from an image boots no distro: give image or distro, not both",
+                )
+            others = [k for k, v in self.install_files().items()
+                      if v is not None and k != "user-data"]
+            if others or self.unattended:
+                raise KeyProblem(
+                    "image",
+                    "a machine made from an image is configured by cloud-init: give user_data "
+                    f"(or nothing), not {others[0] if others else 'unattended'}",
+                )
+            if not self.image.strip():
+                raise KeyProblem(
+                    "image", "image is empty: give a path or a name from `pvmlab image ls`"
+                )
         given = [k for k, v in self.install_files().items() if v is not None]
         if len(given) + self.unattended > 1:
             raise ValueError(
