@@ -85,7 +85,9 @@ def test_ipv6_pxe_and_http_boot_are_served_and_proven_on_x86_64() -> None:
     http6 = rows()["x86_64 UEFI HTTP Boot IPv6"]
     assert http6.served and http6.proven_by == "tests/integration/test_boot_http6.py"
     arm = rows()["aarch64 UEFI HTTP Boot IPv6"]
-    assert arm.served and arm.proven_by is None  # answered, not yet seen to boot
+    assert arm.served and arm.proven_by == "tests/integration/test_boot_http6.py"
+    arm_pxe = rows()["aarch64 UEFI PXE IPv6"]
+    assert arm_pxe.served and arm_pxe.proven_by is None  # answered, not yet seen to boot
 
 
 def test_as_dict_reports_the_file_in_the_lab(tmp_path: Path) -> None:
