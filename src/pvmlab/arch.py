@@ -283,6 +283,9 @@ class FirmwareKind:
     # NIC's first boot entry is HTTP Boot over IPv4 (EDK2's OVMF and ArmVirtQemu read them)
     http_boot: bool = False
     pxe_off_fw_cfg: tuple[str, ...] = ()
+    # fw_cfg file (``string=n``) that takes the IPv4 stack away, with its HTTP Boot over IPv4
+    # entry: an HTTP Boot VM in an IPv6-only lab would wait out that entry's DHCPv4 (~60 s)
+    ipv4_off_fw_cfg: str | None = None
 
 
 UEFI = FirmwareKind(
@@ -296,6 +299,7 @@ UEFI = FirmwareKind(
     descriptor_interface="uefi",
     http_boot=True,
     pxe_off_fw_cfg=("opt/org.tianocore/IPv4PXESupport", "opt/org.tianocore/IPv6PXESupport"),
+    ipv4_off_fw_cfg="opt/org.tianocore/IPv4Support",
 )
 BIOS = FirmwareKind(
     name="bios",

@@ -78,6 +78,8 @@ PROVEN_BY: Mapping[ProofKey, str] = MappingProxyType(
         ("x86_64", "uefi", "http", 4, False): "tests/integration/test_boot_http.py",
         ("aarch64", "uefi", "http", 4, False): "tests/integration/test_boot_http.py",
         ("x86_64", "uefi", "pxe", 6, False): "tests/integration/test_boot_ipv6.py",
+        ("x86_64", "uefi", "http", 6, False): "tests/integration/test_boot_http6.py",
+        ("aarch64", "uefi", "http", 6, False): "tests/integration/test_boot_http6.py",
         ("x86_64", "uefi", "pxe", 4, True): "tests/integration/test_boot_grub.py",
         ("aarch64", "uefi", "pxe", 4, True): "tests/integration/test_boot_grub.py (slow)",
     }

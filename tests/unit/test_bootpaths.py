@@ -79,11 +79,15 @@ def test_secure_boot_rows_are_the_signed_shim() -> None:
     assert x.proven_by == "tests/integration/test_boot_grub.py"
 
 
-def test_ipv6_pxe_is_served_and_proven_on_x86_64() -> None:
+def test_ipv6_pxe_and_http_boot_are_served_and_proven_on_x86_64() -> None:
     v6 = rows()["x86_64 UEFI PXE IPv6"]
     assert v6.served and v6.proven_by == "tests/integration/test_boot_ipv6.py"
     http6 = rows()["x86_64 UEFI HTTP Boot IPv6"]
-    assert http6.served and http6.proven_by is None  # answered, not yet seen to boot
+    assert http6.served and http6.proven_by == "tests/integration/test_boot_http6.py"
+    arm = rows()["aarch64 UEFI HTTP Boot IPv6"]
+    assert arm.served and arm.proven_by == "tests/integration/test_boot_http6.py"
+    arm_pxe = rows()["aarch64 UEFI PXE IPv6"]
+    assert arm_pxe.served and arm_pxe.proven_by is None  # answered, not yet seen to boot
 
 
 def test_as_dict_reports_the_file_in_the_lab(tmp_path: Path) -> None:

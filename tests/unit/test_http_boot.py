@@ -38,6 +38,19 @@ def test_http_net_boot_turns_the_firmware_pxe_off() -> None:
     assert "virtio-net-pci,netdev=net0,mac=0e:00:00:00:00:01,romfile=,bootindex=0" in argv
 
 
+def test_http_net_boot_in_an_ipv6_only_lab_turns_ipv4_off() -> None:
+    """No PXE entries and no IPv4 stack: the NIC's first entry is HTTP Boot over IPv6 (each
+    fw_cfg name once: QEMU refuses a name given twice)."""
+    argv = build_argv(qemu_config(net_boot="http", pxe_ipv4=False))
+    assert fw_cfg(argv) == [*PXE_OFF, "-fw_cfg", "name=opt/org.tianocore/IPv4Support,string=n"]
+    # the boot menu waits for the IPv6 link-local address HTTP Boot's DHCPv6 needs
+    i = argv.index("-boot")
+    assert argv[i + 1] == "menu=on,splash-time=3000"
+    for other in (qemu_config(net_boot="http"), qemu_config(pxe_ipv4=False)):
+        j = build_argv(other).index("-boot")
+        assert build_argv(other)[j + 1] == "menu=on,splash-time=0"
+
+
 def test_pxe_net_boot_and_direct_kernel_leave_the_firmware_alone() -> None:
     assert fw_cfg(build_argv(qemu_config())) == []
     direct = qemu_config(net_boot="http", kernel=Path("/k"), initrd=Path("/i"))
@@ -141,7 +154,9 @@ def test_loaders_json(home: LabHome) -> None:
     pxe = by[("x86_64", "uefi", "pxe", 4, False)]
     assert (pxe["location"], pxe["client_arches"]) == ("ipxe-x86_64.efi", [7, 9])
     v6 = by[("x86_64", "uefi", "http", 6, False)]
-    assert (v6["served"], v6["reason"], v6["proven_by"]) == (True, None, None)
+    assert (v6["served"], v6["reason"], v6["proven_by"]) == (
+        True, None, "tests/integration/test_boot_http6.py"
+    )
     sb = by[("x86_64", "uefi", "http", 4, True)]
     assert (sb["served"], sb["reason"]) == (
         False, "Secure Boot machines get shim by PXE over IPv4 only"

@@ -127,8 +127,9 @@ def test_ipv6_only_conf_serves_dhcpv6_and_pxe_over_ipv6(home: LabHome) -> None:
         "tag:!ipxe,tag:httpboot6-efi-arm64,option6:bootfile-url,"
         "http://[fd00:105::1]/tftp/ipxe-arm64.efi",
     ]
-    # HTTP Boot offers carry vendor class 16: enterprise 343, length 10, "HTTPClient"
-    http_client = "00:00:01:57:00:0a:" + ":".join(f"{b:02x}" for b in b"HTTPClient")
+    # HTTP Boot offers carry vendor class 16 as dnsmasq writes strings (each after its 2-byte
+    # length): 00 02 "pv" where EDK2 skips the enterprise number, then 00 0a "HTTPClient"
+    http_client = "pv,HTTPClient"
     assert lines(conf, "dhcp-option-force") == [
         f"tag:!ipxe,tag:httpboot6-efi-x86_64,option6:16,{http_client}",
         f"tag:!ipxe,tag:httpboot6-efi-arm64,option6:16,{http_client}",

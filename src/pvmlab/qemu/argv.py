@@ -28,7 +28,8 @@ The NIC's protocol (``net_boot``, the VM's ``--net-boot``): ``pxe`` leaves the f
 entries as they are (PXE over IPv4 first); ``http`` hands EDK2 the fw_cfg files that turn its
 PXE support off (``opt/org.tianocore/IPv4PXESupport`` and ``IPv6PXESupport`` = ``n``), so the
 NIC's boot entries are UEFI HTTP Boot only and the first of them, HTTP over IPv4, is what its
-``bootindex`` reaches.
+``bootindex`` reaches. In an IPv6-only lab (``pxe_ipv4`` False) the IPv4 stack goes too
+(``IPv4Support``), so the first entry is HTTP over IPv6.
 """
 
 from __future__ import annotations
@@ -151,12 +152,27 @@ def _rng(cfg: QemuConfig) -> list[str]:
     return ["-device", "virtio-rng-pci"]
 
 
+# UEFI HTTP Boot over IPv6 (an HTTP VM in an IPv6-only lab) is the NIC's first boot entry, and
+# Debian's OVMF (edk2 2022.11) starts its DHCPv6 without waiting for the IPv6 link-local address
+# (its PXE driver waits, its HTTP Boot driver does not): tried at once, Dhcp6->Start fails and the
+# firmware prints "Unexpected network error" without sending anything. The boot menu's timeout
+# (QEMU's splash-time, OVMF's etc/boot-menu-wait) gives the address (one DAD probe, ~1 s) time.
+HTTP6_LINK_LOCAL_WAIT_MS = 3000
+
+
+def _http_boot_over_ipv6(cfg: QemuConfig) -> bool:
+    return cfg.net_boot == "http" and not cfg.pxe_ipv4 and cfg.tap is not None
+
+
 def _boot_menu(cfg: QemuConfig) -> list[str]:
     """UEFI waits for a key before booting unless QEMU hands it a boot-menu timeout: AAVMF
     (aarch64) sits silent for 5 s before its network boot (measured; a direct kernel skips the
-    wait). ``splash-time=0`` is passed to the firmware as ``etc/boot-menu-wait`` = 0."""
+    wait). ``splash-time=0`` is passed to the firmware as ``etc/boot-menu-wait`` = 0; HTTP Boot
+    over IPv6 waits ``HTTP6_LINK_LOCAL_WAIT_MS`` instead."""
     if not firmware(cfg.firmware).boot_menu_wait or cfg.kernel is not None:
         return []
+    if _http_boot_over_ipv6(cfg):
+        return ["-boot", f"menu=on,splash-time={HTTP6_LINK_LOCAL_WAIT_MS}"]
     return ["-boot", "menu=on,splash-time=0"]
 
 
@@ -170,8 +186,12 @@ def _panic_device(cfg: QemuConfig) -> list[str]:
 def _pxe_families(cfg: QemuConfig) -> list[str]:
     """In an IPv6-only lab, EDK2's PXE over IPv4 (its first network boot entry) would wait out
     its DHCP retries (4+8+16+32 s) before PXE over IPv6 is tried. OVMF's documented runtime
-    switch ``opt/org.tianocore/IPv4PXESupport`` (OvmfPkg/RUNTIME_CONFIG.md) turns it off."""
+    switch ``opt/org.tianocore/IPv4PXESupport`` (OvmfPkg/RUNTIME_CONFIG.md) turns it off. An
+    HTTP Boot VM has all its PXE entries off already (``_net_boot``; QEMU refuses a fw_cfg name
+    given twice)."""
     if cfg.pxe_ipv4 or not firmware(cfg.firmware).pflash or cfg.tap is None:
+        return []
+    if cfg.net_boot == "http" and cfg.kernel is None:
         return []
     return ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"]
 
@@ -191,7 +211,9 @@ def _nic(cfg: QemuConfig, bootindex: int | None) -> list[str]:
 
 
 def _net_boot(cfg: QemuConfig) -> list[str]:
-    """UEFI HTTP Boot: the firmware's PXE entries turned off through fw_cfg."""
+    """UEFI HTTP Boot: the firmware's PXE entries turned off through fw_cfg; in an IPv6-only lab
+    its IPv4 stack too, so the first entry is HTTP Boot over IPv6 (OVMF lists HTTPv4 first and
+    would spend its DHCPv4 retries, 4+8+16+32 s, before it)."""
     if cfg.net_boot != "http" or cfg.tap is None or cfg.kernel is not None:
         return []
     fw = firmware(cfg.firmware)
@@ -200,6 +222,8 @@ def _net_boot(cfg: QemuConfig) -> list[str]:
     out: list[str] = []
     for name in fw.pxe_off_fw_cfg:
         out += ["-fw_cfg", f"name={name},string=n"]
+    if not cfg.pxe_ipv4 and fw.ipv4_off_fw_cfg is not None:
+        out += ["-fw_cfg", f"name={fw.ipv4_off_fw_cfg},string=n"]
     return out
 
 

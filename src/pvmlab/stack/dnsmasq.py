@@ -126,12 +126,13 @@ HTTP_BOOT_CLIENT_ARCHES: tuple[tuple[int, arch.FirstStage], ...] = (
     (16, arch.EFI_X86_64),
     (19, arch.EFI_ARM64),
 )
-# DHCPv6 vendor class (option 16) of an HTTP Boot answer: enterprise 343 (EDK2's), then the
-# length-prefixed "HTTPClient"; EDK2 takes only offers whose vendor class starts so
-HTTP_CLIENT_VENDOR_CLASS6 = ":".join(
-    f"{b:02x}" for b in (343).to_bytes(4, "big") + len(b"HTTPClient").to_bytes(2, "big")
-    + b"HTTPClient"
-)
+# DHCPv6 vendor class (option 16) of an HTTP Boot answer. EDK2's HttpBootDxe takes an Advertise
+# as an HTTP Boot offer only if its option 16 holds, after the 4-byte enterprise number (which it
+# does not check), a 2-byte length of at least 10 and then "HTTPClient". dnsmasq writes option6:16
+# as a list of strings, each after its 2-byte length, and never as hex, so the enterprise number
+# 343 (00:00:01:57) cannot be written. Two strings give EDK2's layout instead: "pv" makes bytes
+# 0-3 (00 02 'p' 'v', read as an enterprise number), then 00 0a "HTTPClient" (bytes 4-15).
+HTTP_CLIENT_VENDOR_CLASS6 = "pv,HTTPClient"
 
 
 def _ipv6_values(lab: LabSpec) -> dict[str, object] | None:
