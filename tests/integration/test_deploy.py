@@ -248,16 +248,22 @@ def test_deploy_aarch64_uefi(lab: netlab.Lab, boot_assets: dict[str, BootAssets]
 
 
 @pytest.mark.slow
-def test_deploy_the_built_debian_image(lab: netlab.Lab, built_image: ImageInfo) -> None:
-    """The real thing: the Debian 12 image ``pvmlab image build`` made (systemd-boot, ext4
-    root, openssh-server, cloud-init on NoCloud) deployed by the ramdisk; cloud-init takes the
-    CIDATA seed the ramdisk wrote (hostname, the lab key for user pvmlab); SSH answers, the
-    root is on the VM's disk."""
+@pytest.mark.parametrize(("arch", "fixture"), [("x86_64", "built_image"),
+                                               ("aarch64", "built_image_arm64")])  # fmt: skip
+def test_deploy_the_built_debian_image(lab: netlab.Lab, arch: str, fixture: str,
+                                       request: pytest.FixtureRequest) -> None:  # fmt: skip
+    """The real thing: the Debian 12 image ``pvmlab image build`` made for ``arch`` (systemd-boot,
+    ext4 root, openssh-server, cloud-init on NoCloud) deployed by that arch's ramdisk (OVMF or
+    AAVMF, TCG); cloud-init takes the CIDATA seed the ramdisk wrote (hostname, the lab key for
+    user pvmlab); SSH answers, the root is on the VM's disk."""
     home = lab.home
-    run_pvmlab("vm", "create", "t1", "--arch", "x86_64", "--firmware", "uefi", "--memory", "1024",
-               "--image", str(built_image.path), "--disk-size", "3G", home=home)  # fmt: skip
-    out = run_pvmlab("vm", "start", "t1", *START, "--wait-ssh", "--ssh-user", "pvmlab", "--json",
-                     home=home, timeout=1500)  # fmt: skip
+    built: ImageInfo = request.getfixturevalue(fixture)
+    assert built.arch == arch
+    run_pvmlab("vm", "create", "t1", "--arch", arch, "--firmware", "uefi", "--memory", "1024",
+               "--image", str(built.path), "--disk-size", "3G", home=home)  # fmt: skip
+    limit = 1200 if arch == "x86_64" else 2400  # arm64 under TCG: every phase about 2x slower
+    out = run_pvmlab("vm", "start", "t1", "--accel", "tcg", "--timeout", str(limit), "--wait-ssh",
+                     "--ssh-user", "pvmlab", "--json", home=home, timeout=limit + 300)  # fmt: skip
     assert json.loads(out.stdout)["outcome"] == "ready", out.stdout
     assert provisioning(home, "t1") == "deployed"
     said = run_pvmlab("vm", "ssh", "t1", "--user", "pvmlab", "--", "hostname; findmnt -n -o "
