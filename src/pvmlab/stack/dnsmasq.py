@@ -66,26 +66,6 @@ _IFNAME = re.compile(r"[A-Za-z0-9_-]{1,15}")
 _UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f,#\"'\\]")
 
 
-def conf_path(home: LabHome) -> Path:
-    return home.dnsmasq_conf
-
-
-def hosts_path(home: LabHome) -> Path:
-    return home.dhcp_hosts
-
-
-def lease_path(home: LabHome) -> Path:
-    return home.dnsmasq_leases
-
-
-def pid_path(home: LabHome) -> Path:
-    return home.dnsmasq_pid
-
-
-def log_path(home: LabHome) -> Path:
-    return home.dnsmasq_log
-
-
 # --- validation of what goes into the files -------------------------------------------------
 
 
@@ -262,8 +242,8 @@ def render_conf(
         range_start=v4[1] if v4 else "",
         range_end=v4[2] if v4 else "",
         lease_time=LEASE_TIME,
-        lease_file=_safe_path(lease_path(home).absolute()),
-        hosts_file=_safe_path(hosts_path(home).absolute()),
+        lease_file=_safe_path(home.dnsmasq_leases.absolute()),
+        hosts_file=_safe_path(home.dhcp_hosts.absolute()),
         client_arch_tags=sorted(CLIENT_ARCH_TAGS.items()),
         first_stages=FIRST_STAGES,
         loader_boots=LOADER_BOOTS,
@@ -276,8 +256,8 @@ def render_conf(
         # refused: not an HTTP VM
         no_http_boot_url=lab_endpoint(lab).url("/no-http-boot") if v4 else "",
         tftp_root=_safe_path(home.tftp.absolute()),
-        pid_file=_safe_path(pid_path(home).absolute()),
-        log_file=_safe_path(log_path(home).absolute()),
+        pid_file=_safe_path(home.dnsmasq_pid.absolute()),
+        log_file=_safe_path(home.dnsmasq_log.absolute()),
     )
 
 
@@ -296,14 +276,14 @@ def write_configs(home: LabHome, lab: LabSpec | None = None) -> tuple[Path, Path
         lab = lab if lab is not None else store.load_lab(home)
         conf = render_conf(home, lab)
         hosts = render_hosts(lab, store.load_vms(home))
-        write_atomic(hosts_path(home), hosts)
-        write_atomic(conf_path(home), conf)
-    return conf_path(home), hosts_path(home)
+        write_atomic(home.dhcp_hosts, hosts)
+        write_atomic(home.dnsmasq_conf, conf)
+    return home.dnsmasq_conf, home.dhcp_hosts
 
 
 def argv(home: LabHome) -> list[str]:
     """dnsmasq's command line: in the foreground (the supervisor owns it), our file only."""
-    return ["dnsmasq", "--keep-in-foreground", f"--conf-file={conf_path(home).absolute()}"]
+    return ["dnsmasq", "--keep-in-foreground", f"--conf-file={home.dnsmasq_conf.absolute()}"]
 
 
 def is_our_dnsmasq(cmdline: Sequence[str], home: LabHome) -> bool:
@@ -311,7 +291,7 @@ def is_our_dnsmasq(cmdline: Sequence[str], home: LabHome) -> bool:
     return (
         bool(cmdline)
         and Path(cmdline[0]).name == "dnsmasq"
-        and f"--conf-file={conf_path(home).absolute()}" in cmdline
+        and f"--conf-file={home.dnsmasq_conf.absolute()}" in cmdline
     )
 
 
@@ -360,6 +340,6 @@ def parse_leases(text: str) -> list[Lease]:
 
 def read_leases(home: LabHome) -> list[Lease]:
     try:
-        return parse_leases(lease_path(home).read_text())
+        return parse_leases(home.dnsmasq_leases.read_text())
     except OSError:
         return []
