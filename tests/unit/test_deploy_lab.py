@@ -5,26 +5,22 @@ and the pieces the ramdisk is built from (ELF libraries, /init)."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import http.client
 import json
 import subprocess
-import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+import labserver
 from pvmlab.deploy import debs, image, ramdisk, state
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import store
 from pvmlab.records.models import LabSpec, VMSpec
 from pvmlab.stack import bootconfig
-from pvmlab.stack import http as pvhttp
-from pvmlab.stack.endpoint import bind_endpoint
 
 MAC, IP = "0e:00:00:00:20:01", "127.0.0.2"
 PATH_MAC = "/0e-00-00-00-20-01"
@@ -125,12 +121,7 @@ def test_bootconfig_boots_the_ramdisk_until_deployed(home: LabHome, tmp_path: Pa
     )
 
 
-@dataclass
-class Server:
-    home: LabHome
-    port: int
-    base: str
-
+class Server(labserver.Server):
     def request(self, path: str, *, peer: str = IP, method: str = "GET", body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, bytes]:  # fmt: skip
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30,
@@ -147,20 +138,8 @@ class Server:
 def server(home: LabHome, tmp_path: Path) -> Iterator[Server]:
     image_vm(home, raw_image(tmp_path / "a.raw"))
     lab = store.load_lab(home)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner = asyncio.run_coroutine_threadsafe(
-        pvhttp.start_http(home, lab, bind_endpoint(lab, "127.0.0.1", 0)), loop
-    ).result(30)
-    try:
-        port = pvhttp.bound_port(runner)
-        yield Server(home, port, f"http://127.0.0.1:{port}")
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        loop.close()
+    with labserver.serving(home, lab, Server) as server:
+        yield server
 
 
 def post(server: Server, form: str) -> tuple[int, bytes]:

@@ -5,36 +5,27 @@ so the server's peer check sees what it would see on the lab bridge: whose addre
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
+import labserver
 from pvmlab.home import LabHome
 from pvmlab.records import store
 from pvmlab.records.models import DistroAssets, LabSpec, VMSpec
-from pvmlab.stack import http as pvhttp
 from pvmlab.stack import installcfg
-from pvmlab.stack.endpoint import bind_endpoint
 
 DEB_MAC, DEB_IP = "0e:00:00:00:10:01", "127.0.0.2"
 CLOUD_MAC, CLOUD_IP = "0e:00:00:00:10:02", "127.0.0.3"
 DEB, CLOUD = "/0e-00-00-00-10-01", "/0e-00-00-00-10-02"
 
 
-@dataclass
-class Server:
-    home: LabHome
-    port: int
-    base: str
-
+class Server(labserver.Server):
     def request(
         self, path: str, *, peer: str, method: str = "GET", body: bytes | None = None,
         headers: dict[str, str] | None = None,
@@ -81,20 +72,8 @@ def server(tmp_path: Path) -> Iterator[Server]:
                                distro="debian-cloud", install="user-data"))  # fmt: skip
     store.save_vm(home, VMSpec(name="plain", arch="x86_64", mac="0e:00:00:00:10:03",
                                ip="127.0.0.4", distro="debian-12"))  # fmt: skip
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    runner = asyncio.run_coroutine_threadsafe(
-        pvhttp.start_http(home, lab, bind_endpoint(lab, "127.0.0.1", 0)), loop
-    ).result(30)
-    try:
-        port = pvhttp.bound_port(runner)
-        yield Server(home, port, f"http://127.0.0.1:{port}")
-    finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(30)
-        loop.close()
+    with labserver.serving(home, lab, Server) as server:
+        yield server
 
 
 def test_each_machine_gets_its_own_configuration(server: Server) -> None:
