@@ -21,10 +21,10 @@ spellings users and ``uname -m`` give (``arm64``, ``amd64``) are mapped by ``par
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pvmlab.errors import ValidationError
 
@@ -322,13 +322,20 @@ def firmware(name: Firmware) -> FirmwareKind:
     return FIRMWARES[name]
 
 
-def parse_firmware(value: str) -> Firmware:
-    for name in FIRMWARES:
+_Name = TypeVar("_Name", bound=str)
+
+
+def _one_of(value: str, names: Sequence[_Name], what: str) -> _Name:
+    """``value`` as one of the typed ``names`` of an axis (so mypy knows the literal), or a
+    one-line error listing them."""
+    for name in names:
         if value == name:
             return name
-    raise ValidationError(
-        f"unknown firmware {value!r}", f"choose one of: {', '.join(FIRMWARE_NAMES)}"
-    )
+    raise ValidationError(f"unknown {what} {value!r}", f"choose one of: {', '.join(names)}")
+
+
+def parse_firmware(value: str) -> Firmware:
+    return _one_of(value, FIRMWARE_NAMES, "firmware")
 
 
 def check_pair(name: Arch, fw: Firmware) -> None:
@@ -385,12 +392,7 @@ def net_boot(name: NetBoot) -> NetBootKind:
 
 
 def parse_net_boot(value: str) -> NetBoot:
-    for name in NET_BOOTS:
-        if value == name:
-            return name
-    raise ValidationError(
-        f"unknown network boot {value!r}", f"choose one of: {', '.join(NET_BOOT_NAMES)}"
-    )
+    return _one_of(value, NET_BOOT_NAMES, "network boot")
 
 
 def check_net_boot(fw: Firmware, nb: NetBoot) -> None:
@@ -464,12 +466,7 @@ def signed_grub(name: Arch) -> SignedGrub:
 
 
 def parse_loader(value: str) -> Loader:
-    for name in LOADER_NAMES:
-        if value == name:
-            return name
-    raise ValidationError(
-        f"unknown loader {value!r}", f"choose one of: {', '.join(LOADER_NAMES)}"
-    )
+    return _one_of(value, LOADER_NAMES, "loader")
 
 
 def check_loader(fw: Firmware, loader: Loader, secure_boot: bool) -> None:
