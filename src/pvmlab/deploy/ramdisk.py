@@ -46,9 +46,12 @@ MARKER = "pvmlab-deploy:"  # every console line /init prints starts with this
 CHUNK_MIB = 8  # the stream's unit: one HTTP Range request, retried as a whole
 ATTEMPTS = 4  # tries per chunk before the deploy is reported failed
 
+# the modules virtio-net needs in Debian's cloud kernel, in load order (the test fixtures'
+# network initramfs loads the same)
+VIRTIO_NET_MODULES = ("virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
+                      "virtio_pci", "failover", "net_failover", "virtio_net")  # fmt: skip
 # load order; a module the kernel has built in is skipped (debs.kernel_modules)
-MODULES = ("virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci_legacy_dev",
-           "virtio_pci", "failover", "net_failover", "virtio_net", "virtio_blk",
+MODULES = (*VIRTIO_NET_MODULES, "virtio_blk",
            "crc32c_generic", "libcrc32c", "crc16", "mbcache", "jbd2", "ext4")  # fmt: skip
 # programs taken from packages (inside the initramfs → inside the extracted packages)
 PROGRAMS = {"sbin/sfdisk": "sbin/sfdisk", "sbin/e2fsck": "sbin/e2fsck",
