@@ -728,6 +728,31 @@ def test_at_the_cap_a_new_connection_replaces_the_longest_idle(tmp_path: Path) -
         assert srv.running.guard.counts["peak"] == 16
 
 
+def test_a_request_takes_the_place_of_a_silent_connection_however_young(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of silent connections (deferred by the kernel, then accepted together) fills the
+    cap with connections too young to go by age; a request that arrives then is still served,
+    in the place of one that never sent a byte."""
+    monkeypatch.setattr(connguard, "EVICTABLE_AFTER", 3600.0)  # none may go by age
+    limits = HttpLimits(max_connections=16, idle_timeout=5, header_timeout=60, body_timeout=60)
+    with serving(tmp_path, limits) as srv, contextlib.ExitStack() as held:
+        silent = [held.enter_context(_connect(srv.port)) for _ in range(16)]
+        deadline = time.monotonic() + 40  # the kernel lets them through after the deferral
+        while srv.running.guard.stats()["open"] < 16 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert srv.running.guard.stats()["open"] == 16
+        status, _, body = srv.request("/boot.ipxe")  # the 17th connection, with a request
+        assert status == 200 and body.startswith(b"#!ipxe")
+        counts = srv.running.guard.counts
+        assert (counts["evicted"], counts["refused"], counts["peak"]) == (1, 0, 16), counts
+        closed = 0
+        for sock in silent:
+            sock.settimeout(0.05)
+            closed += _closed_by_server(sock)
+        assert closed == 1
+
+
 def test_idle_connections_wait_in_the_kernel_until_they_send(tmp_path: Path) -> None:
     """TCP_DEFER_ACCEPT: a connection that sends nothing does not reach the server (no
     descriptor, no accept) until it sends a byte or the idle timeout is up."""

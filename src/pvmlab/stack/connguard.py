@@ -13,9 +13,14 @@ wrapped around aiohttp's), which enforces:
                      kernel's send queue) for ``send_stall_timeout`` is cut off
     connection cap   at most ``cap`` connections are open. A new one above the cap takes the
                      place of the connection idle for longest (requests in progress are never
-                     cut, nor a connection idle for less than ``EVICTABLE_AFTER``); when none
-                     may go, the new one is closed at once. Either is logged as one
-                     rate-limited line, never a traceback per connection.
+                     cut, nor a connection idle for less than ``EVICTABLE_AFTER``). When none
+                     may go, a new one that arrives with its request already waiting still
+                     takes the place of a connection that has never sent a byte, however
+                     young (with ``defer_accept`` such a one was silent for the idle timeout
+                     before it reached the server): a flood of silent connections accepted in
+                     one burst cannot lock a real request out. Otherwise the new one is closed
+                     at once. Either is logged as one rate-limited line, never a traceback per
+                     connection.
 
 Two things keep a flood cheap, so the loop accepts faster than a client opens connections: the
 listening socket defers connections that have sent nothing (``defer_accept``: they wait in the
@@ -159,16 +164,6 @@ def defer_accept(listener: asyncio.Server, limits: HttpLimits) -> bool:
     return True
 
 
-class _Refused(asyncio.Protocol):
-    """A connection over the cap: closed as soon as it is made (its descriptor freed at once)."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if isinstance(transport, asyncio.Transport):
-            transport.abort()
-        else:
-            transport.close()
-
-
 class _Connection(asyncio.Protocol):
     """One accepted connection: aiohttp's protocol inside, the guard's timers around it.
 
@@ -178,9 +173,13 @@ class _Connection(asyncio.Protocol):
     """
 
     def __init__(
-        self, guard: ConnectionGuard, make_inner: Callable[[], asyncio.Protocol]
+        self,
+        guard: ConnectionGuard,
+        make_inner: Callable[[], asyncio.Protocol],
+        over_cap: bool = False,
     ) -> None:
         self.guard = guard
+        self.over_cap = over_cap  # made while the cap was full: admitted only with a request
         self.make_inner = make_inner
         self.inner: asyncio.Protocol | None = None
         self.transport: asyncio.Transport | None = None
@@ -204,6 +203,14 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
+        if self.over_cap:
+            if not (self.has_unread_bytes() and self.guard._admit_over_cap(self)):
+                self.transport = None
+                self.lost = True
+                self.guard._refuse()
+                transport.abort()
+                return
+            self.over_cap = False
         self.guard._opened(self)
         self._arm(self.guard.limits.idle_timeout, "idle")
 
@@ -336,19 +343,10 @@ class ConnectionGuard:
 
         def make() -> asyncio.Protocol:
             if len(self._all) >= self.cap and not self._evict_longest_idle():
-                self.counts["refused"] += 1
-                self.notes(
-                    "refused", logging.WARNING,
-                    "%d connections open, over the cap of %d; refusing new ones",
-                    len(self._all) + 1, self.cap,
-                )
-                return _Refused()
+                # its socket is not known yet: connection_made admits it if a request waits
+                return _Connection(self, inner, over_cap=True)
             conn = _Connection(self, inner)
-            self._all.add(conn)
-            self._idle_order[conn] = None  # idle from the start (its transport comes soon)
-            self.counts["accepted"] += 1
-            self.counts["peak"] = max(self.counts["peak"], len(self._all))
-            self._flood_peak = max(self._flood_peak, len(self._all))
+            self._count_in(conn)
             return conn
 
         return make
@@ -448,6 +446,47 @@ class ConnectionGuard:
         self._idle_order.pop(conn, None)
         self._idle_order[conn] = None  # the newest idle one goes last
 
+    def _count_in(self, conn: _Connection) -> None:
+        self._all.add(conn)
+        self._idle_order[conn] = None  # idle from the start (its transport comes soon)
+        self.counts["accepted"] += 1
+        self.counts["peak"] = max(self.counts["peak"], len(self._all))
+        self._flood_peak = max(self._flood_peak, len(self._all))
+
+    def _refuse(self) -> None:
+        self.counts["refused"] += 1
+        self.notes(
+            "refused", logging.WARNING,
+            "%d connections open, over the cap of %d; refusing new ones",
+            len(self._all) + 1, self.cap,
+        )
+
+    def _admit_over_cap(self, conn: _Connection) -> bool:
+        """Make room for ``conn``, which arrived over the cap with its request waiting: the
+        longest idle connection if one may go by now, else one that has never sent a byte
+        (the oldest such among ``EVICTION_TRIES``). False when every one is busy or talking."""
+        if len(self._all) < self.cap or self._evict_longest_idle():
+            self._count_in(conn)
+            return True
+        for _, silent in zip(range(EVICTION_TRIES), self._idle_order, strict=False):
+            if silent.inner is None and not silent.head_started and not silent.has_unread_bytes():
+                self._evict(silent, "that never sent a byte, for a waiting request")
+                self._count_in(conn)
+                return True
+        return False
+
+    def _evict(self, conn: _Connection, why: str) -> None:
+        del self._idle_order[conn]
+        self._all.discard(conn)  # its slot is free now; connection_lost follows
+        self.counts["evicted"] += 1
+        self.notes(
+            "evicted", logging.WARNING,
+            "at the cap of %d connections: closing the connection %s "
+            "(from %s, idle %.1f s) for each new one",
+            self.cap, why, conn.peer, time.monotonic() - conn.since,
+        )
+        conn.close()
+
     def _evict_longest_idle(self) -> bool:
         """Close the connection idle for longest to make room; False when none may go.
 
@@ -466,16 +505,7 @@ class ConnectionGuard:
             ):
                 self._idle_order.move_to_end(conn)
                 continue
-            del self._idle_order[conn]
-            self._all.discard(conn)  # its slot is free now; connection_lost follows
-            self.counts["evicted"] += 1
-            self.notes(
-                "evicted", logging.WARNING,
-                "at the cap of %d connections: closing the connection idle for longest "
-                "(from %s, %.1f s) for each new one",
-                self.cap, conn.peer, time.monotonic() - conn.since,
-            )
-            conn.close()
+            self._evict(conn, "idle for longest")
             return True
         return False
 
