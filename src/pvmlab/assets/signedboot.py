@@ -23,7 +23,6 @@ a PE image of the right machine type before it is copied.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -33,13 +32,12 @@ from pvmlab import spawn
 from pvmlab.arch import Arch, SignedGrub, architecture, signed_grub
 from pvmlab.assets.files import copy_atomic, sha256_file
 from pvmlab.assets.ipxe import pe_machine
+from pvmlab.deploy.debs import KEYRING, mirror
 from pvmlab.errors import DependencyError, PvmlabError
 from pvmlab.home import LabHome, file_lock
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 SYSTEM_ROOT = Path("/")
 
 
@@ -91,10 +89,9 @@ def fetch(home: LabHome, arch: Arch, package: str) -> Path:
     (root / "archives" / "partial").mkdir(parents=True, exist_ok=True)
     (root / "cache").mkdir(exist_ok=True)
     (root / "status").touch()
-    mirror = os.environ.get("PVMLAB_DEBIAN_MIRROR", DEFAULT_MIRROR)
     signed = f"signed-by={KEYRING}" if KEYRING.exists() else "trusted=yes"
     sources = root / "sources.list"
-    sources.write_text(f"deb [arch={grub.debian_arch} {signed}] {mirror} {_release()} main\n")
+    sources.write_text(f"deb [arch={grub.debian_arch} {signed}] {mirror()} {_release()} main\n")
     opts = [
         "-o", f"Dir::Etc::SourceList={sources}",
         "-o", "Dir::Etc::SourceParts=/dev/null",
@@ -107,7 +104,7 @@ def fetch(home: LabHome, arch: Arch, package: str) -> Path:
         "-o", "APT::Sandbox::User=root",
         "-o", "Debug::NoLocking=1",
     ]  # fmt: skip
-    log.info("fetching %s (%s) from %s", package, grub.debian_arch, mirror)
+    log.info("fetching %s (%s) from %s", package, grub.debian_arch, mirror())
     try:
         spawn.run(["apt-get", *opts, "-q", "update"], timeout=600)
         with tempfile.TemporaryDirectory(dir=root) as tmp:
