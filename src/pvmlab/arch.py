@@ -155,6 +155,11 @@ class Architecture:
     kernel_magic: tuple[int, bytes]  # (offset, bytes) of the boot header of a raw kernel
     test_guest: TestGuest
     debian_arch: str  # Debian's name (dpkg, mmdebstrap, linux-image-<this>)
+    debian_triplet: str  # Debian's multiarch tuple: libraries sit in lib/<this>/ in its packages
+    # the Debian suite and meta package of the cloud kernel the deploy ramdisk boots
+    # (pvmlab.deploy.ramdisk; the test fixtures' kernels come from the same)
+    cloud_kernel_suite: str
+    cloud_kernel_package: str
     gpt_root_type: str  # GPT type of its root partition (Discoverable Partitions Spec)
     systemd_boot_file: str  # systemd-boot's EFI binary in systemd-boot-efi
 
@@ -192,6 +197,9 @@ X86_64 = Architecture(
         exit_code=99,
     ),
     debian_arch="amd64",
+    debian_triplet="x86_64-linux-gnu",
+    cloud_kernel_suite="bookworm",
+    cloud_kernel_package="linux-image-cloud-amd64",
     gpt_root_type="4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
     systemd_boot_file="systemd-bootx64.efi",
 )
@@ -213,6 +221,9 @@ AARCH64 = Architecture(
     kernel_magic=(0x38, b"ARM\x64"),  # the arm64 Image header
     test_guest=TestGuest(machine="virt", image=_AARCH64_IMAGE, extra_argv=(), exit_code=0),
     debian_arch="arm64",
+    debian_triplet="aarch64-linux-gnu",
+    cloud_kernel_suite="trixie",  # its cloud kernel is a plain Image, which iPXE boots
+    cloud_kernel_package="linux-image-cloud-arm64",
     gpt_root_type="B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
     systemd_boot_file="systemd-bootaa64.efi",
 )
@@ -427,7 +438,6 @@ class SignedGrub:
     """Debian's signed network GRUB and shim for one architecture, as the lab serves them."""
 
     arch: Arch
-    debian_arch: str  # the Debian architecture the packages are fetched for
     grub_package: str
     grub_file: str  # inside the package
     grub_tftp_name: str  # the name shim loads from its own directory (and GRUB's own DHCP file)
@@ -435,10 +445,14 @@ class SignedGrub:
     shim_file: str
     shim_tftp_name: str
 
+    @property
+    def debian_arch(self) -> str:
+        """The Debian architecture the packages are fetched for."""
+        return architecture(self.arch).debian_arch
+
 
 GRUB_X86_64 = SignedGrub(
-    arch="x86_64",
-    debian_arch="amd64",
+    arch=X86_64.name,
     grub_package="grub-efi-amd64-signed",
     grub_file="usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed",
     grub_tftp_name="grubx64.efi",
@@ -447,8 +461,7 @@ GRUB_X86_64 = SignedGrub(
     shim_tftp_name="shimx64.efi",
 )
 GRUB_AARCH64 = SignedGrub(
-    arch="aarch64",
-    debian_arch="arm64",
+    arch=AARCH64.name,
     grub_package="grub-efi-arm64-signed",
     grub_file="usr/lib/grub/arm64-efi-signed/grubnetaa64.efi.signed",
     grub_tftp_name="grubaa64.efi",

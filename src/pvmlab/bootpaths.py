@@ -28,9 +28,15 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from pvmlab.arch import (
+    AARCH64,
     ARCHITECTURES,
+    BIOS,
+    HTTP,
     NET_BOOTS,
+    PXE,
     SIGNED_GRUBS,
+    UEFI,
+    X86_64,
     Arch,
     Firmware,
     FirstStage,
@@ -70,20 +76,28 @@ SECURE_FIRST_STAGES: Mapping[Arch, FirstStage] = MappingProxyType(
 # (arch, firmware, protocol, IP version, Secure Boot) -> the test that boots that path to the
 # guest's marker with real firmware.
 ProofKey = tuple[Arch, Firmware, NetBoot, IpVersion, bool]
-PROVEN_BY: Mapping[ProofKey, str] = MappingProxyType(
-    {
-        ("x86_64", "uefi", "pxe", 4, False): "tests/integration/test_boot_pxe.py",
-        ("x86_64", "bios", "pxe", 4, False): "tests/integration/test_boot_pxe.py",
-        ("aarch64", "uefi", "pxe", 4, False): "tests/integration/test_boot_pxe.py",
-        ("x86_64", "uefi", "http", 4, False): "tests/integration/test_boot_http.py",
-        ("aarch64", "uefi", "http", 4, False): "tests/integration/test_boot_http.py",
-        ("x86_64", "uefi", "pxe", 6, False): "tests/integration/test_boot_ipv6.py",
-        ("x86_64", "uefi", "http", 6, False): "tests/integration/test_boot_http6.py",
-        ("aarch64", "uefi", "http", 6, False): "tests/integration/test_boot_http6.py",
-        ("x86_64", "uefi", "pxe", 4, True): "tests/integration/test_boot_grub.py",
-        ("aarch64", "uefi", "pxe", 4, True): "tests/integration/test_boot_grub.py (slow)",
-    }
-)
+
+
+def _proofs() -> Mapping[ProofKey, str]:
+    x86_64, aarch64 = X86_64.name, AARCH64.name  # the tables' names, typed as mypy checks keys
+    uefi, bios, pxe, http = UEFI.name, BIOS.name, PXE.name, HTTP.name
+    return MappingProxyType(
+        {
+            (x86_64, uefi, pxe, 4, False): "tests/integration/test_boot_pxe.py",
+            (x86_64, bios, pxe, 4, False): "tests/integration/test_boot_pxe.py",
+            (aarch64, uefi, pxe, 4, False): "tests/integration/test_boot_pxe.py",
+            (x86_64, uefi, http, 4, False): "tests/integration/test_boot_http.py",
+            (aarch64, uefi, http, 4, False): "tests/integration/test_boot_http.py",
+            (x86_64, uefi, pxe, 6, False): "tests/integration/test_boot_ipv6.py",
+            (x86_64, uefi, http, 6, False): "tests/integration/test_boot_http6.py",
+            (aarch64, uefi, http, 6, False): "tests/integration/test_boot_http6.py",
+            (x86_64, uefi, pxe, 4, True): "tests/integration/test_boot_grub.py",
+            (aarch64, uefi, pxe, 4, True): "tests/integration/test_boot_grub.py (slow)",
+        }
+    )
+
+
+PROVEN_BY: Mapping[ProofKey, str] = _proofs()
 
 
 @dataclass(frozen=True)

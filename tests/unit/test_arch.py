@@ -41,6 +41,21 @@ def test_aarch64_facts() -> None:
     assert a.pe_machine == 0xAA64
 
 
+@pytest.mark.parametrize(
+    ("name", "facts"),
+    [
+        ("x86_64", ("amd64", "x86_64-linux-gnu", "bookworm", "linux-image-cloud-amd64")),
+        ("aarch64", ("arm64", "aarch64-linux-gnu", "trixie", "linux-image-cloud-arm64")),
+    ],
+)
+def test_debian_facts(name: arch.Arch, facts: tuple[str, str, str, str]) -> None:
+    """The deploy ramdisk's packages come from these (its cache key and apt directory too)."""
+    a = arch.architecture(name)
+    assert (a.debian_arch, a.debian_triplet, a.cloud_kernel_suite, a.cloud_kernel_package) == facts
+    grub = arch.signed_grub(name)
+    assert grub.debian_arch == facts[0] and grub.grub_package == f"grub-efi-{facts[0]}-signed"
+
+
 def test_no_machine_for_bios_on_aarch64() -> None:
     with pytest.raises(ValueError, match="no machine for aarch64 with bios firmware"):
         arch.architecture("aarch64").machine("bios")

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import labserver
+from pvmlab.arch import Arch
 from pvmlab.deploy import debs, image, ramdisk, state
 from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome
@@ -184,6 +185,19 @@ def test_the_ramdisk_gets_instructions_image_chunks_and_seed(server: Server) -> 
 def test_elf_dynamic_reads_the_interpreter_and_libraries() -> None:
     interp, needed = debs.elf_dynamic(Path("/bin/ls").resolve().read_bytes())
     assert interp is not None and interp.startswith("/lib") and "libc.so.6" in needed
+
+
+@pytest.mark.parametrize(
+    ("arch", "directory"), [("x86_64", "apt-bookworm-amd64"), ("aarch64", "apt-trixie-arm64")]
+)
+def test_cloud_kernel_archive_keeps_its_cache_directory(
+    tmp_path: Path, arch: Arch, directory: str
+) -> None:
+    """The deploy ramdisk's apt state (and the package versions in its key) stay where they were
+    before the suite moved into the architecture table."""
+    archive = debs.DebianArchive.cloud_kernel(tmp_path, arch)
+    assert archive.root == tmp_path / directory
+    assert archive.debarch == directory.split("-")[2]
 
 
 def test_init_script_is_complete_shell() -> None:

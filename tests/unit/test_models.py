@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError as PydanticError
 
-from pvmlab.errors import StateError
+from pvmlab.errors import StateError, ValidationError
 from pvmlab.home import LabHome
 from pvmlab.records import store
 from pvmlab.records.models import DistroAssets, LabSpec, VMSpec
@@ -32,6 +32,22 @@ def test_lab_defaults_to_the_seed_address() -> None:
     assert lab.in_dynamic_range(lab.dhcp_range[0])
     assert not lab.in_dynamic_range(lab.ip)
     assert lab.created  # stamped
+
+
+def test_lab_without_a_family_says_so() -> None:
+    only6 = LabSpec(address=None, ipv6="fd00:105::1/64")
+    with pytest.raises(ValidationError) as info:
+        _ = only6.iface
+    assert (info.value.problem, info.value.hint) == (
+        "this lab is IPv6-only: it has no IPv4 address",
+        "define the lab with `provisioner create --ip CIDR` to use IPv4",
+    )
+    with pytest.raises(ValidationError) as info:
+        _ = LabSpec(**LAB).iface6
+    assert (info.value.problem, info.value.hint) == (
+        "this lab has no IPv6 prefix",
+        "define the lab with `provisioner create --ipv6 PREFIX/64` to use IPv6",
+    )
 
 
 @pytest.mark.parametrize(

@@ -124,6 +124,27 @@ def test_ipv4_interface_refused(value: str) -> None:
     refused(validate.ipv4_interface, value)
 
 
+@pytest.mark.parametrize(
+    ("fn", "value", "problem", "hint"),
+    [
+        (validate.ipv4_interface, " 192.168.105.1 ", "address ' 192.168.105.1 ' has no prefix "
+         "length", "write it as ADDRESS/PREFIX, e.g. 192.168.105.1/24"),
+        (validate.ipv4_interface, "10.0.0.1/33", "invalid address '10.0.0.1/33': '33' is not a "
+         "valid netmask", "write it as ADDRESS/PREFIX, e.g. 192.168.105.1/24"),
+        (validate.ipv6_interface, "fd00:105::", "IPv6 prefix 'fd00:105::' has no prefix length",
+         "write it as PREFIX/64 or ADDRESS/64, e.g. fd00:105::/64"),
+        (validate.ipv6_interface, "192.168.1.0/24", "invalid IPv6 prefix '192.168.1.0/24': At "
+         "least 3 parts expected in '192.168.1.0'",
+         "write it as PREFIX/64 or ADDRESS/64, e.g. fd00:105::/64"),
+    ],
+)  # fmt: skip
+def test_interface_without_or_with_a_bad_prefix(
+    fn: object, value: str, problem: str, hint: str
+) -> None:
+    err = refused(fn, value)
+    assert (err.problem, err.hint) == (problem, hint)
+
+
 def test_ipv4_in() -> None:
     assert validate.ipv4_in("192.168.105.20", NET24.network) == ipaddress.IPv4Address(
         "192.168.105.20"

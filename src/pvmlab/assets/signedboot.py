@@ -11,9 +11,10 @@ GRUB from its own TFTP directory. Both come from Debian packages (``pvmlab.arch.
 Where a file is looked for, in order: the host's installed package (``/`` + the path above),
 then ``cache/loaders/<debian arch>/<package>/`` in the lab home. When neither has it, the
 package is fetched with apt's ordinary client into that cache, with its own lists and state
-(``-o Dir::State::Lists=…``: the host's sources and package database are not touched), from the
-host's Debian release (``/etc/os-release``) on the mirror ``PVMLAB_DEBIAN_MIRROR`` (default
-deb.debian.org). apt checks the archive's signature with Debian's keyring when it is installed.
+(``pvmlab.deploy.debs.DebianArchive``: the host's sources and package database are not
+touched), from the host's Debian release (``/etc/os-release``) on the mirror
+``PVMLAB_DEBIAN_MIRROR`` (default deb.debian.org). apt checks the archive's signature with
+Debian's keyring when it is installed.
 
 Staged under the names the chain asks for: ``grubx64.efi`` / ``grubaa64.efi`` (shim loads that
 name from the directory it came from) and ``shimx64.efi`` / ``shimaa64.efi``, each checked to be
@@ -23,23 +24,20 @@ a PE image of the right machine type before it is copied.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvmlab import spawn
 from pvmlab.arch import Arch, SignedGrub, architecture, signed_grub
 from pvmlab.assets.files import copy_atomic, sha256_file
 from pvmlab.assets.ipxe import pe_machine
+from pvmlab.deploy.debs import DebianArchive, mirror
 from pvmlab.errors import DependencyError, PvmlabError
 from pvmlab.home import LabHome, file_lock
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 SYSTEM_ROOT = Path("/")
 
 
@@ -86,44 +84,21 @@ def fetch(home: LabHome, arch: Arch, package: str) -> Path:
     """Download ``package`` for ``arch``'s Debian architecture and unpack it into the cache."""
     grub = signed_grub(arch)
     dest = _cache(home, grub, package)
-    root = home.loader_cache / grub.debian_arch / ".apt"
-    (root / "lists" / "partial").mkdir(parents=True, exist_ok=True)
-    (root / "archives" / "partial").mkdir(parents=True, exist_ok=True)
-    (root / "cache").mkdir(exist_ok=True)
-    (root / "status").touch()
-    mirror = os.environ.get("PVMLAB_DEBIAN_MIRROR", DEFAULT_MIRROR)
-    signed = f"signed-by={KEYRING}" if KEYRING.exists() else "trusted=yes"
-    sources = root / "sources.list"
-    sources.write_text(f"deb [arch={grub.debian_arch} {signed}] {mirror} {_release()} main\n")
-    opts = [
-        "-o", f"Dir::Etc::SourceList={sources}",
-        "-o", "Dir::Etc::SourceParts=/dev/null",
-        "-o", f"Dir::State::Lists={root / 'lists'}",
-        "-o", f"Dir::State::Status={root / 'status'}",
-        "-o", f"Dir::Cache={root / 'cache'}",
-        "-o", f"Dir::Cache::Archives={root / 'archives'}",
-        "-o", f"APT::Architecture={grub.debian_arch}",
-        "-o", f"APT::Architectures={grub.debian_arch}",
-        "-o", "APT::Sandbox::User=root",
-        "-o", "Debug::NoLocking=1",
-    ]  # fmt: skip
-    log.info("fetching %s (%s) from %s", package, grub.debian_arch, mirror)
+    archive = DebianArchive(home.loader_cache / grub.debian_arch, grub.debian_arch, _release())
+    log.info("fetching %s (%s) from %s", package, grub.debian_arch, mirror())
     try:
-        spawn.run(["apt-get", *opts, "-q", "update"], timeout=600)
-        with tempfile.TemporaryDirectory(dir=root) as tmp:
-            spawn.run(["apt-get", *opts, "-q", "download", package], cwd=Path(tmp), timeout=600)
-            debs = sorted(Path(tmp).glob("*.deb"))
-            if len(debs) != 1:
-                raise DependencyError(f"apt-get download {package} gave {len(debs)} files", "")
+        archive.update()
+        with tempfile.TemporaryDirectory(dir=archive.root) as tmp:
             unpacked = Path(tmp) / "root"
-            spawn.run(["dpkg-deb", "-x", str(debs[0]), str(unpacked)], timeout=300)
+            archive.download_and_extract(package, unpacked)
             if dest.exists():
                 shutil.rmtree(dest)
             dest.parent.mkdir(parents=True, exist_ok=True)
             unpacked.rename(dest)
-    except PvmlabError as exc:
+    except (PvmlabError, RuntimeError) as exc:
+        problem = exc.problem if isinstance(exc, PvmlabError) else str(exc)
         raise DependencyError(
-            f"cannot fetch {package} for {grub.debian_arch}: {exc.problem}",
+            f"cannot fetch {package} for {grub.debian_arch}: {problem}",
             f"install it on the host (apt-get install {package}:{grub.debian_arch}) or make "
             "the Debian archive reachable (PVMLAB_DEBIAN_MIRROR names another mirror)",
         ) from exc

@@ -23,21 +23,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from pvmlab import spawn
-from pvmlab.arch import Arch
+from pvmlab.arch import Arch, architecture
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
-
-# Where each architecture's packages come from: (Debian architecture, suite, kernel meta
-# package). arm64 uses trixie: its cloud kernel is the one whose Image iPXE boots (lab-facts).
-SOURCES: Mapping[Arch, tuple[str, str, str]] = {
-    "x86_64": ("amd64", "bookworm", "linux-image-cloud-amd64"),
-    "aarch64": ("arm64", "trixie", "linux-image-cloud-arm64"),
-}
-# Multiarch library directory per Debian architecture (inside the packages).
-TRIPLETS = {"amd64": "x86_64-linux-gnu", "arm64": "aarch64-linux-gnu"}
 
 
 def mirror() -> str:
@@ -46,6 +37,13 @@ def mirror() -> str:
 
 class DebianArchive:
     """apt-get/apt-cache against one suite and architecture, with its own lists directory."""
+
+    @classmethod
+    def cloud_kernel(cls, root: Path, arch: Arch) -> DebianArchive:
+        """The suite of ``arch``'s cloud kernel (``Architecture.cloud_kernel_suite``): where the
+        deploy ramdisk and the test fixtures take their packages from."""
+        a = architecture(arch)
+        return cls(root, a.debian_arch, a.cloud_kernel_suite)
 
     def __init__(self, root: Path, debarch: str, suite: str) -> None:
         self.root = root / f"apt-{suite}-{debarch}"
@@ -294,11 +292,11 @@ def elf_dynamic(data: bytes) -> tuple[str | None, list[str]]:
     return interp, names
 
 
-def with_libraries(tree: Path, programs: Mapping[str, str], debarch: str) -> dict[str, bytes]:
+def with_libraries(tree: Path, programs: Mapping[str, str], arch: Arch) -> dict[str, bytes]:
     """Each program (path inside the initramfs → path inside ``tree``) and every shared library
-    it needs, found in ``tree``'s library directories and placed in /lib; the ELF interpreter at
-    the path the programs name."""
-    triplet = TRIPLETS[debarch]
+    it needs, found in ``tree``'s library directories (``arch``'s multiarch ones first) and
+    placed in /lib; the ELF interpreter at the path the programs name."""
+    triplet = architecture(arch).debian_triplet
     libdirs = [tree / d for d in (f"lib/{triplet}", f"usr/lib/{triplet}", "lib", "usr/lib")]
     files: dict[str, bytes] = {}
     todo: list[tuple[str, bytes]] = []

@@ -1,10 +1,11 @@
 """The deploy ramdisk: a Debian kernel and a busybox initramfs whose /init writes a disk image.
 
-Built by pvmlab from Debian packages for each architecture (``debs.SOURCES``: bookworm amd64,
-trixie arm64): the cloud kernel, its virtio modules (network, PCI, block), busybox-static
-(udhcpc, wget, sha256sum, dd, blockdev, od), and from ``fdisk`` and ``e2fsprogs``: sfdisk,
-e2fsck and resize2fs with the shared libraries they need (read from the ELF files, taken from the
-same architecture's library packages). The result is cached in a system directory
+Built by pvmlab from Debian packages for each architecture, from the suite of its cloud kernel
+(``Architecture.cloud_kernel_suite``: bookworm amd64, trixie arm64): the cloud kernel, its
+virtio modules (network, PCI, block), busybox-static (udhcpc, wget, sha256sum, dd, blockdev,
+od), and from ``fdisk`` and ``e2fsprogs``: sfdisk, e2fsck and resize2fs with the shared
+libraries they need (read from the ELF files, taken from the same architecture's library
+packages). The result is cached in a system directory
 (``/var/cache/pvmlab/deploy``, or ``$PVMLAB_DEPLOY_CACHE``) under a key made of every input (the
 package versions, the module list, /init), so a change of any rebuilds it, and copied into the
 lab home (``LabHome.deploy_ramdisk``) from where the lab serves it.
@@ -33,7 +34,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pvmlab.arch import Arch
+from pvmlab.arch import Arch, architecture
 from pvmlab.deploy import debs
 from pvmlab.errors import ProcessError
 from pvmlab.home import LabHome, file_lock, write_atomic
@@ -296,8 +297,7 @@ def _inputs(archive: debs.DebianArchive, arch: Arch) -> tuple[str, dict[str, str
             return str(known["kernel"]), dict(known["versions"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    meta = debs.SOURCES[arch][2]
-    kernel_pkg = archive.depends(meta)
+    kernel_pkg = archive.depends(architecture(arch).cloud_kernel_package)
     packages = [kernel_pkg, "busybox-static", *archive.library_closure(PACKAGES)]
     versions = {p: archive.version(p) for p in packages}
     write_atomic(memo, json.dumps({"stamp": stamp, "packages": list(PACKAGES),
@@ -318,9 +318,8 @@ def build(arch: Arch, cache: Path | None = None) -> Ramdisk:
     """The deploy ramdisk for ``arch``, from the cache or built (needs the Debian archive)."""
     cache = cache or cache_root()
     cache.mkdir(parents=True, exist_ok=True)
-    debarch, suite, _meta = debs.SOURCES[arch]
     with file_lock(cache / f".{arch}.lock"):
-        archive = debs.DebianArchive(cache, debarch, suite)
+        archive = debs.DebianArchive.cloud_kernel(cache, arch)
         archive.ensure_lists()
         try:
             kernel_pkg, versions = _inputs(archive, arch)
@@ -351,7 +350,7 @@ def _build_into(
             if package not in (kernel_pkg, "busybox-static"):
                 archive.download_and_extract(package, tree)
         programs = {inside: _program(tree, relative) for inside, relative in PROGRAMS.items()}
-        files = debs.with_libraries(tree, programs, archive.debarch)
+        files = debs.with_libraries(tree, programs, arch)
         out = work / "out"
         out.mkdir()
         shutil.copyfile(debs.find_kernel(work / "kernel"), out / "vmlinuz")

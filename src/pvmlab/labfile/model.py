@@ -42,9 +42,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from pvmlab.errors import PvmlabError
+from pvmlab.arch import check_pair
+from pvmlab.errors import PvmlabError, ValidationError
 from pvmlab.records import validate
 from pvmlab.records.models import (
+    DEFAULT_CPUS,
+    DEFAULT_FIRMWARE,
+    DEFAULT_MEMORY_MIB,
     DEFAULT_NET_BOOT,
     Cmdline,
     CPUs,
@@ -57,7 +61,6 @@ from pvmlab.records.models import (
     MemoryMiB,
     NetBoot,
     VMName,
-    VMSpec,
     _checked,
 )
 
@@ -214,7 +217,7 @@ class Machine(Decl):
     name: VMName = Field(description="The machine's name; with count, the base of node-1..N.")
     count: int = Field(default=1, ge=1, le=MAX_COUNT, description="How many machines to stamp out.")
     arch: ArchName
-    firmware: Firmware = "uefi"
+    firmware: Firmware = DEFAULT_FIRMWARE
     distro: DistroName | None = None
     boot: Literal["pxe", "ipxe"] = "pxe"
     net_boot: NetBoot = Field(
@@ -242,8 +245,8 @@ class Machine(Decl):
         "a path relative to the lab file, or a name from `pvmlab image ls`; user_data is its "
         "cloud-init user-data.",
     )
-    memory: MemoryMiB = VMSpec.model_fields["memory_mib"].default
-    cpus: CPUs = VMSpec.model_fields["cpus"].default
+    memory: MemoryMiB = DEFAULT_MEMORY_MIB
+    cpus: CPUs = DEFAULT_CPUS
     cmdline: Cmdline | None = None
     accel: Literal["kvm", "hvf", "tcg"] | None = Field(
         default=None, description="Accelerator (default: chosen as `vm start` chooses it)."
@@ -262,8 +265,10 @@ class Machine(Decl):
 
     @model_validator(mode="after")
     def _combination(self) -> Machine:
-        if self.firmware == "bios" and self.arch != "x86_64":
-            raise ValueError(f"legacy BIOS firmware exists only for x86_64, not {self.arch}")
+        try:
+            check_pair(validate.arch(self.arch), self.firmware)
+        except ValidationError as exc:  # its hint names a CLI option: the key is blamed instead
+            raise ValueError(exc.problem) from None
         if self.boot == "ipxe" and self.firmware != "uefi":
             raise ValueError("boot = 'ipxe' (iPXE from local media) needs firmware = 'uefi'")
         if self.net_boot == "http" and self.firmware != "uefi":

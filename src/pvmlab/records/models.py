@@ -127,6 +127,13 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def _family_of(address: str | None, problem: str, hint: str) -> str:
+    """A lab's address of one IP family, or the error saying the lab has none."""
+    if address is None:
+        raise ValidationError(problem, hint)
+    return address
+
+
 class LabSpec(Record):
     """The lab network: IPv4 (``address`` and its dynamic range), IPv6 (``ipv6``: the
     provisioner's address in a /64), or both. ``address`` None is an IPv6-only lab."""
@@ -170,12 +177,10 @@ class LabSpec(Record):
 
     @property
     def iface(self) -> ipaddress.IPv4Interface:
-        if self.address is None:
-            raise ValidationError(
-                "this lab is IPv6-only: it has no IPv4 address",
-                "define the lab with `provisioner create --ip CIDR` to use IPv4",
-            )
-        return ipaddress.IPv4Interface(self.address)
+        return ipaddress.IPv4Interface(_family_of(
+            self.address, "this lab is IPv6-only: it has no IPv4 address",
+            "define the lab with `provisioner create --ip CIDR` to use IPv4",
+        ))  # fmt: skip
 
     @property
     def ip(self) -> ipaddress.IPv4Address:
@@ -195,12 +200,10 @@ class LabSpec(Record):
 
     @property
     def iface6(self) -> ipaddress.IPv6Interface:
-        if self.ipv6 is None:
-            raise ValidationError(
-                "this lab has no IPv6 prefix",
-                "define the lab with `provisioner create --ipv6 PREFIX/64` to use IPv6",
-            )
-        return ipaddress.IPv6Interface(self.ipv6)
+        return ipaddress.IPv6Interface(_family_of(
+            self.ipv6, "this lab has no IPv6 prefix",
+            "define the lab with `provisioner create --ipv6 PREFIX/64` to use IPv6",
+        ))  # fmt: skip
 
     @property
     def ipv6_dhcp_range(self) -> tuple[ipaddress.IPv6Address, ipaddress.IPv6Address]:

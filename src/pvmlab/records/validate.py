@@ -10,8 +10,9 @@ from __future__ import annotations
 import ipaddress
 import re
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
 
 from pvmlab import arch as arch_table
 from pvmlab.arch import ARCHES as ARCHES
@@ -97,20 +98,29 @@ def random_mac(taken: Iterable[str] = ()) -> str:
             return candidate
 
 
-def ipv4_interface(value: str) -> ipaddress.IPv4Interface:
-    """The provisioner's address with its prefix, e.g. 192.168.105.1/24."""
+_Iface = TypeVar("_Iface", ipaddress.IPv4Interface, ipaddress.IPv6Interface)
+
+
+def _with_prefix(parse: Callable[[str], _Iface], value: str, what: str, form: str) -> _Iface:
+    """``value`` parsed by ``parse`` (an address and its prefix length, which must be written);
+    ``what`` names the value in the messages, ``form`` is how to write it."""
+    text = value.strip()
     try:
-        iface = ipaddress.IPv4Interface(value.strip())
+        iface = parse(text)
     except (ValueError, ipaddress.AddressValueError, ipaddress.NetmaskValueError) as exc:
         raise ValidationError(
-            f"invalid address {_show(value)}: {exc}",
-            "write it as ADDRESS/PREFIX, e.g. 192.168.105.1/24",
+            f"invalid {what} {_show(value)}: {exc}", f"write it as {form}"
         ) from None
-    if "/" not in value:
-        raise ValidationError(
-            f"address {_show(value)} has no prefix length",
-            "write it as ADDRESS/PREFIX, e.g. 192.168.105.1/24",
-        )
+    if "/" not in text:
+        raise ValidationError(f"{what} {_show(value)} has no prefix length", f"write it as {form}")
+    return iface
+
+
+def ipv4_interface(value: str) -> ipaddress.IPv4Interface:
+    """The provisioner's address with its prefix, e.g. 192.168.105.1/24."""
+    iface = _with_prefix(
+        ipaddress.IPv4Interface, value, "address", "ADDRESS/PREFIX, e.g. 192.168.105.1/24"
+    )
     net = iface.network
     if not 8 <= net.prefixlen <= 29:
         raise ValidationError(
@@ -157,19 +167,9 @@ IPV6_PREFIXLEN = 64  # SLAAC, dnsmasq's RA and PXEv6 firmware all expect a /64 o
 
 def ipv6_interface(value: str) -> ipaddress.IPv6Interface:
     """The provisioner's IPv6 address with its /64: ``PREFIX::/64`` gives it ``PREFIX::1``."""
-    text = value.strip()
-    try:
-        iface = ipaddress.IPv6Interface(text)
-    except (ValueError, ipaddress.AddressValueError, ipaddress.NetmaskValueError) as exc:
-        raise ValidationError(
-            f"invalid IPv6 prefix {_show(value)}: {exc}",
-            "write it as PREFIX/64 or ADDRESS/64, e.g. fd00:105::/64",
-        ) from None
-    if "/" not in text:
-        raise ValidationError(
-            f"IPv6 prefix {_show(value)} has no prefix length",
-            "write it as PREFIX/64 or ADDRESS/64, e.g. fd00:105::/64",
-        )
+    iface = _with_prefix(
+        ipaddress.IPv6Interface, value, "IPv6 prefix", "PREFIX/64 or ADDRESS/64, e.g. fd00:105::/64"
+    )
     net = iface.network
     if net.prefixlen != IPV6_PREFIXLEN:
         raise ValidationError(
