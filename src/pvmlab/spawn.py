@@ -52,6 +52,22 @@ def _not_found(program: str) -> DependencyError:
     )
 
 
+@contextlib.contextmanager
+def _launching(argv: Sequence[str], netns: str | None, how: str) -> Iterator[list[str]]:
+    """The full argv (in ``netns``), logged under ``how``; a program that is not there becomes
+    a DependencyError."""
+    full = in_netns(argv, netns)
+    log.debug("%s: %s", how, shlex.join(full))
+    try:
+        yield full
+    except FileNotFoundError as exc:
+        raise _not_found(full[0]) from exc
+
+
+def _env(env: Mapping[str, str] | None) -> dict[str, str] | None:
+    return dict(env) if env is not None else None
+
+
 def _tail(text: str, lines: int = 8) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
@@ -69,25 +85,22 @@ def run(
     text: bool = True,
 ) -> subprocess.CompletedProcess[str]:
     """Run a program to completion, capturing its output."""
-    full = in_netns(argv, netns)
-    log.debug("run: %s", shlex.join(full))
-    try:
-        proc = subprocess.run(
-            full,
-            capture_output=True,
-            text=text,
-            input=input,
-            timeout=timeout,
-            env=dict(env) if env is not None else None,
-            cwd=cwd,
-            check=False,
-        )
-    except FileNotFoundError as exc:
-        raise _not_found(full[0]) from exc
-    except subprocess.TimeoutExpired as exc:  # run() has already killed the child
-        raise ProcessError(
-            f"`{shlex.join(full)}` did not finish within {timeout} s", argv=full
-        ) from exc
+    with _launching(argv, netns, "run") as full:
+        try:
+            proc = subprocess.run(
+                full,
+                capture_output=True,
+                text=text,
+                input=input,
+                timeout=timeout,
+                env=_env(env),
+                cwd=cwd,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:  # run() has already killed the child
+            raise ProcessError(
+                f"`{shlex.join(full)}` did not finish within {timeout} s", argv=full
+            ) from exc
     if check and proc.returncode not in ok_codes:
         err = proc.stderr if isinstance(proc.stderr, str) else proc.stderr.decode(errors="replace")
         raise ProcessError(
@@ -126,19 +139,15 @@ def spawn(
     grace: float = 5.0,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Start a child for the duration of a ``with`` block; it is stopped on the way out."""
-    full = in_netns(argv, netns)
-    log.debug("spawn: %s", shlex.join(full))
-    try:
+    with _launching(argv, netns, "spawn") as full:
         proc = subprocess.Popen(
             full,
             stdout=stdout,
             stderr=stderr,
             stdin=stdin,
-            env=dict(env) if env is not None else None,
+            env=_env(env),
             pass_fds=tuple(pass_fds),
         )
-    except FileNotFoundError as exc:
-        raise _not_found(full[0]) from exc
     try:
         yield proc
     finally:
@@ -161,23 +170,20 @@ def start_detached(
     ``pvmlab.home.open_for_writing``) or are discarded; ``pass_fds`` stay open in it (a
     readiness pipe).
     """
-    full = in_netns(argv, netns)
-    log.debug("start: %s", shlex.join(full))
     out = open_for_writing(log_file) if log_file is not None else subprocess.DEVNULL
     try:
-        return subprocess.Popen(
-            full,
-            stdin=subprocess.DEVNULL if stdin_devnull else None,
-            stdout=out,
-            stderr=subprocess.STDOUT if log_file is not None else subprocess.DEVNULL,
-            start_new_session=True,
-            env=dict(env) if env is not None else None,
-            close_fds=True,
-            cwd=cwd,
-            pass_fds=tuple(pass_fds),
-        )
-    except FileNotFoundError as exc:
-        raise _not_found(full[0]) from exc
+        with _launching(argv, netns, "start") as full:
+            return subprocess.Popen(
+                full,
+                stdin=subprocess.DEVNULL if stdin_devnull else None,
+                stdout=out,
+                stderr=subprocess.STDOUT if log_file is not None else subprocess.DEVNULL,
+                start_new_session=True,
+                env=_env(env),
+                close_fds=True,
+                cwd=cwd,
+                pass_fds=tuple(pass_fds),
+            )
     finally:
         if out != subprocess.DEVNULL:
             os.close(out)

@@ -70,10 +70,11 @@ def install_options(fn: Any) -> Any:
 
 
 def _install_request(opts: dict[str, Any]) -> dict[str, Any]:
-    """The install fields of a request from the install options (at most one kind)."""
-    given = [(k, opts[f"install_{k.replace('-', '_')}"]) for k in _INSTALL_FILES]
+    """The install fields of a request from the install options (at most one kind), which it
+    takes out of ``opts``."""
+    given = [(k, opts.pop(f"install_{k.replace('-', '_')}")) for k in _INSTALL_FILES]
     chosen = [(k, p) for k, p in given if p is not None]
-    if opts["unattended"]:
+    if opts.pop("unattended"):
         chosen.append(("default", None))
     if len(chosen) > 1:
         raise ValidationError(
@@ -82,7 +83,7 @@ def _install_request(opts: dict[str, Any]) -> dict[str, Any]:
         )
     kind, template = chosen[0] if chosen else (None, None)
     return {"install": kind, "install_template": template,
-            "mirror": opts["mirror"], "proxy": opts["proxy"]}  # fmt: skip
+            "mirror": opts.pop("mirror"), "proxy": opts.pop("proxy")}  # fmt: skip
 
 
 def _require_defined(h: LabHome, name: str) -> None:
@@ -141,7 +142,12 @@ def vm() -> None:
 @click.option("--distro", help="Distro to network-boot (see `pvmlab distro ls`).")
 @click.option("--cmdline", help="Extra kernel command line for this VM.")
 @click.option(
-    "--memory", type=int, default=DEFAULT_MEMORY_MIB, show_default=True, help="Memory in MiB."
+    "--memory",
+    "memory_mib",
+    type=int,
+    default=DEFAULT_MEMORY_MIB,
+    show_default=True,
+    help="Memory in MiB.",
 )
 @click.option(
     "--cpus", type=int, default=DEFAULT_CPUS, show_default=True, help="Number of virtual CPUs."
@@ -173,25 +179,7 @@ def vm() -> None:
 )
 @install_options
 @json_option
-def create_cmd(
-    name: str,
-    arch: str | None,
-    firmware: str,
-    net_boot: str,
-    mac: str | None,
-    ip: str | None,
-    ipv6: str | None,
-    distro: str | None,
-    cmdline: str | None,
-    memory: int,
-    cpus: int,
-    disk_size: str | None,
-    image: Path | None,
-    loader: str | None,
-    secure_boot: bool,
-    as_json: bool,
-    **install: Any,
-) -> None:
+def create_cmd(name: str, arch: str | None, as_json: bool, **fields: Any) -> None:
     """Define a target VM.
 
     Written to vms/NAME.json; a running stack reserves its MAC and IP at once. With an install
@@ -200,24 +188,8 @@ def create_cmd(
     from pvmlab.qemu.accel import host_arch
     from pvmlab.vm.define import CreateRequest, create
 
-    req = CreateRequest(
-        name=name,
-        arch=validate.arch(arch or host_arch()),
-        firmware=firmware,
-        net_boot=net_boot,
-        mac=mac,
-        ip=ip,
-        ipv6=ipv6,
-        distro=distro,
-        cmdline=cmdline,
-        memory_mib=memory,
-        cpus=cpus,
-        disk_size=disk_size,
-        image=image,
-        loader=loader,
-        secure_boot=secure_boot,
-        **_install_request(install),
-    )
+    install = _install_request(fields)  # the other options are CreateRequest's own fields
+    req = CreateRequest(name=name, arch=validate.arch(arch or host_arch()), **fields, **install)
     spec = create(home(), req)
     if as_json:
         emit_json(spec.model_dump(mode="json"))

@@ -196,17 +196,20 @@ def _pxe_families(cfg: QemuConfig) -> list[str]:
     return ["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"]
 
 
+def _in_boot_order(device: str, bootindex: int | None) -> str:
+    """A ``-device`` value, with its place in the boot order when it has one."""
+    return device if bootindex is None else f"{device},bootindex={bootindex}"
+
+
 def _nic(cfg: QemuConfig, bootindex: int | None) -> list[str]:
     if cfg.tap is None:
         return []
     device = f"virtio-net-pci,netdev=net0,mac={cfg.mac}"
     if not firmware(cfg.firmware).nic_rom_pxe:
         device += ",romfile="
-    if bootindex is not None:
-        device += f",bootindex={bootindex}"
     return [
         "-netdev", f"tap,id=net0,ifname={cfg.tap},script=no,downscript=no",
-        "-device", device,
+        "-device", _in_boot_order(device, bootindex),
     ]  # fmt: skip
 
 
@@ -230,12 +233,9 @@ def _net_boot(cfg: QemuConfig) -> list[str]:
 def _disk(cfg: QemuConfig, bootindex: int | None) -> list[str]:
     if cfg.disk is None:
         return []
-    device = "virtio-blk-pci,drive=disk0"
-    if bootindex is not None:
-        device += f",bootindex={bootindex}"
     return [
         "-drive", f"if=none,id=disk0,format=qcow2,file={_opt(cfg.disk)}",
-        "-device", device,
+        "-device", _in_boot_order("virtio-blk-pci,drive=disk0", bootindex),
     ]  # fmt: skip
 
 
@@ -246,7 +246,7 @@ def _ipxe_media(cfg: QemuConfig, bootindex: int | None) -> list[str]:
         return []
     return [
         "-drive", f"if=none,id=ipxemedia,driver=vvfat,dir={_opt(cfg.ipxe_media)},read-only=on",
-        "-device", f"virtio-blk-pci,drive=ipxemedia,bootindex={bootindex}",
+        "-device", _in_boot_order("virtio-blk-pci,drive=ipxemedia", bootindex),
     ]  # fmt: skip
 
 

@@ -112,7 +112,8 @@ def clean_vm(
     except PvmlabError:
         ip = mac = None  # a damaged record: its leases are found by host name alone
     with runtime.vm_locked(home, name):
-        how = runtime.stop_vm_locked(home, name, force=True, say=say)  # unknown name: error
+        # an unknown name is an error here
+        how = runtime.stop_vm(home, name, force=True, say=say, lock_held=True)
         if how != "not-running":
             say(f"{name}: stopped ({how})")
         released = release_leases(home, name, mac, say=say)

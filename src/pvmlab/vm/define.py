@@ -14,6 +14,7 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import ValidationError as PydanticError
 
@@ -81,23 +82,44 @@ def choose_loader(requested: str | None, distro_loader: Loader | None, secure_bo
     return "grub" if secure_boot else DEFAULT_LOADER
 
 
-def check_ip(lab: LabSpec, value: str, taken: dict[str, str]) -> ipaddress.IPv4Address:
-    addr = validate.ipv4_in(value, lab.network, "VM address")
-    if addr == lab.ip:
+_Address = TypeVar("_Address", ipaddress.IPv4Address, ipaddress.IPv6Address)
+
+
+def _check_reservable(
+    addr: _Address,
+    what: str,
+    *,
+    provisioner: _Address,
+    dynamic: tuple[_Address, _Address],
+    server: str,
+    flag: str,
+    taken: dict[str, str],
+) -> _Address:
+    """``addr`` (``what``: VM address, VM IPv6 address) may be reserved for a VM: it is not the
+    provisioner's, lies outside the ``server``'s (DHCP, DHCPv6) dynamic range and no other VM
+    (``taken``: address -> VM) has it. ``flag`` is the option that would pick one instead."""
+    if addr == provisioner:
         raise ValidationError(
-            f"VM address {addr} is the provisioner's address", "choose another address"
+            f"{what} {addr} is the provisioner's address", "choose another address"
         )
-    if lab.in_dynamic_range(addr):
+    start, end = dynamic
+    if start <= addr <= end:
         raise ValidationError(
-            f"VM address {addr} is inside the DHCP dynamic range {lab.dhcp_start}-{lab.dhcp_end}",
-            "choose an address outside it (or omit --ip to get the lowest free one)",
+            f"{what} {addr} is inside the {server} dynamic range {start}-{end}",
+            f"choose an address outside it (or omit {flag} to get the lowest free one)",
         )
     if str(addr) in taken:
         raise ValidationError(
-            f"VM address {addr} is already used by VM {taken[str(addr)]!r}",
-            "choose another address (or omit --ip)",
+            f"{what} {addr} is already used by VM {taken[str(addr)]!r}",
+            f"choose another address (or omit {flag})",
         )
     return addr
+
+
+def check_ip(lab: LabSpec, value: str, taken: dict[str, str]) -> ipaddress.IPv4Address:
+    addr = validate.ipv4_in(value, lab.network, "VM address")
+    return _check_reservable(addr, "VM address", provisioner=lab.ip, dynamic=lab.dhcp_range,
+                             server="DHCP", flag="--ip", taken=taken)  # fmt: skip
 
 
 def allocate_ip(lab: LabSpec, taken: set[str]) -> ipaddress.IPv4Address:
@@ -135,22 +157,9 @@ def check_http_boot_firmware(arch: Arch) -> None:
 
 def check_ipv6(lab: LabSpec, value: str, taken: dict[str, str]) -> ipaddress.IPv6Address:
     addr = validate.ipv6_in(value, lab.iface6.network, "VM IPv6 address")
-    if addr == lab.iface6.ip:
-        raise ValidationError(
-            f"VM IPv6 address {addr} is the provisioner's address", "choose another address"
-        )
-    if lab.in_ipv6_dynamic_range(addr):
-        start, end = lab.ipv6_dhcp_range
-        raise ValidationError(
-            f"VM IPv6 address {addr} is inside the DHCPv6 dynamic range {start}-{end}",
-            "choose an address outside it (or omit --ipv6 to get the lowest free one)",
-        )
-    if str(addr) in taken:
-        raise ValidationError(
-            f"VM IPv6 address {addr} is already used by VM {taken[str(addr)]!r}",
-            "choose another address (or omit --ipv6)",
-        )
-    return addr
+    return _check_reservable(addr, "VM IPv6 address", provisioner=lab.iface6.ip,
+                             dynamic=lab.ipv6_dhcp_range, server="DHCPv6", flag="--ipv6",
+                             taken=taken)  # fmt: skip
 
 
 def allocate_ipv6(lab: LabSpec, taken: set[str]) -> ipaddress.IPv6Address:

@@ -317,25 +317,21 @@ def stop_vm(
     force: bool = False,
     timeout: float = 30.0,
     say: Callable[[str], None] = lambda _msg: None,
+    lock_held: bool = False,
 ) -> str:
     """Stop VM ``name``; returns how: powerdown, quit, kill or not-running.
 
     Works from the name alone (pid file + /proc + QMP), so a damaged record does not matter.
+    Takes the VM's lock, unless the caller holds it already (``lock_held``: ``vm clean``).
     """
     home.require()
-    with vm_locked(home, name):
-        return stop_vm_locked(home, name, force=force, timeout=timeout, say=say)
+    with contextlib.nullcontext() if lock_held else vm_locked(home, name):
+        return _stop_vm(home, name, force, timeout, say)
 
 
-def stop_vm_locked(
-    home: LabHome,
-    name: str,
-    *,
-    force: bool = False,
-    timeout: float = 30.0,
-    say: Callable[[str], None] = lambda _msg: None,
+def _stop_vm(
+    home: LabHome, name: str, force: bool, timeout: float, say: Callable[[str], None]
 ) -> str:
-    """``stop_vm`` for a caller that holds the VM's lock already (``vm clean``)."""
     pid = state.running_pid(home, name)
     if pid is None and not home.vm_file(name).exists():
         raise StateError(f"no VM named {name!r}", "see `pvmlab vm list` for the defined VMs")
