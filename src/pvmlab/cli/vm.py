@@ -554,7 +554,7 @@ def _rows() -> list[dict[str, Any]]:
             "accel": rt.accel if rt else None,
             "pid": state.running_pid(h, spec.name) if run_state != state.STOPPED else None,
             "install": None if spec.image else installcfg.status_summary(h, spec),
-            "provisioning": deploy_state.summary(h, spec),
+            "provisioning": deploy_state.summary(h, spec, run_state),
         }
         if run_state in qmp.HALTED_STATES or run_state == state.UNRESPONSIVE:
             row["qemu_log"] = runtime.qemu_log_tail(h, spec.name)
