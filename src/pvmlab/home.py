@@ -402,6 +402,13 @@ class LabHome:
         """mmdebstrap tarballs, ``KEY.tar``, keyed by everything that went into them."""
         return self.cache / "rootfs"
 
+    def rootfs_tarball(self, key: str) -> Path:
+        return self.rootfs_cache / f"{key}.tar"
+
+    def rootfs_recipe(self, key: str) -> Path:
+        """What went into ``rootfs_tarball(key)`` (the recipe, as JSON)."""
+        return self.rootfs_cache / f"{key}.json"
+
     # boot: one VM's lock (start/stop/clean of that VM), beside its pid file; never deleted
     # while the lab lives, so every holder locks the same file
     def vm_lock(self, name: str) -> Path:

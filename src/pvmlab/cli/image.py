@@ -81,6 +81,9 @@ def build_cmd(
 ) -> None:
     """Build disk image NAME (replacing an image of that name). Needs root.
 
+    The programs it runs are checked first (`pvmlab setup` lists them): a missing one is
+    refused before anything is built, with the package that brings it.
+
     The first build of a package set takes minutes (mmdebstrap downloads and installs the
     packages); a rebuild from the same inputs reuses the cached root filesystem.
     """

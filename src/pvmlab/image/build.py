@@ -35,14 +35,13 @@ from pathlib import Path
 from pvmlab import spawn
 from pvmlab.arch import Arch, architecture
 from pvmlab.errors import (
-    DependencyError,
     PrivilegeError,
     ProcessError,
     StateError,
     ValidationError,
 )
 from pvmlab.home import LabHome, file_lock, write_json
-from pvmlab.image import foreign, layout
+from pvmlab.image import foreign, layout, tools
 from pvmlab.image.store import ImageInfo, PartitionInfo, image_name, save
 
 Progress = Callable[[str], None]
@@ -139,16 +138,6 @@ def check_archive(mirror: str, suite: str, timeout: float = 20) -> None:
         ) from None
 
 
-def _need(*programs: str) -> None:
-    missing = [p for p in programs if shutil.which(p) is None]
-    if missing:
-        raise DependencyError(
-            f"image build needs {', '.join(missing)}",
-            "install mmdebstrap, e2fsprogs, dosfstools, mtools and fdisk "
-            "(scripts/install-system-deps.sh does)",
-        )
-
-
 def mmdebstrap_argv(recipe: layout.Recipe, out: Path, cloud_cfg: Path) -> list[str]:
     argv = [
         "mmdebstrap",
@@ -210,7 +199,7 @@ def rootfs_tarball(
 ) -> tuple[Path, bool]:
     """The cached tarball for ``recipe`` (made when missing). Returns (path, was it cached)."""
     cache = home.rootfs_cache
-    tar = cache / f"{recipe.key}.tar"
+    tar = home.rootfs_tarball(recipe.key)
     if tar.is_file():
         return tar, True
     cache.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -238,7 +227,7 @@ def rootfs_tarball(
             except BaseException:
                 partial.unlink(missing_ok=True)
                 raise
-        write_json(cache / f"{recipe.key}.json", recipe.as_dict())
+        write_json(home.rootfs_recipe(recipe.key), recipe.as_dict())
         partial.rename(tar)
     return tar, False
 
@@ -388,7 +377,7 @@ def build_image(
             "image build runs mmdebstrap and unpacks its root filesystem as root",
             "run it with sudo",
         )
-    _need("mmdebstrap", "tar", "mkfs.ext4", "mkfs.vfat", "mmd", "mcopy", "sfdisk", "dd")
+    tools.require(arch, rootfs_cached=home.rootfs_tarball(recipe.key).is_file())
     home.ensure()
     home.disk_images.mkdir(mode=0o755, exist_ok=True)
     tar, cached = rootfs_tarball(home, recipe, progress)
