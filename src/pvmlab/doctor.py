@@ -145,16 +145,57 @@ FEATURE_PROGRAMS: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
     ("pasta", ("--version",), "passt", "--uplink"),
     ("nft", ("--version",), "nftables", "--uplink"),
     ("ssh", ("-V",), "openssh-client", "vm ssh/cp"),  # with ssh-keygen for the lab key
-    ("mkfs.vfat", ("--help",), "dosfstools", "vm create --image: the cloud-init seed"),
-    ("mcopy", ("--version",), "mtools", "vm create --image: the cloud-init seed"),
+    ("mkfs.vfat", ("--help",), "dosfstools", "vm create --image"),  # the cloud-init seed
+    ("mcopy", ("--version",), "mtools", "vm create --image"),
 )
+IMAGE_BUILD = "image build"
+
+
+def _feature_programs() -> dict[str, tuple[tuple[str, ...], str, list[str]]]:
+    """Each optional program once, with every feature that runs it: the table above, then
+    `image build`'s programs (``pvmlab.image.tools``, the list it checks itself)."""
+    from pvmlab.image import tools
+
+    out: dict[str, tuple[tuple[str, ...], str, list[str]]] = {}
+    for name, version_args, apt, feature in FEATURE_PROGRAMS:
+        out.setdefault(name, (version_args, apt, []))[2].append(feature)
+    for tool in tools.TOOLS:
+        out.setdefault(tool.program, (tool.version_args, tool.package, []))[2].append(IMAGE_BUILD)
+    return out
 
 
 def check_feature_programs() -> Iterator[Check]:
-    """Optional programs, each named with the feature that needs it."""
-    for name, version_args, apt, feature in FEATURE_PROGRAMS:
+    """Optional programs, each named with the features that need it."""
+    for name, (version_args, apt, features) in _feature_programs().items():
         found = check_program(name, version_args, apt, None, False)
-        yield replace(found, name=f"{name} ({feature})")
+        yield replace(found, name=f"{name} ({', '.join(features)})")
+
+
+def check_image_foreign(arch: Arch) -> Check:
+    """``image build --arch ARCH`` for an architecture the host does not run: qemu-user-static
+    and its binfmt rule (``pvmlab.image.foreign``), registered in a binfmt_misc of the build's
+    own, which needs Linux 6.7 or later."""
+    from pvmlab.image import foreign, tools
+
+    name = f"qemu-{arch}-static ({IMAGE_BUILD} --arch {arch})"
+    hint = install_hint(tools.QEMU_USER_PACKAGE, note=f"or {DEPS_SCRIPT} installs all")
+    try:
+        foreign.find_rule(arch)
+    except PvmlabError as exc:
+        return Check(name, False, exc.problem, hint, required=False)
+    path = foreign.qemu_user_static(arch)
+    release = platform.release()
+    if not foreign.kernel_has_private_binfmt(release):
+        return Check(
+            name, False,
+            f"{path} is there, but Linux {release} has no binfmt_misc per user namespace "
+            "(6.7 or later): another arch's package scripts cannot run",
+            f"build {arch} images on a host running Linux 6.7 or later, or on an {arch} host",
+            required=False,
+        )
+    version = program_version([str(path), "--version"])
+    return Check(name, True, f"{version} {path}", required=False,
+                 data={"path": str(path), "version": version})
 
 
 # --- firmware -----------------------------------------------------------------------------------
@@ -347,6 +388,12 @@ def _iter_checks(home: LabHome) -> Iterator[Check]:
         yield check_program(name, version_args, apt, brew, required)
     yield check_debugfs()
     yield from check_feature_programs()
+    if sys.platform.startswith("linux"):
+        from pvmlab.image import foreign
+
+        for arch in ARCHITECTURES:
+            if foreign.needs_emulation(arch):
+                yield check_image_foreign(arch)
     for arch in ARCHITECTURES:
         yield check_uefi(arch)
     yield check_seabios()

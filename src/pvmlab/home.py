@@ -366,6 +366,11 @@ class LabHome:
     def deploy_image(self, sha256: str) -> Path:
         return self.deploy_images / f"{sha256}.raw"
 
+    @property
+    def deploy_sources(self) -> Path:
+        """Which source file gave which ``deploy_image`` (JSON: path|size|mtime → SHA-256)."""
+        return self.deploy_images / "sources.json"
+
     def vm_deploy_status(self, name: str) -> Path:
         return self.vm_dir(name) / "deploy-status.json"
 
@@ -401,6 +406,22 @@ class LabHome:
     def rootfs_cache(self) -> Path:
         """mmdebstrap tarballs, ``KEY.tar``, keyed by everything that went into them."""
         return self.cache / "rootfs"
+
+    def rootfs_tarball(self, key: str) -> Path:
+        return self.rootfs_cache / f"{key}.tar"
+
+    def rootfs_recipe(self, key: str) -> Path:
+        """What went into ``rootfs_tarball(key)`` (the recipe, as JSON)."""
+        return self.rootfs_cache / f"{key}.json"
+
+    def rootfs_partial(self, key: str) -> Path:
+        """mmdebstrap's output while it runs (renamed to ``rootfs_tarball(key)`` when done)."""
+        return self.rootfs_cache / f".{key}.tar.partial"
+
+    def rootfs_lock(self, key: str) -> Path:
+        """Held by a build of this recipe from making or finding its tarball until the image's
+        record names it (so ``image prune`` never takes a tarball a build is about to use)."""
+        return self.rootfs_cache / f".{key}.lock"
 
     # boot: one VM's lock (start/stop/clean of that VM), beside its pid file; never deleted
     # while the lab lives, so every holder locks the same file
@@ -602,6 +623,25 @@ def file_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def try_file_lock(path: Path) -> Iterator[bool]:
+    """``file_lock`` without waiting: yields True holding the lock, False when another holder
+    has it (for work that skips what is in use rather than waiting for it)."""
+    fd = open_for_writing(path, os.O_RDWR | os.O_CREAT)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
         os.close(fd)
 
 

@@ -86,6 +86,8 @@ def test_x86_uefi_pxe_over_ipv6_in_an_ipv6_only_lab(
                      "http-initrd", "ready"):  # fmt: skip
             assert name in phases, tl["phases"]
         assert phases["firmware-dhcp"]["ip"] in replied
+        # DHCPv6 option 61, from the lab's per-code tag in dnsmasq's log (OVMF sends 7)
+        assert phases["firmware-dhcp"]["client_arch"] == 7, phases["firmware-dhcp"]
         assert phases["tftp"]["file"] == "ipxe-x86_64.efi"
         assert phases["ipxe-dhcp"]["ip"] == FIRST_VM
         # `vm list` shows the IPv6 address (and no IPv4 one)

@@ -139,8 +139,9 @@ def test_uefi_boots_ipxe_from_local_media(
             r["name"]: r for r in json.loads(run_pvmlab("vm", "list", "--json", home=home).stdout)
         }
         assert rows["im-x86"]["boot"] == rows["im-arm"]["boot"] == "ipxe"
+        assert rows["im-x86"]["boot_chain"] == "media/ipxe"
         listed = run_pvmlab("vm", "list", home=home).stdout
-        assert re.search(r"^im-x86\s+x86_64\s+uefi\s+ipxe\s", listed, re.M), listed
+        assert re.search(r"^im-x86\s+x86_64\s+uefi\s+media/ipxe\s", listed, re.M), listed
 
 
 def test_bios_vm_is_refused_and_the_lab_left_alone(

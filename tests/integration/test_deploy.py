@@ -223,6 +223,40 @@ def test_deploy_checksum_mismatch_and_lab_stopped_mid_stream(
     run_pvmlab("vm", "stop", "c1", "--force", home=home, check=False)
 
 
+def test_deploy_stopped_mid_stream_is_interrupted_and_the_next_start_deploys_again(
+    lab: netlab.Lab, image: Path
+) -> None:
+    """QEMU dies while the ramdisk streams: `vm list` says interrupted (not deploying forever),
+    and a plain `vm start` boots the ramdisk again, which deploys from the start. The stream
+    takes seconds, so QEMU is killed (SIGKILL) the moment the console shows the first chunk,
+    read directly (as the lab-stopped case does), not through a command."""
+    home = lab.home
+    run_pvmlab("vm", "create", "i1", "--arch", "x86_64", "--firmware", "uefi", "--memory", "512",
+               "--image", str(image), home=home)  # fmt: skip
+    log = home / "logs" / "i1.log"
+    run_pvmlab("vm", "start", "i1", "--accel", "tcg", home=home)
+    qemu = int((home / "pids" / "i1.pid").read_text().strip())
+    seen = time.monotonic() + 1200
+    while not (log.is_file() and "pvmlab-deploy: wrote " in log.read_text(errors="replace")):
+        assert time.monotonic() < seen, console(home, "i1")[-2000:]
+        time.sleep(0.02)
+    os.kill(qemu, signal.SIGKILL)
+    while spawn.pid_alive(qemu):
+        assert time.monotonic() < seen
+        time.sleep(0.1)
+    state = provisioning(home, "i1")
+    assert state.startswith("interrupted at ") and state.endswith("% (`vm start` deploys again)")
+    assert "deployed" not in state
+    run_pvmlab("vm", "start", "i1", *START, "--wait-for", "pvmlab-deploy: deployed; rebooting",
+               home=home, timeout=1500)  # fmt: skip
+    assert provisioning(home, "i1") == "deployed"
+    assert len(http_records(home, "i1", "deploy")) == 2  # the instructions, asked again
+    status = json.loads((home / "vms" / "i1" / "deploy-status.json").read_text())
+    phases = [e["phase"] for e in status["history"]]
+    assert phases[0] == "instructions" and phases[-1] == "deployed", phases
+    run_pvmlab("vm", "stop", "i1", "--force", home=home)
+
+
 @pytest.mark.slow
 def test_deploy_aarch64_uefi(lab: netlab.Lab, boot_assets: dict[str, BootAssets],
                              tmp_path: Path) -> None:  # fmt: skip

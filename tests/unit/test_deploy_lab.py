@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import labserver
+from conftest import run_pvmlab
 from pvmlab.arch import Arch
 from pvmlab.deploy import debs, image, ramdisk, state
 from pvmlab.errors import ValidationError
@@ -87,19 +88,19 @@ def test_corrupt_qcow2_and_small_disk_are_refused(home: LabHome, tmp_path: Path)
 
 def test_status_reports_make_the_provisioning_state(home: LabHome, tmp_path: Path) -> None:
     vm = image_vm(home, raw_image(tmp_path / "a.raw"))
-    assert state.summary(home, vm) == "new"
+    assert state.summary(home, vm, "running") == "new"
     state.record(home, vm, {"phase": "instructions", "total": str(3 * MIB)}, IP)
     state.record(home, vm, {"phase": "stream", "bytes": str(MIB), "mbps": "12.5"}, IP)
-    assert state.summary(home, vm) == "deploying 33%"
+    assert state.summary(home, vm, "running") == "deploying 33%"
     bad = state.record(home, vm, {"phase": "deployed", "sha256": "0" * 64}, IP)
     assert bad["phase"] == "failed" and not bad["deployed"]
-    assert state.summary(home, vm).startswith("failed: the ramdisk reported sha256 0000")
+    assert state.summary(home, vm, "running").startswith("failed: the ramdisk reported sha256 0000")
     state.record(home, vm, {"phase": "instructions"}, IP)  # a new attempt starts afresh
     state.record(home, vm, {"phase": "failed", "message": "checksum mismatch: x"}, IP)
-    assert state.summary(home, vm) == "failed: checksum mismatch: x"
+    assert state.summary(home, vm, "running") == "failed: checksum mismatch: x"
     assert bootconfig.build(home, vm, "http://192.168.105.1").local_boot is False
     good = state.record(home, vm, {"phase": "deployed", "sha256": str(vm.image_sha256)}, IP)
-    assert good["deployed"] and state.summary(home, vm) == "deployed"
+    assert good["deployed"] and state.summary(home, vm, "running") == "deployed"
     assert bootconfig.build(home, vm, "http://192.168.105.1").local_boot is True
     state.record(home, vm, {"phase": "installed"}, IP)  # cloud-init's phone-home
     assert state.read(home, vm.name)["phase"] == "cloud-init" and state.is_deployed(home, vm.name)
@@ -120,6 +121,55 @@ def test_bootconfig_boots_the_ramdisk_until_deployed(home: LabHome, tmp_path: Pa
     assert cfg.cmdline == (
         "pvmlab.deploy=http://192.168.105.1/deploy/0e-00-00-00-20-01 initrd=initrd console=ttyS0"
     )
+
+
+def test_a_deploy_cut_short_is_interrupted_and_the_next_start_deploys_again(
+    home: LabHome, tmp_path: Path
+) -> None:
+    """The VM stopped (or its QEMU died) in the middle of the stream: the status file still
+    says what the ramdisk last reported, the VM's state says it is gone. The next start boots
+    the ramdisk again, and its instructions start the deploy over."""
+    vm = image_vm(home, raw_image(tmp_path / "a.raw"))
+    folder = home.deploy_ramdisk("x86_64")
+    folder.mkdir(parents=True)
+    (folder / "vmlinuz").write_bytes(b"k")
+    (folder / "initrd").write_bytes(b"i")
+    state.record(home, vm, {"phase": "instructions", "total": str(3 * MIB)}, IP)
+    state.record(home, vm, {"phase": "stream", "bytes": str(2 * MIB), "mbps": "9"}, IP)
+    assert state.summary(home, vm, "running") == "deploying 66%"
+    assert state.summary(home, vm, "stopped") == "interrupted at 66% (`vm start` deploys again)"
+    assert state.summary(home, vm, "internal-error") == (
+        "stalled at 66% (the guest is internal-error)"
+    )
+    assert state.summary(home, vm, "unresponsive") == "stalled at 66% (the guest is unresponsive)"
+    state.record(home, vm, {"phase": "verify"}, IP)  # bytes and total are carried over
+    assert state.summary(home, vm, "stopped") == "interrupted at 66% (`vm start` deploys again)"
+    # the next start: the per-MAC script boots the ramdisk, not the half-written disk
+    cfg = bootconfig.build(home, vm, "http://192.168.105.1")
+    assert cfg.local_boot is False and cfg.problem is None
+    assert cfg.kernel_url == "http://192.168.105.1/deploy/ramdisk/x86_64/vmlinuz"
+    # ... whose instructions (what GET /deploy/<mac> records) start the deploy over
+    fresh = state.record(home, vm, {"phase": "instructions", "total": str(3 * MIB)}, IP)
+    assert [e["phase"] for e in fresh["history"]] == ["instructions"] and "bytes" not in fresh
+    assert state.summary(home, vm, "running") == "deploying 0%"
+    # a deploy cut short before any byte was written, and finished ones, read as before
+    assert state.summary(home, vm, "stopped") == "interrupted at 0% (`vm start` deploys again)"
+    state.record(home, vm, {"phase": "deployed", "sha256": str(vm.image_sha256)}, IP)
+    assert state.summary(home, vm, "stopped") == "deployed"
+
+
+def test_vm_list_says_interrupted_for_a_stopped_vm_mid_deploy(
+    home: LabHome, tmp_path: Path
+) -> None:
+    vm = image_vm(home, raw_image(tmp_path / "a.raw"))
+    state.record(home, vm, {"phase": "instructions", "total": str(3 * MIB)}, IP)
+    state.record(home, vm, {"phase": "stream", "bytes": str(MIB)}, IP)
+    rows = json.loads(run_pvmlab("vm", "list", "--json", home=home.root).stdout)
+    assert [(r["name"], r["state"], r["provisioning"]) for r in rows] == [
+        ("d1", "stopped", "interrupted at 33% (`vm start` deploys again)")
+    ]
+    table = run_pvmlab("vm", "list", home=home.root).stdout
+    assert "interrupted at 33% (`vm start` deploys again)" in table
 
 
 class Server(labserver.Server):
@@ -177,7 +227,7 @@ def test_the_ramdisk_gets_instructions_image_chunks_and_seed(server: Server) -> 
     # progress, then the verified result
     status, body = post(server, f"phase=stream&bytes={MIB}&total={3 * MIB}&mbps=9.5")
     assert status == 200 and json.loads(body)["deployed"] is False
-    assert state.summary(server.home, vm) == "deploying 33%"
+    assert state.summary(server.home, vm, "running") == "deploying 33%"
     status, body = post(server, f"phase=deployed&sha256={vm.image_sha256}")
     assert status == 200 and json.loads(body)["deployed"] is True
 

@@ -115,6 +115,12 @@ def test_ipv6_only_conf_serves_dhcpv6_and_pxe_over_ipv6(home: LabHome) -> None:
         "set:efi-x86_64,option6:61,00:07",
         "set:efi-x86_64,option6:61,00:09",
         "set:efi-arm64,option6:61,00:0b",
+        # a tag per code, for the log's "tags:" line (dnsmasq logs no DHCPv6 client arch)
+        "set:client-arch-7,option6:61,00:07",
+        "set:client-arch-9,option6:61,00:09",
+        "set:client-arch-11,option6:61,00:0b",
+        "set:client-arch-16,option6:61,00:10",
+        "set:client-arch-19,option6:61,00:13",
         "set:httpboot6-efi-x86_64,option6:61,00:10",  # UEFI HTTP Boot
         "set:httpboot6-efi-arm64,option6:61,00:13",
     ]
@@ -317,6 +323,24 @@ def test_dhcpv6_transactions_are_found_by_the_mac_dnsmasq_learnt() -> None:
         "DHCPREPLY", "0e:38:96:66:74:68", "00:01:00:01:31:e7:14:bf:0e:38:96:66:74:68", "v6efi")
     tftp = dnsmasqlog.tftp_events_for(events, ["fd00:6e57:1ab::150f"])
     assert [(e.outcome, e.file) for e in tftp] == [("other", ""), ("sent", "ipxe-x86_64.efi")]
+
+
+# dnsmasq 2.90 with the lab's per-code DHCPv6 tags (a real run of test_boot_ipv6, trimmed): of
+# option 16 it logs only the enterprise number ("vendor class: 343"), never option 61
+V6_ARCH_LOG = (Path(__file__).parent / "data" / "dnsmasq-dhcpv6-arch.log").read_text()
+
+
+def test_dhcpv6_client_arch_comes_from_the_labs_tag() -> None:
+    from pvmlab.observe import dnsmasqlog
+
+    events = dnsmasqlog.parse_dnsmasq_log(V6_ARCH_LOG.splitlines(), 2026)
+    txs = dnsmasqlog.dhcp_transactions(events, "0e:a1:e7:74:7e:30")
+    assert [(tx.serial, tx.vendor_class, tx.client_arch, tx.is_ipxe) for tx in txs] == [
+        ("6219316", None, None, False),  # EDK2's IPv6 stack: no option 61
+        ("6350388", "343", 7, False),  # its PXE: x64 UEFI, given the first stage
+        ("1740567", "343", 7, True),  # iPXE sends option 61 too
+    ]
+    assert dnsmasqlog.client_arch6_tag(19) == "client-arch-19"
 
 
 # --- the HTTP server on both families -------------------------------------------------------

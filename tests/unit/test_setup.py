@@ -179,3 +179,106 @@ def test_kvm_test_guest_verdict_is_shown() -> None:
             "VMs run under TCG"
         )
         assert check.fix is not None and "/run/pvmlab/kvm-x86_64.json" in check.fix
+
+
+# --- `image build`'s programs: checked by setup, and by image build before it starts -------
+
+REQUIRED_PROGRAMS = (*QEMU_PROGRAMS, "dnsmasq", "ip")
+
+
+def _path_with(tmp_path: Path, programs: list[str]) -> Path:
+    """A PATH directory holding links to these programs (skipped when one is not installed)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for prog in programs:
+        found = shutil.which(prog, path="/usr/sbin:/usr/bin:/sbin:/bin")
+        if found is None:
+            pytest.skip(f"{prog} is not installed")
+        (bin_dir / prog).symlink_to(found)
+    return bin_dir
+
+
+def test_setup_checks_image_build_programs_with_their_packages(
+    lab_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pvmlab.image import tools
+
+    gone = {"sfdisk", "mkfs.vfat"}
+    kept = [t.program for t in tools.TOOLS if t.program not in gone]
+    monkeypatch.setenv("PATH", str(_path_with(tmp_path, [*REQUIRED_PROGRAMS, *kept])))
+    report = json.loads(run_pvmlab("setup", "--json", home=lab_home, check=False).stdout)
+    by_name = {c["name"]: c for c in report["checks"]}
+    sfdisk = by_name["sfdisk (image build)"]
+    assert (sfdisk["ok"], sfdisk["required"]) == (False, False)
+    assert sfdisk["detail"] == "sfdisk not found on PATH"
+    vfat = by_name["mkfs.vfat (vm create --image, image build)"]  # one check, both features
+    assert not vfat["ok"] and not vfat["required"]
+    for name in ("mmdebstrap", "mkfs.ext4", "mmd", "tar", "dd"):
+        assert by_name[f"{name} (image build)"]["ok"], by_name[f"{name} (image build)"]
+    if doctor.package_family() == "apt":
+        assert sfdisk["fix"] == "sudo apt-get install fdisk"
+        assert vfat["fix"] == "sudo apt-get install dosfstools"
+        text = run_pvmlab("setup", home=lab_home, check=False).stdout
+        assert "  sfdisk (image build): sudo apt-get install fdisk\n" in text
+        vfat_line = "  mkfs.vfat (vm create --image, image build): sudo apt-get install dosfstools"
+        assert vfat_line + "\n" in text
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="image build refuses non-root users first")
+def test_image_build_refuses_up_front_without_its_programs(
+    lab_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pvmlab.image import tools
+
+    kept = [t.program for t in tools.TOOLS if t.program not in ("sfdisk", "mkfs.vfat")]
+    monkeypatch.setenv("PATH", str(_path_with(tmp_path, kept)))
+    proc = run_pvmlab("image", "build", "img1", "--arch", "x86_64", home=lab_home, check=False)
+    assert proc.returncode == 1, proc
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(
+        "pvmlab: error: image build needs mkfs.vfat (dosfstools), sfdisk (fdisk): not found on PATH"
+    ), lines
+    if doctor.package_family() == "apt":
+        assert "(hint: sudo apt-get install dosfstools fdisk; or " in lines[0]
+    assert not (lab_home / "cache").exists() and not (lab_home / "diskimages").exists()
+
+
+def test_a_foreign_image_build_needs_qemu_user_unless_its_root_is_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pvmlab.arch import ARCHES
+    from pvmlab.errors import DependencyError
+    from pvmlab.image import foreign, tools
+
+    other = next(a for a in ARCHES if foreign.needs_emulation(a))
+    monkeypatch.setattr(foreign, "BINFMT_D", (tmp_path / "no-binfmt.d",))
+    check = doctor.check_image_foreign(other)
+    assert check.name == f"qemu-{other}-static (image build --arch {other})"
+    assert not check.ok and not check.required
+    assert check.detail.startswith(f"building a {other} image on this host needs ")
+    with pytest.raises(DependencyError, match=f"building a {other} image") as caught:
+        tools.require(other, rootfs_cached=False)
+    assert check.fix == caught.value.hint and "qemu-user-static" in str(check.fix)
+    if shutil.which("mmdebstrap") and shutil.which("sfdisk"):  # the rest is installed here
+        tools.require(other, rootfs_cached=True)  # the cached root needs no emulation
+
+
+@pytest.mark.skipif(not Path("/usr/lib/binfmt.d").is_dir(), reason="no binfmt.d rules here")
+def test_foreign_check_says_when_the_kernel_is_too_old(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pvmlab.arch import ARCHES
+    from pvmlab.errors import DependencyError
+    from pvmlab.image import foreign
+
+    other = next(a for a in ARCHES if foreign.needs_emulation(a))
+    try:
+        foreign.find_rule(other)
+    except DependencyError:
+        pytest.skip("qemu-user-static is not installed")
+    monkeypatch.setattr(platform, "release", lambda: "6.1.0-18-amd64")
+    check = doctor.check_image_foreign(other)
+    assert not check.ok and "Linux 6.1.0-18-amd64 has no binfmt_misc per user namespace" in (
+        check.detail
+    )
+    assert foreign.kernel_has_private_binfmt("6.7.0") and foreign.kernel_has_private_binfmt("7.0")
+    assert not foreign.kernel_has_private_binfmt("5.15.0-91-generic")

@@ -26,7 +26,7 @@ def _mib(n: int) -> str:
 
 @click.group()
 def image() -> None:
-    """Build, list and remove bootable disk images made from distro packages.
+    """Build, list and remove bootable disk images made from distro packages; prune caches.
 
     An image is a raw disk in the lab home (diskimages/NAME/disk.raw): GPT, an EFI system
     partition with systemd-boot on the removable-media path, the kernel and initrd, and an ext4
@@ -80,6 +80,9 @@ def build_cmd(
     as_json: bool,
 ) -> None:
     """Build disk image NAME (replacing an image of that name). Needs root.
+
+    The programs it runs are checked first (`pvmlab setup` lists them): a missing one is
+    refused before anything is built, with the package that brings it.
 
     The first build of a package set takes minutes (mmdebstrap downloads and installs the
     packages); a rebuild from the same inputs reuses the cached root filesystem.
@@ -138,8 +141,52 @@ def ls_cmd(as_json: bool) -> None:
 @image.command("rm")
 @click.argument("name")
 def rm_cmd(name: str) -> None:
-    """Remove disk image NAME (the cached root filesystem stays for later builds)."""
+    """Remove disk image NAME (the cached root filesystem stays for later builds; `image
+    prune` drops it once no image uses it)."""
     from pvmlab.image import remove_image
 
     remove_image(home(), name)
     click.echo(f"removed {name}")
+
+
+@image.command("prune")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Only list the cache entries, their sizes and users, and what would be removed.",
+)
+@json_option
+def prune_cmd(dry_run: bool, as_json: bool) -> None:
+    """Remove cached files no image or VM uses any more, and list them all with their sizes.
+
+    Two caches grow when inputs change: root filesystems (cache/rootfs/KEY.tar, kept while a
+    built image was made from them, for its rebuilds) and images converted to raw for `vm
+    create --image` (deploy/images/SHA256.raw, kept while a VM is made from them: its next
+    deploy streams it). Leftovers of interrupted builds and conversions go too. Nothing a
+    defined VM or a running build needs is removed.
+    """
+    from pvmlab.image.cache import prune
+
+    report = prune(home(), dry_run=dry_run)
+    if as_json:
+        emit_json(report.as_dict())
+        return
+    if not report.entries:
+        click.echo("nothing cached", err=True)
+        return
+    rows: list[list[str]] = []
+    for e in report.entries:
+        if e.removed:
+            action = "removed"
+        elif e.unused:
+            action = "would remove" if dry_run else "kept"
+        else:
+            action = "kept"
+        rows.append([e.kind, e.name[:16], _mib(e.bytes), "; ".join(e.used_by) or "-",
+                     e.about or "-", action])  # fmt: skip
+    table(None, ["kind", "name", "size", "used by", "what", "action"], rows,
+          plain=not sys.stdout.isatty())  # fmt: skip
+    freed = _mib(report.freed_bytes)
+    click.echo(
+        f"{'would free' if dry_run else 'freed'} {freed}; kept {_mib(report.kept_bytes)} in use"
+    )

@@ -16,7 +16,9 @@ from pvmlab.cli import common
         "Create the lab home (images/, vms/, configs/, logs/, ...) and the lab's SSH key "
         "(ssh/id_ed25519, for `vm ssh`), and check every dependency: "
         "QEMU per architecture, qemu-img, dnsmasq, iproute2, debugfs (e2fsprogs, for cloud "
-        "images), UEFI firmware, SeaBIOS, iPXE binaries, privileges, /dev/kvm and /dev/net/tun. "
+        "images), UEFI firmware, SeaBIOS, iPXE binaries, privileges, /dev/kvm and /dev/net/tun; "
+        "and, as optional, the programs of `image build` (mmdebstrap, e2fsprogs, dosfstools, "
+        "mtools, fdisk; qemu-user-static for another architecture) and other features. "
         "Each missing one is printed with the "
         "command that installs it. Exits 0 when everything needed is there, 1 otherwise."
     ),

@@ -493,8 +493,22 @@ def stop_cmd(name: str, force: bool, timeout: float) -> None:
         _say(f"stopped VM {name} ({how})")
 
 
-COLUMNS = ["name", "arch", "firmware", "boot", "net_boot", "mac", "ip", "ipv6", "distro",
-           "state", "accel", "pid", "provisioning", "install"]
+# `vm list --json`'s fields; the table shows them but for boot/net_boot/loader/secure_boot,
+# which it folds into one BOOT column (boot_chain)
+FIELDS = ["name", "arch", "firmware", "boot", "net_boot", "loader", "secure_boot", "boot_chain",
+          "mac", "ip", "ipv6", "distro", "state", "accel", "pid", "provisioning", "install"]
+TABLE_COLUMNS = [("name", "name"), ("arch", "arch"), ("firmware", "firmware"),
+                 ("boot", "boot_chain"), ("mac", "mac"), ("ip", "ip"), ("ipv6", "ipv6"),
+                 ("distro", "distro"), ("state", "state"), ("accel", "accel"), ("pid", "pid"),
+                 ("provisioning", "provisioning"), ("install", "install")]  # fmt: skip
+
+
+def boot_chain(net_boot: str, loader: str, secure_boot: bool, last_boot: str | None) -> str:
+    """How the VM reaches its first stage and which one, compactly: ``pxe/ipxe``,
+    ``http/ipxe``, ``pxe/grub+sb`` (Secure Boot: shim, then GRUB); ``media/ipxe`` when its
+    last start booted iPXE from the local drive (``vm start --boot ipxe``)."""
+    how = "media" if last_boot == "ipxe" else net_boot
+    return f"{how}/{loader}" + ("+sb" if secure_boot else "")
 
 
 def _rows() -> list[dict[str, Any]]:
@@ -518,6 +532,10 @@ def _rows() -> list[dict[str, Any]]:
             "firmware": spec.firmware,
             "net_boot": spec.net_boot,
             "boot": rt.boot if rt else "pxe",
+            "loader": spec.loader,
+            "secure_boot": spec.secure_boot,
+            "boot_chain": boot_chain(spec.net_boot, spec.loader, spec.secure_boot,
+                                     rt.boot if rt else None),
             "mac": spec.mac,
             "ip": spec.ip,
             "ipv6": spec.ipv6,
@@ -526,14 +544,14 @@ def _rows() -> list[dict[str, Any]]:
             "accel": rt.accel if rt else None,
             "pid": state.running_pid(h, spec.name) if run_state != state.STOPPED else None,
             "install": None if spec.image else installcfg.status_summary(h, spec),
-            "provisioning": deploy_state.summary(h, spec),
+            "provisioning": deploy_state.summary(h, spec, run_state),
         }
         if run_state in qmp.HALTED_STATES or run_state == state.UNRESPONSIVE:
             row["qemu_log"] = runtime.qemu_log_tail(h, spec.name)
         out.append(row)
     for bad in damaged:
         pid = state.running_pid(h, bad.name)
-        row = {c: None for c in COLUMNS}
+        row = {c: None for c in FIELDS}
         row.update(
             name=bad.name,
             state="damaged",
@@ -552,6 +570,11 @@ def list_cmd(as_json: bool) -> None:
     """List VMs, their addresses and runtime state.
 
     The state is QEMU's own (QMP): running, paused, internal-error, guest-panicked… or stopped.
+    BOOT is how the VM reaches its first stage and which one: pxe/ipxe, http/ipxe (UEFI HTTP
+    Boot), pxe/grub, +sb under Secure Boot (shim, then GRUB), media/ipxe after `vm start --boot
+    ipxe`; --json has each part (net_boot, loader, secure_boot, boot: the last start's order).
+    PROVISIONING (image VMs): new, deploying NN%, interrupted at NN% (stopped mid-deploy: the
+    next start deploys again), deployed, failed: why.
     A VM whose record cannot be read is listed as damaged, with the file and how to fix it.
     """
     rows = _rows()
@@ -562,8 +585,10 @@ def list_cmd(as_json: bool) -> None:
         _say("no VMs (create one with `pvmlab vm create NAME`)")
         return
     # the IPv6 column only where some VM has an IPv6 address (labs with `--ipv6`)
-    columns = [c for c in COLUMNS if c != "ipv6" or any(r.get("ipv6") for r in rows)]
-    cells = [[c.upper() for c in columns]] + [[str(r[c] or "-") for c in columns] for r in rows]
+    columns = [(h, k) for h, k in TABLE_COLUMNS if h != "ipv6" or any(r.get("ipv6") for r in rows)]
+    cells = [[h.upper() for h, _k in columns]] + [
+        [str(r[k] or "-") for _h, k in columns] for r in rows
+    ]
     widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
     for row in cells:  # plain aligned columns: readable, and never wrapped in a pipe
         click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())

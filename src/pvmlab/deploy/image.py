@@ -16,6 +16,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pvmlab import spawn
 from pvmlab.assets.diskimage import DiskImage
@@ -50,8 +51,16 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _index(home: LabHome) -> Path:
-    return home.deploy_images / "sources.json"
+def sources_index(home: LabHome) -> dict[str, str]:
+    """``deploy/images/sources.json``: which source file (path|size|mtime) gave which raw
+    image (by SHA-256); {} when absent or unreadable."""
+    try:
+        index: Any = json.loads(home.deploy_sources.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(index, dict):
+        return {}
+    return {k: v for k, v in index.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def _source_id(path: Path) -> str:
@@ -70,13 +79,9 @@ def prepare(home: LabHome, path: Path) -> PreparedImage:
     if disk.format not in ("raw", "qcow2"):
         raise ValidationError(f"{path} is a {disk.format} image", "give a qcow2 or raw image")
     home.deploy_images.mkdir(parents=True, exist_ok=True)
-    index_file = _index(home)
-    try:
-        index = json.loads(index_file.read_text()) if index_file.exists() else {}
-    except (OSError, ValueError):
-        index = {}
+    index = sources_index(home)
     known = index.get(_source_id(path))
-    if isinstance(known, str) and home.deploy_image(known).is_file():
+    if known is not None and home.deploy_image(known).is_file():
         return PreparedImage(path, disk.format, disk.size, known, home.deploy_image(known))
     tmp = home.deploy_images / f".convert-{os.getpid()}.raw"
     try:
@@ -99,7 +104,7 @@ def prepare(home: LabHome, path: Path) -> PreparedImage:
     finally:
         tmp.unlink(missing_ok=True)
     index[_source_id(path)] = sha
-    write_atomic(index_file, json.dumps(index, indent=2) + "\n")
+    write_atomic(home.deploy_sources, json.dumps(index, indent=2) + "\n")
     return PreparedImage(path, disk.format, disk.size, sha, home.deploy_image(sha))
 
 

@@ -42,9 +42,19 @@ def clear(home: LabHome, name: str) -> None:
     home.vm_deploy_status(name).unlink(missing_ok=True)
 
 
-def summary(home: LabHome, vm: VMSpec) -> str | None:
+def summary(home: LabHome, vm: VMSpec, run_state: str) -> str | None:
     """``vm list``'s provisioning column: None (not an image VM), new, deploying NN%,
-    deployed, failed: reason."""
+    interrupted at NN% (the VM stopped mid-deploy), stalled at NN% (its QEMU holds a guest
+    that no longer runs), deployed, failed: reason.
+
+    ``run_state`` is the VM's state as ``pvmlab.vm.state.run_state`` says it: the deploy
+    status file only says what the ramdisk last reported, so a VM stopped (or a QEMU gone)
+    in the middle of a stream would otherwise read "deploying" forever. An interrupted deploy
+    is not ``deployed``, so the VM's script boots the ramdisk again at the next ``vm start``,
+    whose fresh instructions start the deploy over."""
+    from pvmlab.qemu import qmp
+    from pvmlab.vm import state as vm_state
+
     if vm.image_sha256 is None:
         return None
     status = read(home, vm.name)
@@ -55,9 +65,14 @@ def summary(home: LabHome, vm: VMSpec) -> str | None:
     if status.get("phase") == "failed":
         return f"failed: {status.get('error') or 'no reason given'}"
     done, total = status.get("bytes"), status.get("total")
+    percent = 0
     if isinstance(done, int) and isinstance(total, int) and total > 0:
-        return f"deploying {min(100, done * 100 // total)}%"
-    return "deploying 0%"
+        percent = min(100, done * 100 // total)
+    if run_state == vm_state.STOPPED:
+        return f"interrupted at {percent}% (`vm start` deploys again)"
+    if run_state in qmp.HALTED_STATES or run_state == vm_state.UNRESPONSIVE:
+        return f"stalled at {percent}% (the guest is {run_state})"
+    return f"deploying {percent}%"
 
 
 def record(

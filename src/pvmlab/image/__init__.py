@@ -3,6 +3,7 @@
     layout   the pure parts: partition arithmetic, sfdisk script, loader entry, recipe + cache key
     build    ``build_image``: mmdebstrap → ext4 (mkfs.ext4 -d) + ESP (mkfs.vfat, mtools) → GPT
     foreign  another arch's maintainer scripts: qemu-user in a private binfmt_misc
+    tools    the host programs a build runs (checked up front, and by ``pvmlab setup``)
     store    ``ImageInfo`` records: ``list_images``, ``find_image``, ``remove_image``
 
 The public API is re-exported here; the images live in ``LabHome.disk_images``.

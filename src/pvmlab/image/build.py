@@ -35,14 +35,13 @@ from pathlib import Path
 from pvmlab import spawn
 from pvmlab.arch import Arch, architecture
 from pvmlab.errors import (
-    DependencyError,
     PrivilegeError,
     ProcessError,
     StateError,
     ValidationError,
 )
 from pvmlab.home import LabHome, file_lock, write_json
-from pvmlab.image import foreign, layout
+from pvmlab.image import foreign, layout, tools
 from pvmlab.image.store import ImageInfo, PartitionInfo, image_name, save
 
 Progress = Callable[[str], None]
@@ -139,16 +138,6 @@ def check_archive(mirror: str, suite: str, timeout: float = 20) -> None:
         ) from None
 
 
-def _need(*programs: str) -> None:
-    missing = [p for p in programs if shutil.which(p) is None]
-    if missing:
-        raise DependencyError(
-            f"image build needs {', '.join(missing)}",
-            "install mmdebstrap, e2fsprogs, dosfstools, mtools and fdisk "
-            "(scripts/install-system-deps.sh does)",
-        )
-
-
 def mmdebstrap_argv(recipe: layout.Recipe, out: Path, cloud_cfg: Path) -> list[str]:
     argv = [
         "mmdebstrap",
@@ -208,38 +197,38 @@ def _run_logged(
 def rootfs_tarball(
     home: LabHome, recipe: layout.Recipe, progress: Progress | None = None
 ) -> tuple[Path, bool]:
-    """The cached tarball for ``recipe`` (made when missing). Returns (path, was it cached)."""
+    """The cached tarball for ``recipe`` (made when missing). Returns (path, was it cached).
+
+    The caller holds ``home.rootfs_lock(recipe.key)`` (``build_image`` does, until the image's
+    record names the tarball): one build makes a recipe's tarball, and ``image prune`` leaves
+    it alone meanwhile."""
     cache = home.rootfs_cache
-    tar = cache / f"{recipe.key}.tar"
+    tar = home.rootfs_tarball(recipe.key)
     if tar.is_file():
         return tar, True
-    cache.mkdir(mode=0o755, parents=True, exist_ok=True)
-    with file_lock(cache / f".{recipe.key}.lock"):
-        if tar.is_file():  # another build made it while we waited
-            return tar, True
-        rule = foreign.find_rule(recipe.arch) if foreign.needs_emulation(recipe.arch) else None
-        _say(progress, f"checking the archive {recipe.mirror} ({recipe.suite})")
-        check_archive(recipe.mirror, recipe.suite)
-        partial = cache / f".{recipe.key}.tar.partial"
-        partial.unlink(missing_ok=True)
-        env = {**os.environ, "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch)}
-        with tempfile.TemporaryDirectory(prefix=".cfg-", dir=cache) as tmp:
-            cfg = Path(tmp) / "90_pvmlab.cfg"
-            cfg.write_text(CLOUD_CFG)
-            argv = mmdebstrap_argv(recipe, partial, cfg)
-            how = (
-                "natively, takes minutes"
-                if rule is None
-                else "package scripts under qemu-user, takes tens of minutes"
-            )
-            _say(progress, f"mmdebstrap {recipe.suite} {recipe.arch} ({how})")
-            try:
-                _run_logged(argv, progress, rule, env)
-            except BaseException:
-                partial.unlink(missing_ok=True)
-                raise
-        write_json(cache / f"{recipe.key}.json", recipe.as_dict())
-        partial.rename(tar)
+    rule = foreign.find_rule(recipe.arch) if foreign.needs_emulation(recipe.arch) else None
+    _say(progress, f"checking the archive {recipe.mirror} ({recipe.suite})")
+    check_archive(recipe.mirror, recipe.suite)
+    partial = home.rootfs_partial(recipe.key)
+    partial.unlink(missing_ok=True)
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch)}
+    with tempfile.TemporaryDirectory(prefix=".cfg-", dir=cache) as tmp:
+        cfg = Path(tmp) / "90_pvmlab.cfg"
+        cfg.write_text(CLOUD_CFG)
+        argv = mmdebstrap_argv(recipe, partial, cfg)
+        how = (
+            "natively, takes minutes"
+            if rule is None
+            else "package scripts under qemu-user, takes tens of minutes"
+        )
+        _say(progress, f"mmdebstrap {recipe.suite} {recipe.arch} ({how})")
+        try:
+            _run_logged(argv, progress, rule, env)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+    write_json(home.rootfs_recipe(recipe.key), recipe.as_dict())
+    partial.rename(tar)
     return tar, False
 
 
@@ -388,100 +377,102 @@ def build_image(
             "image build runs mmdebstrap and unpacks its root filesystem as root",
             "run it with sudo",
         )
-    _need("mmdebstrap", "tar", "mkfs.ext4", "mkfs.vfat", "mmd", "mcopy", "sfdisk", "dd")
+    tools.require(arch, rootfs_cached=home.rootfs_tarball(recipe.key).is_file())
     home.ensure()
     home.disk_images.mkdir(mode=0o755, exist_ok=True)
-    tar, cached = rootfs_tarball(home, recipe, progress)
-    _say(progress, f"root filesystem {'from the cache' if cached else 'built'}: {tar.name}")
-    uuids = layout.image_uuids(name, recipe.key)
-    a = architecture(arch)
-    with file_lock(home.disk_images_lock), _workdir(home.disk_images) as work:
-        tree = work / "root"
-        tree.mkdir()
-        _say(progress, "unpacking the root filesystem")
-        spawn.run(["tar", "-C", str(tree), "--numeric-owner", "-xpf", str(tar)], timeout=1800)
-        version = _kernel_version(tree)
-        boot_efi = tree / "usr/lib/systemd/boot/efi" / a.systemd_boot_file
-        if not boot_efi.is_file():
-            raise StateError(
-                f"the root filesystem has no {boot_efi.name}",
-                "systemd-boot-efi failed to install: see mmdebstrap's output",
+    home.rootfs_cache.mkdir(mode=0o755, parents=True, exist_ok=True)
+    with file_lock(home.rootfs_lock(recipe.key)):  # until the record names the tarball
+        tar, cached = rootfs_tarball(home, recipe, progress)
+        _say(progress, f"root filesystem {'from the cache' if cached else 'built'}: {tar.name}")
+        uuids = layout.image_uuids(name, recipe.key)
+        a = architecture(arch)
+        with file_lock(home.disk_images_lock), _workdir(home.disk_images) as work:
+            tree = work / "root"
+            tree.mkdir()
+            _say(progress, "unpacking the root filesystem")
+            spawn.run(["tar", "-C", str(tree), "--numeric-owner", "-xpf", str(tar)], timeout=1800)
+            version = _kernel_version(tree)
+            boot_efi = tree / "usr/lib/systemd/boot/efi" / a.systemd_boot_file
+            if not boot_efi.is_file():
+                raise StateError(
+                    f"the root filesystem has no {boot_efi.name}",
+                    "systemd-boot-efi failed to install: see mmdebstrap's output",
+                )
+            (tree / "etc/fstab").write_text(layout.fstab(uuids["root-fs"], uuids["esp-part"]))
+            (tree / "boot/efi").mkdir(exist_ok=True)
+            content = _tree_bytes(tree)
+            disk_size = size if size is not None else layout.auto_disk_size(content)
+            try:
+                lay = layout.plan_layout(arch, disk_size, uuids)
+            except ValueError as exc:
+                raise ValidationError(str(exc), "give a larger --size") from None
+            if lay.root.size_bytes < content + 64 * layout.MIB:
+                raise ValidationError(
+                    f"a {disk_size // layout.MIB} MiB image cannot hold the root's "
+                    f"{content // layout.MIB} MiB",
+                    "give a larger --size, or leave it out to size the image to its content",
+                )
+            cmdline = layout.kernel_cmdline(arch, uuids["root-fs"])
+            entry = layout.loader_entry(f"Debian {d.suite} ({name})", version, cmdline)
+            esp_mib = lay.esp.size_bytes // layout.MIB
+            _say(progress, f"ESP: systemd-boot, kernel {version} ({esp_mib} MiB)")
+            esp = work / "esp.img"
+            make_esp(
+                esp, lay.esp.size_bytes, uuids["esp-fs"], boot_efi, a.efi_boot_file,
+                tree / "boot" / f"vmlinuz-{version}", tree / "boot" / f"initrd.img-{version}",
+                version, entry, epoch,
             )
-        (tree / "etc/fstab").write_text(layout.fstab(uuids["root-fs"], uuids["esp-part"]))
-        (tree / "boot/efi").mkdir(exist_ok=True)
-        content = _tree_bytes(tree)
-        disk_size = size if size is not None else layout.auto_disk_size(content)
-        try:
-            lay = layout.plan_layout(arch, disk_size, uuids)
-        except ValueError as exc:
-            raise ValidationError(str(exc), "give a larger --size") from None
-        if lay.root.size_bytes < content + 64 * layout.MIB:
-            raise ValidationError(
-                f"a {disk_size // layout.MIB} MiB image cannot hold the root's "
-                f"{content // layout.MIB} MiB",
-                "give a larger --size, or leave it out to size the image to its content",
+            _say(progress, f"root: ext4 from the tree ({lay.root.size_bytes // layout.MIB} MiB)")
+            rootimg = work / "root.img"
+            make_root(rootimg, lay.root.size_bytes, tree, uuids["root-fs"], epoch)
+            shutil.rmtree(tree)
+            _say(progress, f"disk: GPT and partitions ({disk_size // layout.MIB} MiB)")
+            disk = work / "disk.raw"
+            write_disk(disk, lay, esp, rootimg)
+            _say(progress, "disk: sha256")
+            digest = sha256_file(disk)
+            esp_vol = uuids["esp-fs"]
+            info = ImageInfo(
+                name=name,
+                arch=arch,
+                path=home.disk_image_file(name),
+                virtual_size=disk_size,
+                sha256=digest,
+                created=datetime.now(UTC).isoformat(timespec="seconds"),
+                distro=d.name,
+                suite=d.suite,
+                mirror=recipe.mirror,
+                packages=extra,
+                recipe_key=recipe.key,
+                partitions=(
+                    PartitionInfo(
+                        number=lay.esp.number, role="esp", start=lay.esp.start,
+                        sectors=lay.esp.size, type_guid=lay.esp.type_guid, partuuid=lay.esp.uuid,
+                        filesystem="vfat", fs_uuid=f"{esp_vol[:4]}-{esp_vol[4:]}",
+                        label=layout.ESP_LABEL,
+                    ),
+                    PartitionInfo(
+                        number=lay.root.number, role="root", start=lay.root.start,
+                        sectors=lay.root.size, type_guid=lay.root.type_guid,
+                        partuuid=lay.root.uuid, filesystem="ext4", fs_uuid=uuids["root-fs"],
+                        label=layout.ROOT_LABEL,
+                    ),
+                ),
+                disk_guid=lay.disk_guid,
+                root_partition=lay.root.number,
+                root_fs_uuid=uuids["root-fs"],
+                root_partuuid=lay.root.uuid,
+                esp_partuuid=lay.esp.uuid,
+                kernel_version=version,
+                cmdline=cmdline,
+                loader_entry=f"/loader/entries/{layout.LOADER_ENTRY}",
+                cloud_init=CLOUD_INIT_NOTE,
+                build_seconds=round(time.monotonic() - started, 1),
             )
-        cmdline = layout.kernel_cmdline(arch, uuids["root-fs"])
-        entry = layout.loader_entry(f"Debian {d.suite} ({name})", version, cmdline)
-        esp_mib = lay.esp.size_bytes // layout.MIB
-        _say(progress, f"ESP: systemd-boot, kernel {version} ({esp_mib} MiB)")
-        esp = work / "esp.img"
-        make_esp(
-            esp, lay.esp.size_bytes, uuids["esp-fs"], boot_efi, a.efi_boot_file,
-            tree / "boot" / f"vmlinuz-{version}", tree / "boot" / f"initrd.img-{version}",
-            version, entry, epoch,
-        )
-        _say(progress, f"root: ext4 from the tree ({lay.root.size_bytes // layout.MIB} MiB)")
-        rootimg = work / "root.img"
-        make_root(rootimg, lay.root.size_bytes, tree, uuids["root-fs"], epoch)
-        shutil.rmtree(tree)
-        _say(progress, f"disk: GPT and partitions ({disk_size // layout.MIB} MiB)")
-        disk = work / "disk.raw"
-        write_disk(disk, lay, esp, rootimg)
-        _say(progress, "disk: sha256")
-        digest = sha256_file(disk)
-        esp_vol = uuids["esp-fs"]
-        info = ImageInfo(
-            name=name,
-            arch=arch,
-            path=home.disk_image_file(name),
-            virtual_size=disk_size,
-            sha256=digest,
-            created=datetime.now(UTC).isoformat(timespec="seconds"),
-            distro=d.name,
-            suite=d.suite,
-            mirror=recipe.mirror,
-            packages=extra,
-            recipe_key=recipe.key,
-            partitions=(
-                PartitionInfo(
-                    number=lay.esp.number, role="esp", start=lay.esp.start,
-                    sectors=lay.esp.size, type_guid=lay.esp.type_guid, partuuid=lay.esp.uuid,
-                    filesystem="vfat", fs_uuid=f"{esp_vol[:4]}-{esp_vol[4:]}",
-                    label=layout.ESP_LABEL,
-                ),
-                PartitionInfo(
-                    number=lay.root.number, role="root", start=lay.root.start,
-                    sectors=lay.root.size, type_guid=lay.root.type_guid,
-                    partuuid=lay.root.uuid, filesystem="ext4", fs_uuid=uuids["root-fs"],
-                    label=layout.ROOT_LABEL,
-                ),
-            ),
-            disk_guid=lay.disk_guid,
-            root_partition=lay.root.number,
-            root_fs_uuid=uuids["root-fs"],
-            root_partuuid=lay.root.uuid,
-            esp_partuuid=lay.esp.uuid,
-            kernel_version=version,
-            cmdline=cmdline,
-            loader_entry=f"/loader/entries/{layout.LOADER_ENTRY}",
-            cloud_init=CLOUD_INIT_NOTE,
-            build_seconds=round(time.monotonic() - started, 1),
-        )
-        target = home.disk_image_dir(name)
-        if target.exists():
-            shutil.rmtree(target)
-        target.mkdir(mode=0o755)
-        disk.replace(info.path)
-        save(home, info)
+            target = home.disk_image_dir(name)
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir(mode=0o755)
+            disk.replace(info.path)
+            save(home, info)
     return info

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -40,6 +41,19 @@ def qemu_user_static(arch: Arch) -> Path:
 
 def needs_emulation(arch: Arch, host: str | None = None) -> bool:
     return host_arch(host) != arch
+
+
+PRIVATE_BINFMT_KERNEL = (6, 7)  # the first Linux whose user namespaces mount their own
+
+
+def kernel_has_private_binfmt(release: str) -> bool:
+    """Whether Linux ``release`` (``uname -r``) gives a user namespace a binfmt_misc of its
+    own. A release that does not start with a version number is given the benefit of the
+    doubt: the build then says at once if the mount fails."""
+    match = re.match(r"(\d+)\.(\d+)", release)
+    if match is None:
+        return True
+    return (int(match.group(1)), int(match.group(2))) >= PRIVATE_BINFMT_KERNEL
 
 
 def register_line(conf_text: str, interpreter: Path) -> str:

@@ -50,6 +50,15 @@ _MESSAGE6 = re.compile(
 _CLIENT_MAC = "client MAC address"  # log-dhcp's line naming a DHCPv6 client's MAC
 IPXE_TAG = "ipxe"  # the tag dnsmasq.conf.j2 sets for user class "iPXE"
 _CLIENT_ARCH = re.compile(r"^(?:PXEClient|HTTPClient):Arch:(\d+)")
+# DHCPv6: dnsmasq's log-dhcp names no client architecture (option 61; of option 16 it logs only
+# the enterprise number), so the lab's dnsmasq.conf sets a tag per architecture code, which the
+# transaction's "tags:" line then shows (``pvmlab.stack.dnsmasq`` renders them from this).
+CLIENT_ARCH6_TAG = "client-arch-"
+_CLIENT_ARCH6_TAG = re.compile(rf"^{CLIENT_ARCH6_TAG}(\d{{1,5}})$")
+
+
+def client_arch6_tag(code: int) -> str:
+    return f"{CLIENT_ARCH6_TAG}{code}"
 # "sent size: …": option 67 (DHCPv4) or 59 (DHCPv6, a URL)
 _BOOTFILE_SENT = re.compile(r"^\d+ option:\s*(?:67 bootfile-name|59 bootfile-url)\s+(?P<file>.+)$")
 _HOSTS_READ = re.compile(r"^read (?P<path>/\S+)$")
@@ -192,9 +201,15 @@ class DhcpTransaction:
 
     @property
     def client_arch(self) -> int | None:
-        """Option 93 as dnsmasq shows it in a PXE or HTTP-boot vendor class."""
+        """Option 93 as dnsmasq shows it in a PXE or HTTP-boot vendor class; for DHCPv6
+        (option 61), the lab's client-architecture tag among the transaction's tags."""
         m = _CLIENT_ARCH.match(self.vendor_class or "")
-        return int(m.group(1)) if m else None
+        if m:
+            return int(m.group(1))
+        for tag in self.tags:
+            if (m6 := _CLIENT_ARCH6_TAG.match(tag)) is not None:
+                return int(m6.group(1))
+        return None
 
     @property
     def is_ipxe(self) -> bool:

@@ -30,6 +30,7 @@ from pvmlab.errors import ValidationError
 from pvmlab.home import LabHome, file_lock, write_atomic
 from pvmlab.network import lab as netlab
 from pvmlab.network import uplink
+from pvmlab.observe import dnsmasqlog
 from pvmlab.records import store, validate
 from pvmlab.records.models import LabSpec, VMSpec
 from pvmlab.stack import render
@@ -131,6 +132,12 @@ def _ipv6_values(lab: LabSpec) -> dict[str, object] | None:
         "range_end": str(end),
         "client_arch_tags": [
             (_client_arch6(code), stage.role) for stage in efi for code in stage.client_arches
+        ],
+        # one tag per code, only for the log (dnsmasq logs no DHCPv6 client architecture)
+        "client_arch_log_tags": [
+            (_client_arch6(code), dnsmasqlog.client_arch6_tag(code))
+            for code in sorted({c for stage in efi for c in stage.client_arches}
+                               | {c for c, _stage in HTTP_BOOT_CLIENT_ARCHES})
         ],
         "first_stages": [(stage.role, f"tftp://{tftp_host}/{stage.tftp_name}") for stage in efi],
         "boot_url": endpoint.boot_url,
